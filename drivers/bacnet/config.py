@@ -1,0 +1,16 @@
+"""Config models of the bacnet driver (placeholder until the driver lands)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from gateway.models import DeviceConfig, PointConfig
+
+
+class Device(DeviceConfig):
+    point_model: ClassVar[type[PointConfig]] = PointConfig
+
+    driver: Literal["bacnet"]
+
+
+DeviceModel = Device

@@ -1,0 +1,105 @@
+"""Shared transports: one RS-485 port or one TCP endpoint, one transaction at a time, fair."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+from gateway.models import Identifier, Strict
+
+T = TypeVar("T")
+
+
+class SerialSettings(Strict):
+    port: str
+    baudrate: int = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+
+class TcpSettings(Strict):
+    host: str
+    port: int = 502
+
+
+class BusConfig(Strict):
+    """A named transport shared by several devices (an RS-485 port or a serial-to-Ethernet converter)."""
+
+    id: Identifier
+    serial: SerialSettings | None = None
+    tcp: TcpSettings | None = None
+    # Some converters need a quiet time between transactions (RS-485 turnaround).
+    turnaround: float = 0.0
+
+
+class Bus:
+    """The unit of concurrency: devices on one bus take turns, devices on different buses run in parallel.
+
+    The lock is FIFO, so devices waiting for the bus are served in arrival order and none can
+    starve another; each transaction holds it for at most the device's timeout.
+    """
+
+    def __init__(self, id: str, config: BusConfig | None = None) -> None:
+        self.id = id
+        self.config = config
+        self._lock = asyncio.Lock()
+        self._resources: dict[str, Any] = {}
+        self._last_end = 0.0
+        self.busy_seconds = 0.0
+        self.transactions = 0
+        self.created = time.monotonic()
+
+    @property
+    def serial(self) -> SerialSettings | None:
+        return self.config.serial if self.config else None
+
+    @property
+    def tcp(self) -> TcpSettings | None:
+        return self.config.tcp if self.config else None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Hold the bus for one request/response exchange."""
+        async with self._lock:
+            turnaround = self.config.turnaround if self.config else 0.0
+            if turnaround:
+                wait = self._last_end + turnaround - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            start = time.monotonic()
+            try:
+                yield
+            finally:
+                self._last_end = time.monotonic()
+                self.busy_seconds += self._last_end - start
+                self.transactions += 1
+
+    def shared(self, key: str, factory: Callable[[], T]) -> T:
+        """One object per bus and key (a protocol client on the shared connection)."""
+        if key not in self._resources:
+            self._resources[key] = factory()
+        return self._resources[key]  # type: ignore[no-any-return]
+
+    def utilisation(self) -> float:
+        elapsed = time.monotonic() - self.created
+        return self.busy_seconds / elapsed if elapsed > 0 else 0.0
+
+    async def close(self) -> None:
+        resources, self._resources = self._resources, {}
+        for res in resources.values():
+            for name in ("aclose", "close"):
+                fn = getattr(res, name, None)
+                if fn is None:
+                    continue
+                try:
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:  # noqa: BLE001 - closing must not stop the others
+                    pass
+                break

@@ -1,0 +1,159 @@
+"""The driver API every protocol implements, and the errors a driver may raise.
+
+Contract (the core owns everything but the protocol):
+
+* The core builds one driver instance per device: ``factory(ctx)`` with a :class:`DriverContext`.
+  ``ctx.points`` is the device's validated protocol points (the driver's own point model), in the
+  order the core expects values back.
+* ``await driver.start()`` once; it may connect lazily. It must not block for long and must not
+  raise for an unreachable device (that is a failed poll later, not a start-up error).
+* ``await driver.read()`` performs one poll and returns :class:`RawReadings` whose ``values`` are
+  aligned with ``ctx.points``. A point that could not be read or decoded holds a
+  :class:`PointError` in its slot. When the device as a whole did not answer, raise
+  :class:`DeviceError` (or :class:`DeviceTimeout`); the core marks every point bad, counts the
+  failure and handles availability and backoff. Drivers never scale, schedule, buffer or publish.
+* Push sources (BACnet COV, SNMP traps, DLMS pushes) call ``ctx.emit(...)`` / ``ctx.emit_event``
+  from their own tasks, which the driver starts in ``start()`` and cancels in ``stop()``.
+* A device configured with no points whose driver implements ``discover()`` gets its points
+  from the device: the core calls ``start()``, then ``discover()``, sets ``ctx.points`` and calls
+  ``replan()`` before the first ``read()``.
+* ``await driver.stop()`` releases the device cleanly (DLMS release, COV unsubscribe, ...).
+* Nothing may escape ``read()`` other than :class:`DeviceError` and ``asyncio.CancelledError``;
+  the core treats anything else as a driver bug, logs it once and marks the poll failed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from gateway.points import Quality
+
+if TYPE_CHECKING:
+    import structlog
+
+    from gateway.buses import Bus
+    from gateway.config import DeviceConfig, PointConfig
+    from gateway.state import StateStore
+
+
+class DriverError(Exception):
+    """Base of the errors a driver may raise."""
+
+
+class DeviceError(DriverError):
+    """The device as a whole failed this poll (no answer, connection refused, association lost)."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer within its timeout."""
+
+
+class PointError:
+    """A per-point failure, placed in the point's slot of ``RawReadings.values``.
+
+    Not an exception: it is a value, so that one bad point costs nothing more than a slot.
+    """
+
+    __slots__ = ("message", "quality")
+
+    def __init__(self, message: str, quality: Quality = Quality.BAD) -> None:
+        self.message = message
+        self.quality = quality
+
+    def __repr__(self) -> str:
+        return f"PointError({self.message!r}, {self.quality.value})"
+
+
+# A raw value as a driver returns it: a number, bool or text, or a PointError.
+RawValue = int | float | bool | str | None | PointError
+
+
+@dataclass(slots=True)
+class RawReadings:
+    """One poll's result, aligned with ``ctx.points``.
+
+    ``timestamps``: the device's own time (epoch ms) per point where it gives one, else None.
+    ``exponents``: a power of ten per point supplied by the protocol (a DLMS scaler), applied
+    exactly by the normaliser.
+    ``series``: extra time-stamped values of a point, as ``(point_index, raw, ts_ms)``: profile
+    buffer entries, which are published with the device's timestamps.
+    """
+
+    values: list[RawValue]
+    timestamps: list[int | None] | None = None
+    exponents: list[int | None] | None = None
+    series: list[tuple[int, RawValue, int]] = field(default_factory=list)
+
+
+# A value pushed by the device outside a poll (COV): (point_index, raw, source ts ms or None).
+Pushed = tuple[int, RawValue, int | None]
+
+
+@dataclass(slots=True)
+class DriverContext:
+    """What the core hands a driver instance."""
+
+    device: DeviceConfig
+    points: Sequence[PointConfig]
+    log: structlog.typing.FilteringBoundLogger
+    bus: Bus
+    state: StateStore
+    runtime: Any = None
+    emit: Callable[[list[Pushed]], None] = lambda _values: None
+    emit_event: Callable[[dict[str, Any]], None] = lambda _event: None
+
+
+CfgT = TypeVar("CfgT", bound="DeviceConfig")
+
+
+class Driver(abc.ABC, Generic[CfgT]):
+    """Base class of a protocol driver; see the module docstring for the contract."""
+
+    def __init__(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def config(self) -> CfgT:
+        return self.ctx.device  # type: ignore[return-value]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the driver; connect lazily if the protocol allows."""
+
+    @abc.abstractmethod
+    async def read(self) -> RawReadings:
+        """Poll the device once."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release the device and any tasks the driver started."""
+
+    async def discover(self) -> list[dict[str, Any]]:
+        """Ask the device what it has (BACnet object list, DLMS association, SNMP walk).
+
+        Returns point dicts in the driver's point-model form, ready to be written out as a
+        profile. Self-describing devices configured with no points get their points from here.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot discover points")
+
+    async def replan(self) -> None:  # noqa: B027 - optional hook
+        """The core replaced ``ctx.points`` (after discovery); rebuild any read plan."""
+
+
+class DriverRuntime:
+    """A per-kind shared runtime (one BACnet/IP stack, one SNMP engine and trap listener).
+
+    The core creates it when at least one device of the kind is configured, starts it before the
+    drivers and stops it after them. ``section`` is the kind's top-level config section or None.
+    """
+
+    def __init__(self, section: Any, log: structlog.typing.FilteringBoundLogger) -> None:
+        self.section = section
+        self.log = log
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Start shared resources."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Stop shared resources."""

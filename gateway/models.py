@@ -1,0 +1,217 @@
+"""Config base models and value types shared by the core and every driver's config module."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+)
+
+from gateway.points import PHASES, QUANTITIES, UNITS, Kind, PointDef
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `5s`, `15min`, `1h`, `2d` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 500ms, 5s, 15min, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 5s, 15min, 1h)")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite, non-negative time")
+    return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "KiB": 2**10,
+    "MB": 10**6,
+    "MiB": 2**20,
+    "GB": 10**9,
+    "GiB": 2**30,
+    "TB": 10**12,
+    "TiB": 2**40,
+}
+
+
+def parse_size(value: Any) -> int:
+    """`512MiB`, `2GB`, `4096` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size such as 64MiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    else:
+        raise ValueError(f"not a size: {value!r} (use e.g. 64MiB, 2GB)")
+    if size < 0:
+        raise ValueError("a size must not be negative")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
+
+
+def read_secret(file: Path | None, env: str | None, what: str) -> SecretStr | None:
+    """Resolve a secret given as a file or an environment variable; the value never reaches a log."""
+    if file is not None and env is not None:
+        raise ValueError(f"give {what}_file or {what}_env, not both")
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read {what}_file {str(file)!r}: {exc.strerror}") from None
+        return SecretStr(text.strip("\r\n"))
+    if env is not None:
+        if env not in os.environ:
+            raise ValueError(f"environment variable {env!r} ({what}_env) is not set")
+        return SecretStr(os.environ[env])
+    return None
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PointConfig(Strict):
+    """A point as configured: its PointDef fields plus the normalisation rules.
+
+    Each driver subclasses it and adds its protocol address fields.
+    """
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", max_length=200)]
+    quantity: str
+    unit: str = ""
+    phase: str = "none"
+    circuit: str | None = None
+    kind: Kind = Kind.GAUGE
+    description: str = ""
+    # normalisation: engineering = raw * scale * 10**exponent + offset
+    scale: float = 1.0
+    offset: float = 0.0
+    exponent_point: str | None = Field(
+        default=None, description="id of a point of the same device whose value is a power-of-ten exponent"
+    )
+    invalid: list[float] = Field(default_factory=list, description="raw values that mean 'no data'")
+    publish: bool = True
+    # Hints for the device twins (`edgegw simulate`): {value: x} or {min: a, max: b, period: 60s}.
+    sim: dict[str, Any] | None = None
+
+    @field_validator("quantity")
+    @classmethod
+    def _known_quantity(cls, v: str) -> str:
+        if v not in QUANTITIES:
+            raise ValueError(f"unknown quantity {v!r}; see docs/profiles.md for the vocabulary")
+        return v
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        if v not in UNITS:
+            raise ValueError(f"unknown unit {v!r}; use one of {sorted(UNITS)}")
+        return v
+
+    @field_validator("phase")
+    @classmethod
+    def _known_phase(cls, v: str) -> str:
+        if v not in PHASES:
+            raise ValueError(f"unknown phase {v!r}; use one of {sorted(PHASES)}")
+        return v
+
+    @field_validator("circuit", mode="before")
+    @classmethod
+    def _circuit_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("invalid", mode="before")
+    @classmethod
+    def _sentinels(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            v = [v]
+        return [float("nan") if isinstance(x, str) and x.lower() == "nan" else x for x in v]
+
+    def protocol_address(self) -> dict[str, Any]:
+        """The protocol address, for the meta topic; drivers override."""
+        return {}
+
+    def to_def(self) -> PointDef:
+        return PointDef(
+            id=self.id,
+            quantity=self.quantity,
+            unit=self.unit,
+            phase=self.phase,
+            circuit=self.circuit,
+            kind=self.kind,
+            description=self.description,
+            address=self.protocol_address(),
+        )
+
+
+class DeviceConfig(Strict):
+    """Fields every device has; each driver subclasses it with `driver: Literal[...]` and its own."""
+
+    point_model: ClassVar[type[PointConfig]] = PointConfig
+
+    id: Identifier
+    driver: str
+    profile: str | None = Field(default=None, description="a shipped profile name or a path to a YAML file")
+    profile_vars: dict[str, int | float | str] = Field(default_factory=dict)
+    points: list[dict[str, Any]] = Field(default_factory=list, description="inline points; override the profile's by id")
+    interval: Duration = 10.0
+    timeout: Duration = 1.0
+    offline_after: Annotated[int, Field(ge=1)] = 3
+    max_backoff: Duration = 300.0
+    enabled: bool = True
+    bus: Identifier | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    _resolved: tuple[PointConfig, ...] = PrivateAttr(default=())
+    _profile_meta: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, v: float) -> float:
+        if v < 0.01:
+            raise ValueError("interval must be at least 10ms")
+        return v
+
+    @property
+    def resolved_points(self) -> tuple[PointConfig, ...]:
+        """The device's points after the profile and inline points were merged and validated."""
+        return self._resolved
+
+    @property
+    def profile_meta(self) -> dict[str, Any]:
+        return self._profile_meta
+
+    def implicit_bus(self) -> str | None:
+        """The key of the transport this device shares when no `bus` is named (e.g. one TCP endpoint)."""
+        return None
+
+    def protocol_address(self) -> dict[str, Any]:
+        """The device's protocol address, for the meta topic."""
+        return {}

@@ -1,0 +1,267 @@
+"""Device profiles: YAML files listing a device's points, with repetition for per-channel blocks.
+
+A profile::
+
+    profile: schneider-bcpme        # its name
+    driver: modbus                  # the driver it is written for
+    description: ...
+    status: verified | draft | assumed
+    source: where the map comes from
+    vars: {panels: 2, channels: 42} # defaults; a device's `profile_vars` override them
+    device: {word_order: big}       # defaults for the device's own driver options
+    points:
+      - {id: mains.frequency, address: 600, type: float32, quantity: frequency, unit: Hz}
+      - repeat: {p: [1, panels], n: [1, channels]}   # nested, inclusive ranges, or a list of values
+        points:
+          - id: "panel{p}.ch{n}.current"
+            address: "{2252 + 2*(n-1)}"
+            ...
+
+Any string may hold `{expression}` parts: arithmetic on the variables (the repeat variables, the
+profile vars and the device's own scalar settings such as `unit`), list literals and indexing,
+and `a if cond else b`. A string that is exactly one `{expression}` keeps the expression's type.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.yamlload import LineDict, LineList, load_file
+
+DRIVERS_DIR = Path(__file__).resolve().parent.parent / "drivers"
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+class ProfileError(Exception):
+    """A profile that cannot be used; carries the file and line."""
+
+    def __init__(self, file: str, line: int, message: str) -> None:
+        super().__init__(f"{file}:{line}: {message}")
+        self.file = file
+        self.line = line
+        self.message = message
+
+
+@dataclass(slots=True)
+class Profile:
+    name: str
+    driver: str
+    file: str
+    description: str = ""
+    status: str = "verified"
+    source: str = ""
+    vars: dict[str, Any] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+    points: LineList = field(default_factory=LineList)
+
+    def meta(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "source": self.source}
+
+
+def shipped_profiles(driver: str | None = None) -> dict[str, Path]:
+    """Profile name -> file, for the profiles shipped with the drivers."""
+    out: dict[str, Path] = {}
+    kinds = [driver] if driver else sorted(p.name for p in DRIVERS_DIR.iterdir() if p.is_dir())
+    for kind in kinds:
+        folder = DRIVERS_DIR / kind / "profiles"
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.yaml")):
+                out[f.stem] = f
+    return out
+
+
+def resolve_profile_path(ref: str, driver: str, base: Path | None = None) -> Path:
+    """A shipped name (`schneider-bcpme`) or a path, relative to the config file's folder."""
+    if "/" in ref or ref.endswith((".yaml", ".yml")):
+        path = Path(ref)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return path
+    shipped = shipped_profiles(driver)
+    if ref not in shipped:
+        known = ", ".join(sorted(shipped)) or "none"
+        raise ValueError(f"no shipped {driver} profile named {ref!r} (shipped: {known})")
+    return shipped[ref]
+
+
+def load_profile(path: Path) -> Profile:
+    data = load_file(path)
+    if not isinstance(data, LineDict):
+        raise ProfileError(str(path), 1, "a profile is a mapping with at least `driver` and `points`")
+    allowed = {"profile", "driver", "description", "status", "source", "vars", "device", "points", "notes"}
+    for key in data:
+        if key not in allowed:
+            raise ProfileError(str(path), data.lines.get(key, data.line), f"unknown profile key {key!r}")
+    points = data.get("points", LineList())
+    if not isinstance(points, LineList):
+        raise ProfileError(str(path), data.lines.get("points", data.line), "`points` must be a list")
+    for key in ("vars", "device"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ProfileError(str(path), data.lines.get(key, data.line), f"`{key}` must be a mapping")
+    return Profile(
+        name=str(data.get("profile", path.stem)),
+        driver=str(data.get("driver", "")),
+        file=str(path),
+        description=str(data.get("description", "")),
+        status=str(data.get("status", "verified")),
+        source=str(data.get("source", "")),
+        vars=dict(data.get("vars", {})),
+        device=dict(data.get("device", {})),
+        points=points,
+    )
+
+
+# --- safe expressions -----------------------------------------------------------------------
+
+_BINOPS: dict[type[ast.operator], Any] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.LShift: operator.lshift,
+    ast.RShift: operator.rshift,
+}
+_CMPOPS: dict[type[ast.cmpop], Any] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+
+
+def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
+    """Evaluate a small arithmetic expression over `env`; no calls, no attributes."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"bad expression {expr!r}: {exc.msg}") from None
+    return _eval(tree.body, env, expr)
+
+
+def _eval(node: ast.AST, env: Mapping[str, Any], src: str) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str | bool):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id not in env:
+            raise ValueError(f"unknown variable {node.id!r} in {src!r}")
+        return env[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _eval(node.left, env, src), _eval(node.right, env, src)
+        if isinstance(node.op, ast.Pow) and isinstance(right, int | float) and abs(right) > 64:
+            raise ValueError(f"exponent too large in {src!r}")
+        try:
+            return _BINOPS[type(node.op)](left, right)
+        except (ArithmeticError, TypeError) as exc:
+            raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd | ast.Not):
+        operand = _eval(node.operand, env, src)
+        if isinstance(node.op, ast.Not):
+            return not operand
+        return -operand if isinstance(node.op, ast.USub) else +operand
+    if isinstance(node, ast.Compare) and all(type(op) in _CMPOPS for op in node.ops):
+        left = _eval(node.left, env, src)
+        for op, comp in zip(node.ops, node.comparators, strict=True):
+            right = _eval(comp, env, src)
+            if not _CMPOPS[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.BoolOp):
+        values = [_eval(v, env, src) for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.IfExp):
+        return _eval(node.body if _eval(node.test, env, src) else node.orelse, env, src)
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_eval(e, env, src) for e in node.elts]
+    if isinstance(node, ast.Subscript):
+        seq = _eval(node.value, env, src)
+        idx = _eval(node.slice, env, src)
+        try:
+            return seq[idx]
+        except (IndexError, TypeError, KeyError) as exc:
+            raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
+    raise ValueError(f"unsupported expression {src!r}")
+
+
+def substitute(value: Any, env: Mapping[str, Any]) -> Any:
+    """Replace `{expr}` parts in strings (recursively in lists and mappings)."""
+    if isinstance(value, str):
+        if "{" not in value:
+            return value
+        whole = _PLACEHOLDER.fullmatch(value)
+        if whole:
+            return evaluate(whole.group(1), env)
+        return _PLACEHOLDER.sub(lambda m: str(evaluate(m.group(1), env)), value)
+    if isinstance(value, LineDict):
+        out = LineDict({k: substitute(v, env) for k, v in value.items()})
+        out.file, out.line, out.lines = value.file, value.line, value.lines
+        return out
+    if isinstance(value, dict):
+        return {k: substitute(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, env) for v in value]
+    return value
+
+
+def _range(spec: Any, env: Mapping[str, Any], src: str) -> list[Any]:
+    spec = substitute(spec, env)
+    if isinstance(spec, list) and len(spec) in (2, 3) and all(isinstance(x, int) for x in spec):
+        step = spec[2] if len(spec) == 3 else 1
+        if step == 0:
+            raise ValueError(f"zero step in repeat {src}")
+        return list(range(spec[0], spec[1] + (1 if step > 0 else -1), step))
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, int):
+        return list(range(1, spec + 1))
+    raise ValueError(f"repeat variable {src}: give [first, last], [first, last, step], a count or a list")
+
+
+def expand(items: LineList | list[Any], env: Mapping[str, Any]) -> Iterator[tuple[dict[str, Any], str, int]]:
+    """Yield (point dict, file, line) for every point, repeats unrolled and expressions evaluated."""
+    file = getattr(items, "file", "")
+    lines = getattr(items, "lines", [])
+    for i, item in enumerate(items):
+        line = lines[i] if i < len(lines) else getattr(items, "line", 0)
+        if not isinstance(item, dict):
+            raise ProfileError(file, line, "each point is a mapping")
+        if "repeat" in item:
+            extra = set(item) - {"repeat", "points"}
+            if extra or not isinstance(item.get("points"), list) or not isinstance(item["repeat"], dict):
+                raise ProfileError(file, line, "a repeat block has exactly `repeat: {var: range}` and `points: [...]`")
+            try:
+                yield from _expand_repeat(item["repeat"], item["points"], env, file, line)
+            except ValueError as exc:
+                raise ProfileError(file, line, str(exc)) from None
+            continue
+        try:
+            point = substitute(item, env)
+        except ValueError as exc:
+            raise ProfileError(file, line, str(exc)) from None
+        yield point, file, line
+
+
+def _expand_repeat(
+    spec: dict[str, Any], body: Any, env: Mapping[str, Any], file: str, line: int
+) -> Iterator[tuple[dict[str, Any], str, int]]:
+    names = list(spec)
+    if not names:
+        yield from expand(body, env)
+        return
+    first, rest = names[0], {k: spec[k] for k in names[1:]}
+    for value in _range(spec[first], env, first):
+        yield from _expand_repeat(rest, body, {**env, first: value}, file, line)

@@ -1,0 +1,84 @@
+"""The explicit list of drivers: kind -> DriverSpec.
+
+Config models are imported eagerly (they are light and the config needs them); a driver's
+protocol library is imported only when a device of that kind runs, so a gateway with Modbus
+devices only never loads bacpypes3, pysnmp or gurux.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from gateway.models import DeviceConfig, Strict
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSpec:
+    kind: str
+    summary: str
+    config_module: str  # exports DeviceModel, optionally SectionModel (a top-level config section)
+    driver: str  # "module:Class", a gateway.driver.Driver subclass
+    runtime: str | None = None  # "module:Class", a gateway.driver.DriverRuntime subclass
+    simulator: str | None = None  # "module:function", main(profile_ref, argv) -> exit status
+    scanner: str | None = None  # "module:function", main(argv) -> exit status
+
+    @property
+    def device_model(self) -> type[DeviceConfig]:
+        return _config_module(self.config_module).DeviceModel  # type: ignore[no-any-return]
+
+    @property
+    def section_model(self) -> type[Strict] | None:
+        return getattr(_config_module(self.config_module), "SectionModel", None)
+
+
+@cache
+def _config_module(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def load_object(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+DRIVERS: dict[str, DriverSpec] = {
+    spec.kind: spec
+    for spec in (
+        DriverSpec(
+            kind="modbus",
+            summary="Modbus TCP, RTU on RS-485, RTU over TCP",
+            config_module="drivers.modbus.config",
+            driver="drivers.modbus.driver:ModbusDriver",
+            simulator="drivers.modbus.simulator:main",
+            scanner="drivers.modbus.scan:main",
+        ),
+        DriverSpec(
+            kind="dlms",
+            summary="DLMS/COSEM over HDLC (RS-485, optical port, TCP) and the TCP wrapper",
+            config_module="drivers.dlms.config",
+            driver="drivers.dlms.driver:DlmsDriver",
+            simulator="drivers.dlms.simulator:main",
+        ),
+        DriverSpec(
+            kind="bacnet",
+            summary="BACnet/IP, routed devices, ReadPropertyMultiple, COV",
+            config_module="drivers.bacnet.config",
+            driver="drivers.bacnet.driver:BacnetDriver",
+            runtime="drivers.bacnet.runtime:BacnetRuntime",
+            simulator="drivers.bacnet.simulator:main",
+            scanner="drivers.bacnet.scan:main",
+        ),
+        DriverSpec(
+            kind="snmp",
+            summary="SNMP v1/v2c/v3 polling, traps and informs",
+            config_module="drivers.snmp.config",
+            driver="drivers.snmp.driver:SnmpDriver",
+            runtime="drivers.snmp.runtime:SnmpRuntime",
+            simulator="drivers.snmp.simulator:main",
+            scanner="drivers.snmp.scan:main",
+        ),
+    )
+}

@@ -1,0 +1,63 @@
+"""Small persistent per-device state (cursors, counters) kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that a crash leaves either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateStore:
+    """A JSON object in one file; `flush()` writes it atomically and durably when it changed.
+
+    In-memory when `path` is None (tests, `edgegw read`).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._data: dict[str, Any] = {}
+        self._dirty = False
+        if path is not None and path.exists():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    self._data = loaded
+            except (OSError, ValueError):
+                # A damaged state file costs its cursors, not the start: the drivers fall back
+                # to their defaults (and DLMS re-reads the profile range it keeps).
+                self._data = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        if self._data.get(key) != value:
+            self._data[key] = value
+            self._dirty = True
+
+    def flush(self) -> None:
+        if not self._dirty or self.path is None:
+            self._dirty = False
+            return
+        atomic_write(self.path, json.dumps(self._data, sort_keys=True).encode())
+        self._dirty = False
