@@ -78,6 +78,8 @@ class RawReadings:
     ``timestamps``: the device's own time (epoch ms) per point where it gives one, else None.
     ``exponents``: a power of ten per point supplied by the protocol (a DLMS scaler), applied
     exactly by the normaliser.
+    ``qualities``: a quality per point the device itself reports (BACnet status-flags); None in a
+    slot, or no list, means good when the value decoded.
     ``series``: extra time-stamped values of a point, as ``(point_index, raw, ts_ms)``: profile
     buffer entries, which are published with the device's timestamps.
     """
@@ -85,6 +87,7 @@ class RawReadings:
     values: list[RawValue]
     timestamps: list[int | None] | None = None
     exponents: list[int | None] | None = None
+    qualities: list[Quality | None] | None = None
     series: list[tuple[int, RawValue, int]] = field(default_factory=list)
 
 
@@ -119,14 +122,14 @@ class Driver(abc.ABC, Generic[CfgT]):
     def config(self) -> CfgT:
         return self.ctx.device  # type: ignore[return-value]
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Prepare the driver; connect lazily if the protocol allows."""
 
     @abc.abstractmethod
     async def read(self) -> RawReadings:
         """Poll the device once."""
 
-    async def stop(self) -> None:  # noqa: B027 - optional hook
+    async def stop(self) -> None:
         """Release the device and any tasks the driver started."""
 
     async def discover(self) -> list[dict[str, Any]]:
@@ -137,7 +140,7 @@ class Driver(abc.ABC, Generic[CfgT]):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot discover points")
 
-    async def replan(self) -> None:  # noqa: B027 - optional hook
+    async def replan(self) -> None:
         """The core replaced ``ctx.points`` (after discovery); rebuild any read plan."""
 
 
@@ -152,8 +155,8 @@ class DriverRuntime:
         self.section = section
         self.log = log
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Start shared resources."""
 
-    async def stop(self) -> None:  # noqa: B027 - optional hook
+    async def stop(self) -> None:
         """Stop shared resources."""

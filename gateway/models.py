@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -74,11 +75,24 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
 
 
+# Relative file names in a config are relative to the config file's folder, not to the
+# working directory (which is / under systemd).
+CONFIG_DIR: ContextVar[Path | None] = ContextVar("CONFIG_DIR", default=None)
+
+
+def config_path(file: Path | str) -> Path:
+    """A path from the config, made absolute against the config file's folder."""
+    path = Path(file)
+    base = CONFIG_DIR.get()
+    return path if path.is_absolute() or base is None else base / path
+
+
 def read_secret(file: Path | None, env: str | None, what: str) -> SecretStr | None:
     """Resolve a secret given as a file or an environment variable; the value never reaches a log."""
     if file is not None and env is not None:
         raise ValueError(f"give {what}_file or {what}_env, not both")
     if file is not None:
+        file = config_path(file)
         try:
             text = Path(file).read_text(encoding="utf-8")
         except OSError as exc:
@@ -180,7 +194,9 @@ class DeviceConfig(Strict):
     driver: str
     profile: str | None = Field(default=None, description="a shipped profile name or a path to a YAML file")
     profile_vars: dict[str, int | float | str] = Field(default_factory=dict)
-    points: list[dict[str, Any]] = Field(default_factory=list, description="inline points; override the profile's by id")
+    points: list[dict[str, Any]] = Field(
+        default_factory=list, description="inline points; override the profile's by id"
+    )
     interval: Duration = 10.0
     timeout: Duration = 1.0
     offline_after: Annotated[int, Field(ge=1)] = 3

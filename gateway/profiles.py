@@ -11,7 +11,7 @@ A profile::
     device: {word_order: big}       # defaults for the device's own driver options
     points:
       - {id: mains.frequency, address: 600, type: float32, quantity: frequency, unit: Hz}
-      - repeat: {p: [1, panels], n: [1, channels]}   # nested, inclusive ranges, or a list of values
+      - repeat: {p: [1, panels], n: [1, channels]}   # nested inclusive ranges; or a count, or {values: [...]}
         points:
           - id: "panel{p}.ch{n}.current"
             address: "{2252 + 2*(n-1)}"
@@ -218,17 +218,21 @@ def substitute(value: Any, env: Mapping[str, Any]) -> Any:
 
 
 def _range(spec: Any, env: Mapping[str, Any], src: str) -> list[Any]:
-    spec = substitute(spec, env)
-    if isinstance(spec, list) and len(spec) in (2, 3) and all(isinstance(x, int) for x in spec):
-        step = spec[2] if len(spec) == 3 else 1
-        if step == 0:
-            raise ValueError(f"zero step in repeat {src}")
-        return list(range(spec[0], spec[1] + (1 if step > 0 else -1), step))
-    if isinstance(spec, list):
-        return spec
-    if isinstance(spec, int):
+    """`[first, last]`, `[first, last, step]` (ints or expressions), a count, or `{values: [...]}`."""
+    if isinstance(spec, dict) and set(spec) == {"values"} and isinstance(spec["values"], list):
+        return list(substitute(spec["values"], env))
+    if isinstance(spec, str):
+        spec = evaluate(spec.strip("{}"), env)
+    if isinstance(spec, int) and not isinstance(spec, bool):
         return list(range(1, spec + 1))
-    raise ValueError(f"repeat variable {src}: give [first, last], [first, last, step], a count or a list")
+    if isinstance(spec, list) and len(spec) in (2, 3):
+        bounds = [evaluate(x.strip("{}"), env) if isinstance(x, str) else x for x in spec]
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in bounds):
+            step = bounds[2] if len(bounds) == 3 else 1
+            if step == 0:
+                raise ValueError(f"zero step in repeat {src}")
+            return list(range(bounds[0], bounds[1] + (1 if step > 0 else -1), step))
+    raise ValueError(f"repeat variable {src}: give [first, last], [first, last, step], a count or {{values: [...]}}")
 
 
 def expand(items: LineList | list[Any], env: Mapping[str, Any]) -> Iterator[tuple[dict[str, Any], str, int]]:

@@ -55,9 +55,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out
@@ -105,39 +103,36 @@ def locate(data: Any, loc: Sequence[str | int]) -> tuple[str, int, list[str | in
     """Follow a validation error's path through loaded data.
 
     Returns the file and line of the deepest node reached and the path with the entries that are
-    not in the data (pydantic's union tags) left out.
+    not in the data (pydantic's union tags such as `modbus`) left out.
     """
     file = getattr(data, "file", "")
     line = getattr(data, "line", 0)
-    node = data
+    node: Any = data
     path: list[str | int] = []
     for part in loc:
-        if isinstance(node, LineDict) and part in node:
-            line = node.lines.get(part, line)
-            file = node.file or file
-            node = node[part]
+        child: Any = _MISSING
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            child = node[part]
+        if child is not _MISSING:
+            lines = getattr(node, "lines", None)
+            if isinstance(lines, dict):
+                line = lines.get(part, line)
+            elif isinstance(lines, list) and isinstance(part, int) and part < len(lines):
+                line = lines[part]
+            file = getattr(node, "file", "") or file
+            node = child
             path.append(part)
-        elif isinstance(node, LineList) and isinstance(part, int) and 0 <= part < len(node):
-            line = node.lines[part] if part < len(node.lines) else line
-            file = node.file or file
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif isinstance(part, str) and (isinstance(node, dict) or "[" in part or "-" in part):
-            # A union tag ("modbus") or pydantic's function name: not a key of the data.
-            if isinstance(node, dict) and part not in node and _looks_like_tag(part, node):
-                continue
-            path.append(part)
-            node = None
+        elif isinstance(part, str) and isinstance(node, dict) and _looks_like_tag(part, node):
+            continue
         else:
             path.append(part)
             node = None
     return file, line, path
+
+
+_MISSING = object()
 
 
 def _looks_like_tag(part: str, node: dict[str, Any]) -> bool:

@@ -1,0 +1,295 @@
+"""Wiring: start back to front, stop front to back, SIGHUP reload, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway import logs
+from gateway.buses import Bus
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.driver import Driver, DriverContext, DriverRuntime
+from gateway.health import Health, sd_notify
+from gateway.models import DeviceConfig
+from gateway.normalize import Normalizer
+from gateway.publish import Publisher
+from gateway.registry import DRIVERS, load_object
+from gateway.scheduler import DeviceRunner, DeviceStats
+from gateway.state import StateStore
+
+
+def device_meta(device: DeviceConfig, points: Any) -> dict[str, Any]:
+    return {
+        "device": device.id,
+        "driver": device.driver,
+        "profile": device.profile_meta or None,
+        "address": device.protocol_address(),
+        "interval": device.interval,
+        "tags": device.tags,
+        "points": [p.to_def().meta() for p in points if p.publish],
+    }
+
+
+def build_driver(
+    device: DeviceConfig,
+    bus: Bus,
+    state: StateStore,
+    runtime: DriverRuntime | None,
+    log: structlog.typing.FilteringBoundLogger,
+) -> Driver[Any]:
+    spec = DRIVERS[device.driver]
+    cls = load_object(spec.driver)
+    ctx = DriverContext(
+        device=device, points=list(device.resolved_points), log=log, bus=bus, state=state, runtime=runtime
+    )
+    driver: Driver[Any] = cls(ctx)
+    return driver
+
+
+class Gateway:
+    """The running daemon: a publisher, shared runtimes and buses, one runner per device."""
+
+    def __init__(self, cfg: GatewayConfig, config_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.log = logs.get(site=cfg.site)
+        self.state_dir = cfg.state_dir
+        self.publisher = Publisher(cfg.mqtt, cfg.site, cfg.buffer, self.state_dir, self.log.bind(component="mqtt"))
+        self.runtimes: dict[str, DriverRuntime] = {}
+        self.buses: dict[str, Bus] = {}
+        self.runners: dict[str, DeviceRunner] = {}
+        self.states: dict[str, StateStore] = {}
+        self.health = Health(self, cfg.health.listen, cfg.health.watchdog_stall, self.log.bind(component="health"))
+        self._state_flusher: asyncio.Task[None] | None = None
+        self.started = time.time()
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.publisher.open_buffer()
+        self.publisher.start()
+        for device in self.cfg.devices:
+            if device.enabled:
+                await self._add_device(device)
+        self._state_flusher = asyncio.create_task(self._flush_states(), name="state-flush")
+        await self.health.start()
+        self.log.info(
+            "gateway started",
+            devices=len(self.runners),
+            buses=len(self.buses),
+            broker=f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+        )
+        sd_notify("READY=1\nSTATUS=" + self.summary())
+
+    async def _runtime(self, kind: str) -> DriverRuntime | None:
+        spec = DRIVERS[kind]
+        if spec.runtime is None:
+            return None
+        if kind not in self.runtimes:
+            cls = load_object(spec.runtime)
+            runtime: DriverRuntime = cls(self.cfg.section(kind), self.log.bind(component=kind))
+            await runtime.start()
+            self.runtimes[kind] = runtime
+        return self.runtimes[kind]
+
+    def _bus_for(self, device: DeviceConfig) -> Bus:
+        key = device.bus or device.implicit_bus() or f"device:{device.id}"
+        if key not in self.buses:
+            cfg = self.cfg.bus_config(device.bus) if device.bus else None
+            self.buses[key] = Bus(key, cfg)
+        return self.buses[key]
+
+    def _state_for(self, device: DeviceConfig) -> StateStore:
+        if device.id not in self.states:
+            path = self.state_dir / "devices" / f"{device.id}.json" if self.state_dir else None
+            self.states[device.id] = StateStore(path)
+        return self.states[device.id]
+
+    async def _add_device(self, device: DeviceConfig) -> None:
+        log = self.log.bind(device=device.id, driver=device.driver)
+        bus = self._bus_for(device)
+        log = log.bind(bus=bus.id)
+        runtime = await self._runtime(device.driver)
+        driver = build_driver(device, bus, self._state_for(device), runtime, log)
+        normalizer = Normalizer(device.id, driver.ctx.points)
+        publisher = self.publisher
+
+        def sink(batch: Any) -> None:
+            publisher.submit_batch(normalizer, batch)
+
+        runner = DeviceRunner(device, driver, normalizer, sink, self._on_status, log)
+        driver.ctx.emit = runner.pushed
+        driver.ctx.emit_event = lambda event: publisher.submit_event(device.id, event)
+        self.runners[device.id] = runner
+        self._publish_meta(runner)
+        publisher.submit_retained(publisher.topic(device.id, "status"), runner.stats.status())
+        runner.start()
+
+    def _publish_meta(self, runner: DeviceRunner) -> None:
+        topic = self.publisher.topic(runner.device.id, "meta")
+        self.publisher.submit_retained(topic, device_meta(runner.device, runner.driver.ctx.points))
+
+    def _on_status(self, device: DeviceConfig, stats: DeviceStats) -> None:
+        runner = self.runners.get(device.id)
+        if runner is not None and runner.stats is stats:
+            self._publish_meta(runner)
+        self.publisher.submit_retained(self.publisher.topic(device.id, "status"), stats.status())
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Apply a changed config file without touching unchanged devices; False when rejected."""
+        if self.config_path is None:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.log.error(
+                "reload rejected: the new config is invalid; the running one stays", errors=[str(i) for i in exc.issues]
+            )
+            return False
+        restart_needed = [
+            name
+            for name in ("site", "mqtt", "buffer", "state_dir", "health")
+            if getattr(new, name) != getattr(self.cfg, name)
+        ]
+        restart_needed += [k for k in DRIVERS if new.section(k) != self.cfg.section(k) and k in self.runtimes]
+        if restart_needed:
+            self.log.warning("reload: these sections change only on restart", sections=restart_needed)
+        old = {d.id: d for d in self.cfg.devices if d.enabled}
+        fresh = {d.id: d for d in new.devices if d.enabled}
+        old_buses = {b.id: b for b in self.cfg.buses}
+        changed_buses = {b.id for b in new.buses if old_buses.get(b.id) not in (None, b)}
+        removed = [i for i in old if i not in fresh]
+        added = [i for i in fresh if i not in old]
+        changed = [
+            i
+            for i in fresh
+            if i in old and (_fingerprint(fresh[i]) != _fingerprint(old[i]) or (fresh[i].bus in changed_buses))
+        ]
+        for dev_id in removed + changed:
+            await self._remove_device(dev_id, forget=dev_id in removed)
+        for bus_id in changed_buses:
+            bus = self.buses.pop(bus_id, None)
+            if bus is not None:
+                await bus.close()
+        self.cfg = new if not restart_needed else _keep_sections(self.cfg, new)
+        for dev_id in added + changed:
+            await self._add_device(fresh[dev_id])
+        self.log.info(
+            "config reloaded",
+            added=added,
+            removed=removed,
+            changed=changed,
+            unchanged=len(fresh) - len(added) - len(changed),
+        )
+        return True
+
+    async def _remove_device(self, dev_id: str, forget: bool) -> None:
+        runner = self.runners.pop(dev_id, None)
+        if runner is None:
+            return
+        await runner.stop()
+        state = self.states.pop(dev_id, None)
+        if state is not None:
+            state.flush()
+        if forget:
+            offline = {"state": "removed", "since": int(time.time() * 1000), "last_success": None, "last_error": None}
+            self.publisher.submit_retained(self.publisher.topic(dev_id, "status"), offline)
+        # A private bus goes with its device; shared ones stay while other devices use them.
+        in_use = {r.driver.ctx.bus.id for r in self.runners.values()}
+        for key in [k for k in self.buses if k not in in_use]:
+            await self.buses.pop(key).close()
+
+    # -- stop ------------------------------------------------------------------------------
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        sd_notify("STOPPING=1")
+        runners = list(self.runners.values())
+        await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
+        delivered = await self.publisher.drain(drain_timeout)
+        if not delivered:
+            self.log.warning("stopping before the broker acknowledged everything", backlog=self.publisher.backlog)
+        await self.publisher.stop()
+        for runtime in self.runtimes.values():
+            with contextlib.suppress(Exception):
+                await runtime.stop()
+        for bus in self.buses.values():
+            await bus.close()
+        if self._state_flusher is not None:
+            self._state_flusher.cancel()
+        for state in self.states.values():
+            state.flush()
+        await self.health.stop()
+        self.log.info("gateway stopped")
+
+    async def _flush_states(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            for state in list(self.states.values()):
+                try:
+                    state.flush()
+                except OSError as exc:
+                    self.log.warning("cannot write device state", error=str(exc))
+
+    def summary(self) -> str:
+        runners = list(self.runners.values())
+        online = sum(1 for r in runners if r.stats.state.value == "online")
+        broker = "connected" if self.publisher.connected else "disconnected"
+        return f"{online}/{len(runners)} devices online, broker {broker}, backlog {self.publisher.backlog}"
+
+
+def _fingerprint(device: DeviceConfig) -> tuple[str, tuple[str, ...]]:
+    return device.model_dump_json(), tuple(p.model_dump_json() for p in device.resolved_points)
+
+
+def _keep_sections(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
+    """The new devices and buses with the sections that need a restart kept as they run."""
+    return new.model_copy(
+        update={
+            "site": old.site,
+            "mqtt": old.mqtt,
+            "buffer": old.buffer,
+            "state_dir": old.state_dir,
+            "health": old.health,
+        }
+    )
+
+
+async def run(cfg: GatewayConfig, config_path: Path | None, stop_event: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop_event`); SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+    stop = stop_event or asyncio.Event()
+    gw = Gateway(cfg, config_path)
+    reloading: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        task = asyncio.create_task(gw.reload())
+        reloading.add(task)
+
+        def done(t: asyncio.Task[bool]) -> None:
+            reloading.discard(t)
+            sd_notify("READY=1\nSTATUS=" + gw.summary())
+
+        task.add_done_callback(done)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await gw.start()
+    try:
+        await stop.wait()
+    finally:
+        await gw.stop()
+    return 0

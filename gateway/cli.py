@@ -1,0 +1,288 @@
+"""edgegw run | check | read | scan | simulate | demo | profiles."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from gateway import logs
+from gateway.buses import Bus
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.driver import DeviceError, DriverRuntime
+from gateway.normalize import Normalizer
+from gateway.profiles import load_profile, shipped_profiles
+from gateway.registry import DRIVERS, load_object
+from gateway.state import StateStore
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it is available (it is faster and lighter), else on asyncio's loop."""
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def _load(path: str) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(
+            f"{path}: invalid configuration ({len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''})",
+            file=sys.stderr,
+        )
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.files:
+        cfg = _load(path)
+        if cfg is None:
+            status = EXIT_CONFIG
+            continue
+        points = sum(len(d.resolved_points) for d in cfg.devices)
+        print(f"{path}: ok ({len(cfg.devices)} devices, {points} points, {len(cfg.buses)} buses)")
+        if args.verbose:
+            for d in cfg.devices:
+                print(
+                    f"  {d.id:<24} {d.driver:<7} {len(d.resolved_points):>5} points  every {d.interval:g}s  {d.profile or ''}"
+                )
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    logs.setup(args.log_level or cfg.log.level, cfg.log.format)
+    from gateway.app import run
+
+    return run_async(run(cfg, Path(args.config)))
+
+
+async def _read_once(
+    cfg: GatewayConfig, device_id: str, discover: bool
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]] | None]:
+    from gateway.app import build_driver
+
+    device = next((d for d in cfg.devices if d.id == device_id), None)
+    if device is None:
+        raise SystemExit(f"no device {device_id!r} in the config (devices: {', '.join(d.id for d in cfg.devices)})")
+    log = logs.get(device=device.id)
+    spec = DRIVERS[device.driver]
+    runtime: DriverRuntime | None = None
+    if spec.runtime is not None:
+        runtime = load_object(spec.runtime)(cfg.section(device.driver), log)
+        await runtime.start()
+    bus = Bus(device.bus or device.implicit_bus() or device.id, cfg.bus_config(device.bus) if device.bus else None)
+    driver = build_driver(device, bus, StateStore(None), runtime, log)
+    found: list[dict[str, Any]] | None = None
+    try:
+        await driver.start()
+        if discover or not driver.ctx.points:
+            found = await driver.discover()
+            if not driver.ctx.points:
+                model = type(device).point_model
+                driver.ctx.points = [model.model_validate(p) for p in found]
+                await driver.replan()
+        normalizer = Normalizer(device.id, driver.ctx.points)
+        started = time.monotonic()
+        try:
+            raw = await driver.read()
+            batch = normalizer.normalize(raw, int(time.time() * 1000))
+        except DeviceError as exc:
+            batch = normalizer.failed(str(exc) or type(exc).__name__, int(time.time() * 1000))
+        elapsed = time.monotonic() - started
+        return elapsed, normalizer.as_dicts(batch), found
+    finally:
+        await driver.stop()
+        await bus.close()
+        if runtime is not None:
+            await runtime.stop()
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    logs.setup("warning" if not args.verbose else "debug", "console")
+    try:
+        elapsed, readings, found = run_async(_read_once(cfg, args.device, args.discover or bool(args.write_profile)))
+    except NotImplementedError as exc:
+        print(f"edgegw read: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if found is not None and args.write_profile:
+        device = next(d for d in cfg.devices if d.id == args.device)
+        profile = {
+            "profile": f"{args.device}-discovered",
+            "driver": device.driver,
+            "status": "draft",
+            "description": f"discovered from {args.device} by edgegw read --discover; edit before use",
+            "points": found,
+        }
+        Path(args.write_profile).write_text(
+            yaml.safe_dump(profile, sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
+        print(f"wrote {len(found)} points to {args.write_profile}", file=sys.stderr)
+    if args.json:
+        out: dict[str, Any] = {"device": args.device, "duration_ms": round(elapsed * 1000, 1), "readings": readings}
+        if found is not None:
+            out["discovered"] = found
+        print(json.dumps(out, indent=2))
+    else:
+        if found is not None:
+            print(f"discovered {len(found)} objects:")
+            for item in found:
+                print("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
+        width = max((len(str(r["point"])) for r in readings), default=10)
+        for r in readings:
+            value = "" if r["value"] is None else r["value"]
+            extra = f"  ({r['error']})" if "error" in r else ""
+            print(f"{r['point']:<{width}}  {value!s:>16} {r['unit']:<5} {r['quality']}{extra}")
+        good = sum(1 for r in readings if r["quality"] == "good")
+        print(f"-- {len(readings)} readings, {good} good, in {elapsed * 1000:.1f} ms")
+    bad = any(r["quality"] != "good" for r in readings)
+    return EXIT_FAIL if bad and not readings else EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
+    ref = args.profile
+    kind = args.driver
+    if kind is None:
+        for k in DRIVERS:
+            if ref in shipped_profiles(k):
+                kind = k
+                break
+        else:
+            path = Path(ref)
+            if path.exists():
+                kind = load_profile(path).driver
+    if kind not in DRIVERS:
+        print(f"edgegw simulate: cannot tell the driver of {ref!r}; give --driver", file=sys.stderr)
+        return EXIT_CONFIG
+    spec = DRIVERS[kind]
+    if spec.simulator is None:
+        print(f"edgegw simulate: the {kind} driver has no simulator", file=sys.stderr)
+        return EXIT_FAIL
+    logs.setup("info", "auto")
+    status: int = load_object(spec.simulator)(ref, rest)
+    return status
+
+
+def cmd_scan(args: argparse.Namespace, rest: list[str]) -> int:
+    spec = DRIVERS.get(args.kind)
+    if spec is None or spec.scanner is None:
+        kinds = ", ".join(k for k, s in DRIVERS.items() if s.scanner)
+        print(f"edgegw scan: no scanner for {args.kind!r} (scanners: {kinds})", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup("warning", "console")
+    status: int = load_object(spec.scanner)(rest)
+    return status
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    for kind in DRIVERS:
+        if args.driver and kind != args.driver:
+            continue
+        for name, path in shipped_profiles(kind).items():
+            profile = load_profile(path)
+            print(f"{kind:<7} {name:<28} {profile.status:<9} {profile.description}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo
+
+    logs.setup("info", "console")
+    status: int = run_async(demo(args.duration, args.devices))
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgegw", description="Multi-protocol data-acquisition gateway to MQTT.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the gateway")
+    r.add_argument("--config", "-c", required=True)
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    c = sub.add_parser("check", help="validate config files (exit 2 when invalid)")
+    c.add_argument("files", nargs="+")
+    c.add_argument("--verbose", "-v", action="store_true")
+
+    rd = sub.add_parser("read", help="poll one device once and print its readings")
+    rd.add_argument("--config", "-c", required=True)
+    rd.add_argument("device")
+    rd.add_argument("--json", action="store_true")
+    rd.add_argument("--discover", "--objects", action="store_true", help="list what the device has (object list, walk)")
+    rd.add_argument("--write-profile", metavar="FILE", help="write the discovered points out as a profile")
+    rd.add_argument("--verbose", "-v", action="store_true")
+
+    s = sub.add_parser("simulate", help="serve a profile as a device twin (options after the profile go to the twin)")
+    s.add_argument("profile")
+    s.add_argument("--driver", choices=sorted(DRIVERS))
+
+    sc = sub.add_parser("scan", help="look for devices: scan modbus|bacnet|snmp [options]")
+    sc.add_argument("kind")
+
+    pr = sub.add_parser("profiles", help="list the shipped device profiles")
+    pr.add_argument("--driver", choices=sorted(DRIVERS))
+
+    d = sub.add_parser("demo", help="twins + a local broker + the gateway, readings on the terminal")
+    d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
+    d.add_argument("--devices", type=int, default=3)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # simulate and scan pass everything after their positional argument to the driver's tool.
+    if argv and argv[0] in ("simulate", "scan"):
+        known, rest = parser.parse_known_args(argv)
+    else:
+        known, rest = parser.parse_args(argv), []
+    try:
+        if known.command == "check":
+            return cmd_check(known)
+        if known.command == "run":
+            return cmd_run(known)
+        if known.command == "read":
+            return cmd_read(known)
+        if known.command == "simulate":
+            return cmd_simulate(known, rest)
+        if known.command == "scan":
+            return cmd_scan(known, rest)
+        if known.command == "profiles":
+            return cmd_profiles(known)
+        if known.command == "demo":
+            return cmd_demo(known)
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {known.command}")
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""The gateway's YAML configuration: models, loading, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
+
+from gateway.buses import BusConfig
+from gateway.models import (
+    CONFIG_DIR,
+    ByteSize,
+    DeviceConfig,
+    Duration,
+    Identifier,
+    PointConfig,
+    Strict,
+    config_path,
+    read_secret,
+)
+from gateway.profiles import ProfileError, expand, load_profile, resolve_profile_path
+from gateway.registry import DRIVERS
+from gateway.yamlload import LineDict, YamlError, format_path, load_file, load_text, locate
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "DeviceConfig",
+    "GatewayConfig",
+    "PointConfig",
+    "load_config",
+    "parse_config",
+    "parse_device",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where} {self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """An invalid configuration; `issues` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+class TlsConfig(Strict):
+    """TLS to the broker; the server certificate is always verified."""
+
+    ca_file: Path | None = None  # None: the system trust store
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is not None and not config_path(value).is_file():
+                raise ValueError(f"{name} {str(value)!r} does not exist")
+        return self
+
+
+class MqttConfig(Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str | None = None  # default: edgegw-<site>
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls: TlsConfig | None = None
+    topic_prefix: str = "edgegw"
+    qos: Literal[0, 1, 2] = 1
+    keepalive: Duration = 30.0
+    max_inflight: Annotated[int, Field(ge=1, le=65535)] = 200
+    queue_size: Annotated[int, Field(ge=10)] = 10000
+    memory_backlog: Annotated[int, Field(ge=0)] = Field(
+        default=20000, description="messages kept in memory while the broker is away and no disk buffer is set"
+    )
+    reconnect_min: Duration = 0.5
+    reconnect_max: Duration = 30.0
+    per_point_topics: bool = False
+
+    _password: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError("use mqtt://host[:port] or mqtts://host[:port]")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as exc:
+            raise ValueError(f"bad port in url: {exc}") from None
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("a topic prefix without wildcards and without a leading or trailing /")
+        return v
+
+    @model_validator(mode="after")
+    def _secret(self) -> MqttConfig:
+        object.__setattr__(self, "_password", read_secret(self.password_file, self.password_env, "password"))
+        if self.username is None and self._password is not None:
+            raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def password(self) -> str | None:
+        return self._password.get_secret_value() if self._password is not None else None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if self.use_tls else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls is not None or urlsplit(self.url).scheme in ("mqtts", "ssl")
+
+
+class BufferConfig(Strict):
+    """Store-and-forward on disk; off when `path` is not set."""
+
+    path: Path | None = None
+    max_size: ByteSize = 512 * 2**20
+    sync_interval: Duration = Field(
+        default=1.0, description="longest time a buffered message waits for fsync; 0 = fsync before publishing"
+    )
+    write_through: bool = Field(
+        default=False,
+        description="buffer every message before it is published (zero loss on power cut with sync_interval 0)",
+    )
+    segment_size: ByteSize = 4 * 2**20
+
+
+class LogConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class HealthConfig(Strict):
+    listen: str | None = Field(
+        default=None, description="host:port of the /healthz and /metrics endpoint; off when unset"
+    )
+    watchdog_stall: Duration = Field(default=60.0, description="no progress for this long stops the watchdog pings")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError("use host:port, e.g. 127.0.0.1:9108")
+        return v
+
+
+class GatewayConfig(Strict):
+    """The whole file; per-driver sections (bacnet:, snmp:) are added from the registry."""
+
+    site: Identifier
+    mqtt: MqttConfig = MqttConfig()
+    buffer: BufferConfig = BufferConfig()
+    state_dir: Path | None = Field(default=None, description="where seq counters and driver cursors live")
+    log: LogConfig = LogConfig()
+    health: HealthConfig = HealthConfig()
+    buses: list[BusConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    _source: str = ""
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def section(self, kind: str) -> Any:
+        return getattr(self, kind, None)
+
+    def bus_config(self, bus_id: str) -> BusConfig | None:
+        return next((b for b in self.buses if b.id == bus_id), None)
+
+
+@cache
+def _gateway_model() -> type[GatewayConfig]:
+    models = tuple(spec.device_model for spec in DRIVERS.values())
+    device_union = Annotated[Union[models], Field(discriminator="driver")]  # type: ignore[valid-type]  # noqa: UP007
+    fields: dict[str, Any] = {"devices": (list[device_union], Field(default_factory=list))}
+    for kind, spec in DRIVERS.items():
+        section = spec.section_model
+        if section is not None:
+            fields[kind] = (section | None, None)
+    return create_model("GatewayConfigFile", __base__=GatewayConfig, **fields)
+
+
+def _issues_from(exc: ValidationError, data: Any, prefix: str = "", default_file: str = "") -> list[ConfigIssue]:
+    out = []
+    for err in exc.errors(include_url=False):
+        file, line, path = locate(data, err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        file, line, path = _refine(data, path, msg, file, line)
+        full = f"{prefix}{format_path(path)}" if prefix and path else (prefix.rstrip(".") or format_path(path))
+        if prefix and path and isinstance(path[0], int):
+            full = f"{prefix.rstrip('.')}{format_path(path)}"
+        out.append(ConfigIssue(file or default_file, line, full, msg))
+    return out
+
+
+def _refine(data: Any, path: list[str | int], msg: str, file: str, line: int) -> tuple[str, int, list[str | int]]:
+    """A model-level error that names one of the model's keys points at that key's line."""
+    _, _, found = locate(data, path)
+    node: Any = data
+    for part in found:
+        node = node[part]
+    if isinstance(node, LineDict):
+        for key in node:
+            if isinstance(key, str) and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
+                return node.file or file, node.lines.get(key, line), [*path, key]
+    return file, line, path
+
+
+@contextmanager
+def _config_dir(base: Path | None) -> Iterator[None]:
+    token = CONFIG_DIR.set(base)
+    try:
+        yield
+    finally:
+        CONFIG_DIR.reset(token)
+
+
+def _device_env(device: DeviceConfig) -> dict[str, Any]:
+    env: dict[str, Any] = {}
+    for name, value in device:
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            env[name] = value
+    return env
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> LineDict:
+    out = LineDict({**base, **over})
+    src = over if isinstance(over, LineDict) else base
+    if isinstance(src, LineDict):
+        out.file, out.line = src.file, src.line
+        out.lines = {**getattr(base, "lines", {}), **src.lines}
+    return out
+
+
+def _resolve_device(
+    raw: Mapping[str, Any], device: DeviceConfig, path: str, base_dir: Path | None
+) -> tuple[DeviceConfig, list[ConfigIssue]]:
+    """Merge the device's profile and inline points and validate each point; returns the device and issues."""
+    issues: list[ConfigIssue] = []
+    file = getattr(raw, "file", "")
+    model = type(device)
+    point_model = model.point_model
+    points: dict[str, tuple[dict[str, Any], str, int, str]] = {}
+    profile_meta: dict[str, Any] = {}
+    profile_vars: dict[str, Any] = {}
+
+    if device.profile is not None:
+        try:
+            ppath = resolve_profile_path(device.profile, device.driver, base_dir)
+            profile = load_profile(ppath)
+        except (ValueError, ProfileError, YamlError) as exc:
+            line = getattr(raw, "lines", {}).get("profile", getattr(raw, "line", 0))
+            return device, [ConfigIssue(file, line, f"{path}.profile", str(exc))]
+        if profile.driver and profile.driver != device.driver:
+            line = getattr(raw, "lines", {}).get("profile", 0)
+            msg = f"profile {profile.name!r} is for driver {profile.driver!r}, not {device.driver!r}"
+            return device, [ConfigIssue(file, line, f"{path}.profile", msg)]
+        profile_meta = profile.meta()
+        if profile.device:
+            # The profile's device defaults apply where the device does not set the key itself.
+            merged = _merge(profile.device, raw)
+            try:
+                device = model.model_validate(merged)
+            except ValidationError as exc:
+                return device, _issues_from(exc, merged, f"{path}.", file)
+        unknown = set(device.profile_vars) - set(profile.vars)
+        if unknown:
+            line = getattr(raw, "lines", {}).get("profile_vars", 0)
+            known = ", ".join(sorted(profile.vars)) or "none"
+            msg = f"unknown profile variable(s) {sorted(unknown)}; {profile.name} has: {known}"
+            issues.append(ConfigIssue(file, line, f"{path}.profile_vars", msg))
+        profile_vars = profile.vars
+        env = {**_device_env(device), **profile.vars, **device.profile_vars}
+        try:
+            for point, pfile, pline in expand(profile.points, env):
+                pid = str(point.get("id", ""))
+                if pid in points:
+                    issues.append(ConfigIssue(pfile, pline, f"profile {profile.name}: {pid}", "duplicate point id"))
+                points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
+        except ProfileError as exc:
+            issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
+
+    inline = raw.get("points", [])
+    env = {**_device_env(device), **profile_vars, **device.profile_vars}
+    try:
+        expanded = list(expand(inline, env)) if isinstance(inline, list) else []
+    except ProfileError as exc:
+        issues.append(ConfigIssue(exc.file or file, exc.line, f"{path}.points", exc.message))
+        expanded = []
+    seen_inline: set[str] = set()
+    for i, (point, pfile, pline) in enumerate(expanded):
+        pid = str(point.get("id", ""))
+        if pid in seen_inline:
+            issues.append(ConfigIssue(pfile or file, pline, f"{path}.points[{i}]", f"duplicate point id {pid!r}"))
+        seen_inline.add(pid)
+        if pid in points:
+            merged_point = _merge(points[pid][0], point)
+            points[pid] = (merged_point, pfile or file, pline, f"{path}.points[{i}]")
+        else:
+            points[pid] = (point, pfile or file, pline, f"{path}.points[{i}]")
+
+    resolved: list[PointConfig] = []
+    for point, pfile, pline, where in points.values():
+        try:
+            resolved.append(point_model.model_validate(point))
+        except ValidationError as exc:
+            for issue in _issues_from(exc, point, f"{where}.", pfile):
+                issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
+    ids = {p.id for p in resolved}
+    for p in resolved:
+        if p.exponent_point is not None and p.exponent_point not in ids:
+            _, pfile, pline, where = points[p.id]
+            issues.append(
+                ConfigIssue(pfile, pline, f"{where}.exponent_point", f"no point {p.exponent_point!r} in this device")
+            )
+    device._resolved = tuple(resolved)
+    device._profile_meta = profile_meta
+    return device, issues
+
+
+def parse_device(raw: Mapping[str, Any], base_dir: Path | None = None) -> DeviceConfig:
+    """Validate one device mapping (profile merged, points resolved); raises ConfigError."""
+    kind = raw.get("driver")
+    if kind not in DRIVERS:
+        raise ConfigError([ConfigIssue("", 0, "driver", f"unknown driver {kind!r}; known: {sorted(DRIVERS)}")])
+    model = DRIVERS[str(kind)].device_model
+    with _config_dir(base_dir):
+        try:
+            device = model.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_issues_from(exc, raw)) from None
+        device, issues = _resolve_device(raw, device, device.id, base_dir)
+    if issues:
+        raise ConfigError(issues)
+    return device
+
+
+def parse_config(data: Any, source: str, base_dir: Path | None) -> GatewayConfig:
+    """Validate loaded YAML data; raises ConfigError with every issue found."""
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(source, 1, "(top)", "the configuration is a YAML mapping")])
+    model = _gateway_model()
+    with _config_dir(base_dir):
+        try:
+            cfg = model.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_issues_from(exc, data, default_file=source)) from None
+        issues: list[ConfigIssue] = []
+        raw_devices = data.get("devices", [])
+        devices: list[DeviceConfig] = []
+        for i, device in enumerate(cfg.devices):
+            raw = raw_devices[i] if isinstance(raw_devices, list) else {}
+            resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir)
+            devices.append(resolved)
+            issues.extend(dev_issues)
+        issues.extend(_cross_check(cfg, devices, data, source))
+    if issues:
+        raise ConfigError(issues)
+    object.__setattr__(cfg, "devices", devices)
+    cfg._source = source
+    return cfg
+
+
+def _line(data: Any, *path: str | int) -> int:
+    _, line, _ = locate(data, list(path))
+    return line
+
+
+def _cross_check(cfg: GatewayConfig, devices: list[DeviceConfig], data: Any, source: str) -> list[ConfigIssue]:
+    issues = []
+    seen: dict[str, int] = {}
+    for i, dev in enumerate(devices):
+        if dev.id in seen:
+            msg = f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])"
+            issues.append(ConfigIssue(source, _line(data, "devices", i, "id"), f"devices[{i}].id", msg))
+        seen[dev.id] = i
+    bus_ids: dict[str, int] = {}
+    for i, bus in enumerate(cfg.buses):
+        if bus.id in bus_ids:
+            issues.append(
+                ConfigIssue(source, _line(data, "buses", i, "id"), f"buses[{i}].id", f"duplicate bus id {bus.id!r}")
+            )
+        bus_ids[bus.id] = i
+        if (bus.serial is None) == (bus.tcp is None):
+            issues.append(
+                ConfigIssue(source, _line(data, "buses", i), f"buses[{i}]", "a bus has either `serial` or `tcp`")
+            )
+    bus_driver: dict[str, str] = {}
+    for i, dev in enumerate(devices):
+        if dev.bus is None:
+            continue
+        if dev.bus not in bus_ids:
+            known = ", ".join(bus_ids) or "none defined"
+            msg = f"no bus {dev.bus!r} (buses: {known})"
+            issues.append(ConfigIssue(source, _line(data, "devices", i, "bus"), f"devices[{i}].bus", msg))
+            continue
+        other = bus_driver.setdefault(dev.bus, dev.driver)
+        if other != dev.driver:
+            msg = f"bus {dev.bus!r} already carries {other} devices; one protocol per bus"
+            issues.append(ConfigIssue(source, _line(data, "devices", i, "bus"), f"devices[{i}].bus", msg))
+    return issues
+
+
+def load_config(path: Path | str) -> GatewayConfig:
+    """Load and validate a config file; raises ConfigError."""
+    path = Path(path)
+    try:
+        data = load_file(path)
+    except YamlError as exc:
+        raise ConfigError([ConfigIssue(exc.file, exc.line, "(yaml)", exc.message)]) from None
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+def load_config_text(text: str, name: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
+    try:
+        data = load_text(text, name)
+    except YamlError as exc:
+        raise ConfigError([ConfigIssue(exc.file, exc.line, "(yaml)", exc.message)]) from None
+    return parse_config(data, name, base_dir)

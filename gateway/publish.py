@@ -1,0 +1,457 @@
+"""MQTT publishing (aiomqtt): topics, payloads, availability, last will, and delivery that loses nothing.
+
+Delivery rules (docs/mqtt.md, docs/operations.md):
+
+* Data and event messages go out with the configured QoS (1 by default). A message is done only
+  when the broker acknowledged it; until then it is in memory (in flight or queued) or, with a
+  disk buffer, on disk.
+* While the broker is away, queued messages move to the disk buffer (or stay in a bounded
+  memory backlog when there is none). After a reconnect the backlog drains oldest first, sharing
+  the in-flight window with live data, so dashboards stay current while history catches up.
+* With `buffer.write_through`, every message is written to the disk buffer before it is
+  published, and with `sync_interval: 0` fsynced first: nothing is lost on a power cut.
+* Retained messages (meta, status) carry state, not history: the latest per topic is kept and
+  re-sent on every connect.
+* Every drop is counted (metrics) and logged once per burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from gateway.config import BufferConfig, MqttConfig
+from gateway.normalize import Batch, Normalizer
+from gateway.state import atomic_write
+
+# How many seq numbers a device may use before the reservation on disk is moved forward.
+SEQ_BLOCK = 1000
+
+
+@dataclass(slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    buffer_id: int | None = None
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    submitted: int = 0
+    published: int = 0
+    published_bytes: int = 0
+    dropped_queue: int = 0
+    dropped_backlog: int = 0
+    spilled: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class SeqCounter:
+    """Per-device message numbers that only ever grow, across restarts and crashes.
+
+    The file holds, per device, a number no seq has reached yet. A clean stop writes the exact
+    next value; after a crash the count resumes at the reservation, so seq may jump forward
+    (at most SEQ_BLOCK) but never repeats.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._next: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                self._reserved = {str(k): int(v) for k, v in data.items()}
+            except (OSError, ValueError, TypeError, AttributeError):
+                self._reserved = {}
+        self._next = dict(self._reserved)
+
+    def next(self, device: str) -> int:
+        seq = self._next.get(device, 1)
+        self._next[device] = seq + 1
+        if seq >= self._reserved.get(device, 0):
+            self._reserved[device] = seq + SEQ_BLOCK
+            self._write(self._reserved)
+        return seq
+
+    def close(self) -> None:
+        """A clean stop: record the exact next numbers, so no gap appears."""
+        self._write(self._next)
+
+    def _write(self, data: dict[str, int]) -> None:
+        if self.path is not None:
+            atomic_write(self.path, json.dumps(data, sort_keys=True).encode())
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if not cfg.use_tls:
+        return None
+    tls = cfg.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    # Verification stays on: there is deliberately no option to turn it off.
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if tls and tls.cert_file and tls.key_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return ctx
+
+
+class Publisher:
+    """Owns the broker connection; everything that reaches MQTT goes through here."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        site: str,
+        buffer_cfg: BufferConfig,
+        state_dir: Path | None,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.base = f"{cfg.topic_prefix}/{site}"
+        self.log = log
+        self.stats = PublisherStats()
+        self.connected = False
+        self._limit = cfg.queue_size + (0 if buffer_cfg.path else cfg.memory_backlog)
+        self._queue: deque[Outgoing] = deque()
+        self._retained: dict[str, Outgoing] = {}
+        self._retained_dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._inflight: dict[asyncio.Task[None], Outgoing] = {}
+        self._order = 0
+        self._seq = SeqCounter(state_dir / "seq.json" if state_dir else None)
+        self._buffer_cfg = buffer_cfg
+        self._disk: Any = None
+        self._last_sync = time.monotonic()
+        self._drop_logged = 0.0
+        self._closing = False
+        self._unsynced = False
+        self._session_client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._status_topic = f"{self.base}/gateway/status"
+
+    # -- producer side (called from the scheduler, never blocks) ------------------------------
+
+    def topic(self, device: str, leaf: str) -> str:
+        return f"{self.base}/{device}/{leaf}"
+
+    def submit_batch(self, normalizer: Normalizer, batch: Batch) -> None:
+        seq = self._seq.next(batch.device)
+        payload = normalizer.encode(batch, seq)
+        self._enqueue(Outgoing(self.topic(batch.device, "data"), payload, self.cfg.qos))
+        if self.cfg.per_point_topics:
+            for item in normalizer.as_dicts(batch):
+                leaf = f"points/{item['point']}"
+                self._enqueue(Outgoing(self.topic(batch.device, leaf), json.dumps(item).encode(), self.cfg.qos))
+
+    def submit_event(self, device: str, event: dict[str, Any]) -> None:
+        self._enqueue(Outgoing(self.topic(device, "events"), json.dumps(event).encode(), self.cfg.qos))
+
+    def submit_retained(self, topic: str, payload: dict[str, Any] | str) -> None:
+        body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        self._retained[topic] = Outgoing(topic, body.encode(), max(1, self.cfg.qos), retain=True)
+        self._retained_dirty.add(topic)
+        self._wake.set()
+
+    def _enqueue(self, msg: Outgoing) -> None:
+        self.stats.submitted += 1
+        disk = self._disk
+        if disk is not None and (not self.connected or self._buffer_cfg.write_through):
+            disk.append(msg.topic, msg.payload, msg.qos, msg.retain)
+            self.stats.spilled += 1
+            self._unsynced = True
+            if self._buffer_cfg.sync_interval == 0 and not self.connected:
+                self._sync()
+            self._idle.clear()
+            self._wake.set()
+            return
+        q = self._queue
+        q.append(msg)
+        if disk is not None and len(q) > self.cfg.queue_size:
+            # The broker is slower than the devices: keep the overflow on disk instead of dropping it.
+            old = q.popleft()
+            disk.append(old.topic, old.payload, old.qos, old.retain)
+            self.stats.spilled += 1
+            self._unsynced = True
+        elif len(q) > self._limit:
+            q.popleft()
+            self.stats.dropped_queue += 1
+            self._log_drop("queue full: dropped the oldest message", self.stats.dropped_queue)
+        self._idle.clear()
+        self._wake.set()
+
+    def _log_drop(self, what: str, total: int) -> None:
+        now = time.monotonic()
+        if now - self._drop_logged > 10.0:
+            self._drop_logged = now
+            self.log.warning(what, dropped_total=total)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open_buffer(self) -> None:
+        """Open the disk buffer (recovering what a previous run left)."""
+        if self._buffer_cfg.path is None:
+            return
+        from gateway.buffer import DiskBuffer
+
+        self._disk = DiskBuffer(
+            self._buffer_cfg.path,
+            max_bytes=self._buffer_cfg.max_size,
+            segment_bytes=self._buffer_cfg.segment_size,
+            log=self.log,
+        )
+        report = self._disk.open()
+        stats = self._disk.stats
+        if stats.records:
+            self.log.info("disk buffer holds messages from an earlier run", records=stats.records, report=str(report))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="publisher")
+        if self._disk is not None:
+            self._syncer = asyncio.create_task(self._sync_loop(), name="buffer-sync")
+
+    async def _sync_loop(self) -> None:
+        """Bound the loss window: nothing buffered stays un-fsynced longer than sync_interval."""
+        period = self._buffer_cfg.sync_interval or 1.0
+        while True:
+            await asyncio.sleep(period)
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._disk is not None and self._unsynced:
+            self._unsynced = False
+            self._disk.sync()
+            self._last_sync = time.monotonic()
+
+    @property
+    def backlog(self) -> int:
+        disk = self._disk.stats.records if self._disk is not None else 0
+        return len(self._queue) + len(self._inflight) + disk
+
+    def buffer_stats(self) -> Any:
+        return self._disk.stats if self._disk is not None else None
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until everything queued was acknowledged (or spilled to disk); True when all got out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._queue and not self._inflight and (self._disk is None or not self._disk.stats.records):
+                return True
+            if not self.connected and self._disk is not None and not self._inflight:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+        return False
+
+    async def stop(self) -> None:
+        """Say offline, close the connection, keep what was not delivered on disk."""
+        self._closing = True
+        client = self._session_client
+        if client is not None and self.connected:
+            offline = json.dumps({"state": "offline", "reason": "stopped", "since": int(time.time() * 1000)})
+            with contextlib.suppress(Exception):
+                await client.publish(self._status_topic, offline.encode(), qos=1, retain=True, timeout=2.0)
+        if self._syncer is not None:
+            self._syncer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for task, msg in list(self._inflight.items()):
+            task.cancel()
+            self._return([msg])
+        self._inflight.clear()
+        if self._disk is not None:
+            self._spill()
+            self._disk.close()
+            self._disk = None
+        lost = len(self._queue)
+        if lost:
+            self.log.warning("stopping with undelivered messages and no disk buffer", messages=lost)
+        self._seq.close()
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.cfg.reconnect_min
+        while True:
+            try:
+                await self._session()
+                delay = self.cfg.reconnect_min
+            except asyncio.CancelledError:
+                raise
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+                if self.connected:
+                    self.log.warning("broker connection lost", error=str(exc))
+                else:
+                    self.stats.connect_failures += 1
+                    if self.stats.connect_failures in (1, 10) or self.stats.connect_failures % 100 == 0:
+                        self.log.warning(
+                            "cannot reach the broker", error=str(exc), attempts=self.stats.connect_failures
+                        )
+            finally:
+                self._disconnected()
+            await asyncio.sleep(delay)
+            delay = min(self.cfg.reconnect_max, delay * 2)
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(self._status_topic, json.dumps({"state": "offline", "reason": "lost"}).encode(), 1, True)
+        client = aiomqtt.Client(
+            self.cfg.host,
+            self.cfg.port,
+            username=self.cfg.username,
+            password=self.cfg.password,
+            identifier=self.cfg.client_id or f"edgegw-{self.site}",
+            will=will,
+            keepalive=int(self.cfg.keepalive),
+            tls_context=tls_context(self.cfg),
+            max_inflight_messages=self.cfg.max_inflight,
+            timeout=10.0,
+        )
+        # We cap in-flight publishes ourselves; aiomqtt would warn on every one past 10.
+        client.pending_calls_threshold = self.cfg.max_inflight + 10
+        return client
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self.connected = True
+            self.stats.connects += 1
+            if self.stats.connects == 1:
+                self.log.info("connected to the broker", host=self.cfg.host, port=self.cfg.port)
+            else:
+                self.log.info("reconnected to the broker", backlog=self.backlog)
+            self.stats.connect_failures = 0
+            online = {"state": "online", "since": int(time.time() * 1000)}
+            self._retained[self._status_topic] = Outgoing(
+                self._status_topic, json.dumps(online).encode(), 1, retain=True
+            )
+            self._retained_dirty = set(self._retained)
+            self._session_client = client
+            disconnected: asyncio.Future[None] = client._disconnected
+            sender = asyncio.create_task(self._send_loop(client))
+            try:
+                await asyncio.wait({sender, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                raise sender.exception()  # type: ignore[misc]
+            if disconnected.done():
+                exc = disconnected.exception() if not disconnected.cancelled() else None
+                raise aiomqtt.MqttError(f"disconnected: {exc}")
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        window = self.cfg.max_inflight
+        backlog_share = max(1, window // 2)
+        timeout = max(30.0, self.cfg.keepalive * 2)
+        disk = self._disk
+        zero_loss = self._buffer_cfg.sync_interval == 0
+        while True:
+            self._wake.clear()
+            for topic in list(self._retained_dirty):
+                self._retained_dirty.discard(topic)
+                await client.publish(topic, self._retained[topic].payload, qos=1, retain=True, timeout=timeout)
+            if zero_loss and self._unsynced:
+                # Group commit: one fsync covers every message buffered since the last one.
+                self._sync()
+            free = window - len(self._inflight)
+            if disk is not None and free > 0:
+                from_disk = sum(1 for m in self._inflight.values() if m.buffer_id is not None)
+                share = free if not self._queue else min(free, max(0, backlog_share - from_disk))
+                if share:
+                    for rec in disk.take(share):
+                        self._launch(client, Outgoing(rec.topic, rec.payload, rec.qos, rec.retain, rec.id), timeout)
+                free = window - len(self._inflight)
+            while free > 0 and self._queue:
+                self._launch(client, self._queue.popleft(), timeout)
+                free -= 1
+            if not self._queue and not self._inflight and (disk is None or not disk.stats.records):
+                self._idle.set()
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    def _launch(self, client: aiomqtt.Client, msg: Outgoing, timeout: float) -> None:
+        task = asyncio.create_task(self._send_one(client, msg, timeout))
+        self._inflight[task] = msg
+        task.add_done_callback(self._done)
+
+    async def _send_one(self, client: aiomqtt.Client, msg: Outgoing, timeout: float) -> None:
+        await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, timeout=timeout)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        msg = self._inflight.pop(task, None)
+        if msg is None:
+            return
+        if task.cancelled() or task.exception() is not None:
+            self._return([msg])
+        else:
+            self.stats.published += 1
+            self.stats.published_bytes += len(msg.payload)
+            self.stats.last_progress = time.monotonic()
+            if msg.buffer_id is not None and self._disk is not None:
+                self._disk.ack([msg.buffer_id])
+                self._unsynced = True
+        self._wake.set()
+
+    def _return(self, msgs: Iterable[Outgoing]) -> None:
+        """Messages that were in flight when the connection went: back in line, in order."""
+        disk_ids = [m.buffer_id for m in msgs if m.buffer_id is not None]
+        memory = [m for m in msgs if m.buffer_id is None]
+        if disk_ids and self._disk is not None:
+            self._disk.release(disk_ids)
+        for m in reversed(memory):
+            self._queue.appendleft(m)
+
+    def _disconnected(self) -> None:
+        was = self.connected
+        self.connected = False
+        self._session_client = None
+        inflight = list(self._inflight.items())
+        self._inflight.clear()
+        for task, _ in inflight:
+            task.remove_done_callback(self._done)
+            task.cancel()
+        self._return([m for _, m in inflight])
+        if self._disk is not None:
+            self._spill()
+            self._unsynced = True
+            self._sync()
+        if was:
+            self._idle.set()
+
+    def _spill(self) -> None:
+        """Move the queue to the disk buffer (broker away, write-through, or stopping)."""
+        disk = self._disk
+        if disk is None:
+            return
+        q = self._queue
+        n = len(q)
+        while q:
+            m = q.popleft()
+            disk.append(m.topic, m.payload, m.qos, m.retain)
+        if n:
+            self.stats.spilled += n
+            self._unsynced = True
+            if self._buffer_cfg.sync_interval == 0:
+                self._sync()

@@ -1,0 +1,251 @@
+"""One polling task per device: wall-clock aligned deadlines, timeouts, backoff, availability."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from gateway.driver import DeviceError, DeviceTimeout, Driver, Pushed, RawReadings
+from gateway.models import DeviceConfig
+from gateway.normalize import Batch, Normalizer
+
+
+class Availability(StrEnum):
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    polls: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    skipped: int = 0
+    last_duration: float = 0.0
+    duration_sum: float = 0.0
+    last_success_ms: int | None = None
+    last_error: str | None = None
+    state: Availability = Availability.UNKNOWN
+    state_since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    readings: int = 0
+    pushed: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "since": self.state_since_ms,
+            "last_success": self.last_success_ms,
+            "last_error": self.last_error,
+        }
+
+
+def next_deadline(now: float, interval: float) -> float:
+    """The next multiple of `interval` after `now` (wall clock): 5 s polls at :00, :05, ..."""
+    return (math.floor(now / interval) + 1) * interval
+
+
+def backoff_delay(interval: float, failures: int, max_backoff: float, rng: random.Random) -> float:
+    """Exponential backoff with +-20% jitter, never shorter than one interval."""
+    base = min(max_backoff, interval * 2.0 ** min(30, max(0, failures - 1)))
+    return max(interval, base * (0.8 + 0.4 * rng.random()))
+
+
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
+class DeviceRunner:
+    """Polls one device on its schedule and hands each poll's batch to `sink`."""
+
+    def __init__(
+        self,
+        device: DeviceConfig,
+        driver: Driver[Any],
+        normalizer: Normalizer,
+        sink: Callable[[Batch], None],
+        on_status: Callable[[DeviceConfig, DeviceStats], None],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.device = device
+        self.driver = driver
+        self.normalizer = normalizer
+        self.sink = sink
+        self.on_status = on_status
+        self.log = log
+        self.stats = DeviceStats()
+        self._rng = random.Random(hash(device.id))
+        self._task: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[Batch] | None = None
+        self._retry_at = 0.0
+        self._last_values: list[Any] | None = None
+        self._started = False
+        self._bug_logged = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"device:{self.device.id}")
+
+    async def stop(self) -> None:
+        for task in (self._poll, self._task):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (self._poll, self._task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._started:
+            try:
+                await asyncio.wait_for(self.driver.stop(), timeout=max(2.0, self.device.timeout * 2))
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                self.log.warning("driver stop failed", error=_describe(exc))
+
+    def pushed(self, values: list[Pushed]) -> None:
+        """Values the device pushed between polls (COV); published at once."""
+        now_ms = int(time.time() * 1000)
+        batch = self.normalizer.normalize_pushed(values, now_ms, self._last_values)
+        if len(batch):
+            self.stats.pushed += len(batch)
+            self.sink(batch)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        interval = self.device.interval
+        await self._start_driver()
+        while True:
+            deadline = next_deadline(time.time(), interval)
+            await asyncio.sleep(max(0.0, deadline - time.time()))
+            if self._poll is not None and not self._poll.done():
+                # The previous poll still runs: skip this tick rather than pile up requests.
+                self.stats.skipped += 1
+                if self.stats.skipped in (1, 10, 100) or self.stats.skipped % 1000 == 0:
+                    self.log.warning("poll skipped: previous poll still running", skipped=self.stats.skipped)
+                continue
+            if time.monotonic() < self._retry_at:
+                continue
+            self._poll = asyncio.create_task(self.poll_once(), name=f"poll:{self.device.id}")
+
+    async def _start_driver(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.driver.start(), timeout=max(self.device.timeout * 4, 5.0))
+                if not self.driver.ctx.points:
+                    await self._discover()
+                self._started = True
+                return
+            except BaseException as exc:
+                if isinstance(exc, _FATAL):
+                    raise
+                self._failed(_describe(exc), int(time.time() * 1000))
+                delay = backoff_delay(
+                    self.device.interval, self.stats.consecutive_failures, self.device.max_backoff, self._rng
+                )
+                await asyncio.sleep(delay)
+
+    async def _discover(self) -> None:
+        try:
+            found = await asyncio.wait_for(self.driver.discover(), timeout=max(self.device.timeout * 20, 30.0))
+        except NotImplementedError:
+            return
+        model = type(self.device).point_model
+        points = [model.model_validate(p) for p in found]
+        self.driver.ctx.points = points
+        self.normalizer.__init__(self.device.id, points)  # type: ignore[misc]
+        await self.driver.replan()
+        self.log.info("points discovered from the device", points=len(points))
+        self.on_status(self.device, self.stats)
+
+    async def poll_once(self) -> Batch:
+        """One poll: read, normalise, hand over, update availability. Never raises (but cancel)."""
+        started = time.monotonic()
+        limit = max(self.device.interval, self.device.timeout) * 2 + 1.0
+        error: str | None = None
+        raw: RawReadings | None = None
+        try:
+            raw = await asyncio.wait_for(self.driver.read(), timeout=limit)
+        except DeviceTimeout as exc:
+            error = str(exc) or "device did not answer in time"
+        except DeviceError as exc:
+            error = str(exc) or type(exc).__name__
+        except TimeoutError:
+            error = f"poll took longer than {limit:.1f}s"
+        except BaseException as exc:
+            if isinstance(exc, _FATAL):
+                raise
+            error = _describe(exc)
+            if not self._bug_logged:
+                self._bug_logged = True
+                self.log.error("driver raised an unexpected error (a driver bug)", error=error, exc_info=exc)
+        now_ms = int(time.time() * 1000)
+        duration = time.monotonic() - started
+        self.stats.polls += 1
+        self.stats.last_duration = duration
+        self.stats.duration_sum += duration
+        self.stats.last_progress = time.monotonic()
+        if raw is not None:
+            batch = self.normalizer.normalize(raw, now_ms)
+            self._last_values = raw.values
+            self._succeeded(now_ms)
+        else:
+            batch = self.normalizer.failed(error or "poll failed", now_ms)
+            self._failed(error or "poll failed", now_ms)
+        self.stats.readings += len(batch)
+        self.sink(batch)
+        return batch
+
+    # -- availability ----------------------------------------------------------------------
+
+    def _succeeded(self, now_ms: int) -> None:
+        st = self.stats
+        st.consecutive_failures = 0
+        st.last_success_ms = now_ms
+        self._retry_at = 0.0
+        if st.state is not Availability.ONLINE:
+            if st.state is Availability.OFFLINE:
+                self.log.info("device recovered", offline_since=st.state_since_ms)
+            else:
+                self.log.info("device online")
+            st.state = Availability.ONLINE
+            st.state_since_ms = now_ms
+            st.last_error = None
+            self.on_status(self.device, st)
+
+    def _failed(self, error: str, now_ms: int) -> None:
+        st = self.stats
+        st.failures += 1
+        st.consecutive_failures += 1
+        changed_error = error != st.last_error
+        st.last_error = error
+        if st.consecutive_failures >= self.device.offline_after:
+            delay = backoff_delay(
+                self.device.interval,
+                st.consecutive_failures - self.device.offline_after + 1,
+                self.device.max_backoff,
+                self._rng,
+            )
+            self._retry_at = time.monotonic() + delay - self.device.interval * 0.5
+            if st.state is not Availability.OFFLINE:
+                st.state = Availability.OFFLINE
+                st.state_since_ms = now_ms
+                self.log.warning("device offline", error=error, failures=st.consecutive_failures)
+                self.on_status(self.device, st)
+            elif changed_error:
+                self.on_status(self.device, st)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,30 @@
+"""Fixtures shared by the end-to-end tests: a real broker and a collector subscribed to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Collector, Mosquitto
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
+    b = Mosquitto(tmp_path)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+@pytest.fixture
+async def collector(broker: Mosquitto) -> AsyncIterator[Collector]:
+    c = Collector(broker.port)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()

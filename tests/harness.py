@@ -1,0 +1,213 @@
+"""Real parts for the end-to-end tests: a mosquitto broker, an MQTT collector, the daemon as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port nobody listens on right now (127.0.0.1)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
+            await asyncio.sleep(0.02)
+
+
+class Mosquitto:
+    """A private mosquitto on a free loopback port; stop() and start() simulate an outage."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+
+    async def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 0\nmax_inflight_messages 0\n"
+            f"log_dest file {self.log}\n",
+            encoding="utf-8",
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            binary, "-c", str(self.conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await wait_port(self.port)
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5.0)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass
+class Collector:
+    """Subscribes to a topic filter and keeps everything that arrives."""
+
+    port: int
+    topic: str = "#"
+    messages: list[Received] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10.0)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.port, identifier=f"collector-{id(self)}") as client:
+                    await client.subscribe(self.topic, qos=1)
+                    self._ready.set()
+                    async for msg in client.messages:
+                        payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+                        self.messages.append(Received(str(msg.topic), payload, bool(msg.retain)))
+                        self._changed.set()
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def on(self, suffix: str) -> list[Received]:
+        return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+        """Wait until predicate() is truthy (re-checked on every message); fail with `what` after timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                topics = sorted({m.topic for m in self.messages})
+                raise AssertionError(f"timed out waiting for {what}; got {len(self.messages)} messages on {topics[:20]}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.25))
+
+    def data(self, device: str) -> list[dict[str, Any]]:
+        return [m.json() for m in self.messages if m.topic.endswith(f"/{device}/data")]
+
+    def latest(self, device: str, point: str) -> dict[str, Any] | None:
+        for msg in reversed(self.data(device)):
+            for r in msg["readings"]:
+                if r["point"] == point:
+                    return r  # type: ignore[no-any-return]
+        return None
+
+
+class Daemon:
+    """`edgegw run` as a child process, the way systemd runs it."""
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.env = env or {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log_path = workdir / f"daemon-{int(time.time() * 1000)}.log"
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("NOTIFY_SOCKET", None)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config),
+            stdout=self._log, stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(REPO),
+        )
+
+    async def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        finally:
+            self._log.close()
+        return code
+
+    async def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not stop in time."""
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        await self.signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"daemon did not stop on SIGTERM; log: {self.output()[-2000:]}") from None
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+        self._log.close()
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""

@@ -1,0 +1,108 @@
+"""Normalisation: scaling exactly, exponents from registers and from the protocol, sentinels, quality."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.driver import PointError, RawReadings
+from gateway.models import PointConfig
+from gateway.normalize import Normalizer, scale_exact
+from gateway.points import Quality
+
+
+def pt(pid: str, **kw: object) -> PointConfig:
+    base: dict[str, object] = {"id": pid, "quantity": "current", "unit": "A"}
+    base.update(kw)
+    return PointConfig.model_validate(base)
+
+
+def test_exact_decimal_scaling_has_no_float_artefacts() -> None:
+    n = Normalizer("d", [pt("e", unit="Wh", quantity="active_energy_import", scale=0.1)])
+    batch = n.normalize(RawReadings([1234567]), 0)
+    assert batch.values == [123456.7]
+    assert scale_exact(1234567, 1, 1, -1) == 123456.7
+
+
+def test_protocol_exponent_is_applied_exactly() -> None:
+    n = Normalizer("d", [pt("e", unit="Wh", quantity="active_energy_import")])
+    batch = n.normalize(RawReadings([1234567], exponents=[-1]), 0)
+    assert batch.values == [123456.7]
+
+
+def test_exponent_from_another_register() -> None:
+    points = [pt("scale", quantity="scale", unit="", publish=False), pt("i", exponent_point="scale")]
+    n = Normalizer("d", points)
+    batch = n.normalize(RawReadings([-1, 10]), 5)
+    assert batch.values == [1.0]  # the BCPME's worked example: raw 10 with scale -1 -> 1.0 A
+    assert batch.qualities == ["good"]
+    bad = n.normalize(RawReadings([PointError("timeout"), 10]), 5)
+    assert bad.values == [None] and bad.qualities == ["bad"] and bad.errors == ["scale register unavailable"]
+
+
+def test_sentinels_become_bad_never_a_number() -> None:
+    points = [pt("i16", invalid=[-32768]), pt("f", invalid=["nan"]), pt("g")]
+    n = Normalizer("d", points)
+    batch = n.normalize(RawReadings([-32768, math.nan, math.inf]), 1)
+    assert batch.values == [None, None, None]
+    assert batch.qualities == ["bad", "bad", "bad"]
+    payload = json.loads(n.encode(batch, 7))
+    assert [r["value"] for r in payload["readings"]] == [None, None, None]
+
+
+def test_offset_and_scale() -> None:
+    n = Normalizer("d", [pt("t", quantity="temperature", unit="degC", scale=0.1, offset=-40)])
+    assert n.normalize(RawReadings([650]), 0).values == [25.0]
+
+
+def test_point_error_and_device_quality() -> None:
+    n = Normalizer("d", [pt("a"), pt("b"), pt("c")])
+    raw = RawReadings([PointError("illegal address"), 5, 6], qualities=[None, Quality.UNCERTAIN, Quality.BAD])
+    batch = n.normalize(raw, 0)
+    assert batch.qualities == ["bad", "uncertain", "bad"]
+    assert batch.values == [None, 5, None]
+    assert batch.errors[0] == "illegal address"
+
+
+def test_unpublished_points_are_not_in_the_message() -> None:
+    n = Normalizer("d", [pt("hidden", publish=False), pt("shown")])
+    msg = json.loads(n.encode(n.normalize(RawReadings([1, 2]), 3), 1))
+    assert [r["point"] for r in msg["readings"]] == ["shown"]
+
+
+def test_series_entries_carry_their_own_timestamps() -> None:
+    n = Normalizer("d", [pt("lp", quantity="active_energy_import", unit="Wh")])
+    batch = n.normalize(RawReadings([PointError("profile column", Quality.BAD)], series=[(0, 10, 1000), (0, 20, 2000)]), 5)
+    msg = json.loads(n.encode(batch, 1))
+    assert [(r["value"], r["ts"]) for r in msg["readings"][1:]] == [(10, 1000), (20, 2000)]
+
+
+def test_encoding_matches_the_contract() -> None:
+    n = Normalizer("dev-1", [pt("a.b", unit="V", quantity="voltage"), pt("s", quantity="status", unit="")])
+    msg = json.loads(n.encode(n.normalize(RawReadings([230.5, "ok\"\n"]), 1700000000000), 42))
+    assert msg == {
+        "device": "dev-1",
+        "seq": 42,
+        "ts": 1700000000000,
+        "readings": [
+            {"point": "a.b", "value": 230.5, "unit": "V", "quality": "good", "ts": 1700000000000},
+            {"point": "s", "value": "ok\"\n", "unit": "", "quality": "good", "ts": 1700000000000},
+        ],
+    }
+
+
+@given(st.lists(st.one_of(st.integers(-(2**63), 2**64), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                          st.text(max_size=5), st.none()), min_size=3, max_size=3),
+       st.sampled_from([1.0, 0.1, 0.001, 1000.0, 2.5]))
+def test_any_raw_value_encodes_to_valid_json(values: list[object], scale: float) -> None:
+    n = Normalizer("d", [pt("a", scale=scale), pt("b", invalid=["nan"]), pt("c", offset=1.5)])
+    batch = n.normalize(RawReadings(values), 0)  # type: ignore[arg-type]
+    msg = json.loads(n.encode(batch, 1))
+    assert len(msg["readings"]) == 3
+    for r in msg["readings"]:
+        assert r["quality"] in ("good", "bad", "uncertain")
+        if r["quality"] != "good":
+            assert r["value"] is None
