@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="twins + a local broker + the gateway, readings on the terminal")
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
-    d.add_argument("--devices", type=int, default=3)
+    d.add_argument("--devices", type=int, default=4, help="how many of the four demo devices")
     return p
 
 

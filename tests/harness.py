@@ -140,7 +140,9 @@ class Collector:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 topics = sorted({m.topic for m in self.messages})
-                raise AssertionError(f"timed out waiting for {what}; got {len(self.messages)} messages on {topics[:20]}")
+                raise AssertionError(
+                    f"timed out waiting for {what}; got {len(self.messages)} messages on {topics[:20]}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.25))
@@ -171,8 +173,16 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config),
-            stdout=self._log, stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(REPO),
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "run",
+            "--config",
+            str(self.config),
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=str(REPO),
         )
 
     async def signal(self, sig: int) -> None:

@@ -138,10 +138,14 @@ def test_durations_and_sizes() -> None:
 def test_check_command_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD)
     bad = write(tmp_path, GOOD.replace("interval: 500ms", "interval: soon"), "bad.yaml")
-    ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(good)], capture_output=True, text=True, check=False)
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", str(good)], capture_output=True, text=True, check=False
+    )
     assert ok.returncode == 0, ok.stderr
     assert "ok (2 devices" in ok.stdout
-    res = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(bad)], capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", str(bad)], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 2
     assert f"{bad}:12 devices[0].interval: not a duration" in res.stderr
     assert "s3cret" not in res.stderr + res.stdout

@@ -75,28 +75,41 @@ def test_unpublished_points_are_not_in_the_message() -> None:
 
 def test_series_entries_carry_their_own_timestamps() -> None:
     n = Normalizer("d", [pt("lp", quantity="active_energy_import", unit="Wh")])
-    batch = n.normalize(RawReadings([PointError("profile column", Quality.BAD)], series=[(0, 10, 1000), (0, 20, 2000)]), 5)
+    batch = n.normalize(
+        RawReadings([PointError("profile column", Quality.BAD)], series=[(0, 10, 1000), (0, 20, 2000)]), 5
+    )
     msg = json.loads(n.encode(batch, 1))
     assert [(r["value"], r["ts"]) for r in msg["readings"][1:]] == [(10, 1000), (20, 2000)]
 
 
 def test_encoding_matches_the_contract() -> None:
     n = Normalizer("dev-1", [pt("a.b", unit="V", quantity="voltage"), pt("s", quantity="status", unit="")])
-    msg = json.loads(n.encode(n.normalize(RawReadings([230.5, "ok\"\n"]), 1700000000000), 42))
+    msg = json.loads(n.encode(n.normalize(RawReadings([230.5, 'ok"\n']), 1700000000000), 42))
     assert msg == {
         "device": "dev-1",
         "seq": 42,
         "ts": 1700000000000,
         "readings": [
             {"point": "a.b", "value": 230.5, "unit": "V", "quality": "good", "ts": 1700000000000},
-            {"point": "s", "value": "ok\"\n", "unit": "", "quality": "good", "ts": 1700000000000},
+            {"point": "s", "value": 'ok"\n', "unit": "", "quality": "good", "ts": 1700000000000},
         ],
     }
 
 
-@given(st.lists(st.one_of(st.integers(-(2**63), 2**64), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-                          st.text(max_size=5), st.none()), min_size=3, max_size=3),
-       st.sampled_from([1.0, 0.1, 0.001, 1000.0, 2.5]))
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**64),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.booleans(),
+            st.text(max_size=5),
+            st.none(),
+        ),
+        min_size=3,
+        max_size=3,
+    ),
+    st.sampled_from([1.0, 0.1, 0.001, 1000.0, 2.5]),
+)
 def test_any_raw_value_encodes_to_valid_json(values: list[object], scale: float) -> None:
     n = Normalizer("d", [pt("a", scale=scale), pt("b", invalid=["nan"]), pt("c", offset=1.5)])
     batch = n.normalize(RawReadings(values), 0)  # type: ignore[arg-type]
