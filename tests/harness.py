@@ -171,7 +171,7 @@ class Daemon:
     async def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("NOTIFY_SOCKET", None)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in wait(); a local file
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
