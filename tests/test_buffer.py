@@ -156,10 +156,13 @@ def test_reopen_after_close_keeps_unacked_and_continues_ids(tmp_path: Path) -> N
 
 def test_crash_without_close_keeps_every_appended_record(tmp_path: Path) -> None:
     buf = _open(tmp_path)
-    _fill(buf, 50)
+    _fill(buf, 400)
     buf.close(sync=False)  # no fsync, no ack state: what a killed process leaves behind
+    assert len(_segments(tmp_path)) > 10
     buf = _open(tmp_path)
-    assert [r.id for r in _drain(buf)] == list(range(1, 51))
+    records = _drain(buf)
+    assert [r.id for r in records] == list(range(1, 401))
+    assert [r.payload for r in records] == [_payload(i) for i in range(400)]
     buf.close()
 
 
@@ -317,10 +320,12 @@ def test_garbage_empty_and_foreign_files_are_not_fatal(tmp_path: Path) -> None:
     (work / "seg-7.log").write_bytes(b"\xffEGR" + os.urandom(100))
     (work / "acks.state.tmp").write_bytes(b"half written")
     (work / "README").write_text("not ours")
+    (work / f"seg-{50:020d}.log").mkdir()
     buf = DiskBuffer(work, max_bytes=1 << 20)
     report = buf.open()
     assert [r.id for r in _drain(buf)] == list(range(1, 11))
     assert report.removed_files == 3
+    assert report.unreadable_files == 1
     assert report.records == 10
     assert (work / "README").exists()
     assert not (work / "acks.state.tmp").exists()
@@ -345,6 +350,21 @@ def test_bad_ack_state_means_everything_is_resent(tmp_path: Path, content: bytes
     report = buf.open()
     assert report.ack_state == "damaged"
     assert [r.id for r in _drain(buf)] == list(range(1, 11))
+    buf.close()
+
+
+def test_ack_state_that_cannot_be_read_or_written_is_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "acks.state").mkdir()
+    buf = DiskBuffer(tmp_path, max_bytes=1 << 20)
+    assert buf.open().ack_state == "damaged"
+    _fill(buf, 5)
+    buf.ack(r.id for r in buf.take(2))
+    buf.sync()
+    buf.close()
+    assert buf.stats.io_errors >= 2
+    buf = DiskBuffer(tmp_path, max_bytes=1 << 20)
+    buf.open()
+    assert [r.id for r in _drain(buf)] == [1, 2, 3, 4, 5]  # the acks could not be kept: resent
     buf.close()
 
 
@@ -400,6 +420,17 @@ def test_size_cap_drops_records_in_flight_and_forgets_their_acks(tmp_path: Path)
     # 1 and 2 (in flight) were dropped before their acks; 3 (released, then acked) was not.
     assert (stats.dropped_records, stats.acked, stats.records) == (2, 1, 9)
     assert [r.id for r in _drain(buf)] == list(range(4, 13))
+    buf.close()
+
+
+def test_size_cap_smaller_than_a_segment_drops_from_the_active_one(tmp_path: Path) -> None:
+    buf = DiskBuffer(tmp_path, max_bytes=1000)
+    buf.open()
+    _fill(buf, 30, size=100)  # 157 bytes each: 6 fit
+    stats = buf.stats
+    assert stats.bytes <= 1000
+    assert stats.records + stats.dropped_records == 30
+    assert [r.id for r in _drain(buf)] == list(range(31 - stats.records, 31))
     buf.close()
 
 
