@@ -342,7 +342,7 @@ def _resolve_device(
     resolved: list[PointConfig] = []
     for point, pfile, pline, where in points.values():
         try:
-            resolved.append(point_model.model_validate(point))
+            resolved.append(_compact(point_model.model_validate(point)))
         except ValidationError as exc:
             for issue in _issues_from(exc, point, f"{where}.", pfile):
                 issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
@@ -356,6 +356,19 @@ def _resolve_device(
     device._resolved = tuple(resolved)
     device._profile_meta = profile_meta
     return device, issues
+
+
+_NO_FIELDS_SET: set[str] = set()
+
+
+def _compact(point: PointConfig) -> PointConfig:
+    """Drop the per-instance record of which keys were given (~0.7 KB a point, 7 MB for 10k points).
+
+    Nothing reads `model_fields_set` of a resolved point; the merge with profile defaults works on
+    the raw mappings before validation.
+    """
+    object.__setattr__(point, "__pydantic_fields_set__", _NO_FIELDS_SET)
+    return point
 
 
 def parse_device(raw: Mapping[str, Any], base_dir: Path | None = None) -> DeviceConfig:

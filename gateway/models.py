@@ -7,7 +7,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -201,6 +201,10 @@ class DeviceConfig(Strict):
     timeout: Duration = 1.0
     offline_after: Annotated[int, Field(ge=1)] = 3
     max_backoff: Duration = 300.0
+    phase: Literal["auto"] | Duration = Field(
+        default="auto",
+        description="offset of the polls within the interval; auto spreads devices over 10% of it (at most 1s)",
+    )
     enabled: bool = True
     bus: Identifier | None = None
     tags: dict[str, str] = Field(default_factory=dict)
