@@ -169,8 +169,8 @@ class Daemon:
         self.log_path = workdir / f"daemon-{int(time.time() * 1000)}.log"
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("NOTIFY_SOCKET", None)
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env.update({"PYTHONUNBUFFERED": "1", **self.env})
         self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in wait(); a local file
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
