@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
-from gateway.models import Identifier, Strict
+from gateway.models import Duration, Identifier, Strict
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ class BusConfig(Strict):
     serial: SerialSettings | None = None
     tcp: TcpSettings | None = None
     # Some converters need a quiet time between transactions (RS-485 turnaround).
-    turnaround: float = 0.0
+    turnaround: Duration = 0.0
 
 
 class Bus:
