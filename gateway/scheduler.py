@@ -186,7 +186,9 @@ class DeviceRunner:
     async def poll_once(self) -> Batch:
         """One poll: read, normalise, hand over, update availability. Never raises (but cancel)."""
         started = time.monotonic()
-        limit = max(self.device.interval, self.device.timeout) * 2 + 1.0
+        # A safety net against a hung driver, not a budget: a device behind a busy shared bus or
+        # with several silent unit ids legitimately takes a few timeouts.
+        limit = max(2 * self.device.interval, 10 * self.device.timeout) + 1.0
         error: str | None = None
         raw: RawReadings | None = None
         try:

@@ -10,9 +10,7 @@ from gateway.buses import TcpSettings
 from gateway.models import DeviceConfig, Duration, PointConfig
 
 Function = Literal["holding", "input", "coil", "discrete"]
-DataType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string", "bool"
-]
+DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string", "bool"]
 Order = Literal["big", "little"]
 
 # Registers each type spans; a string's span is its `length`.
@@ -87,7 +85,9 @@ class ModbusDevice(DeviceConfig):
     numbering: Literal[0, 1] = Field(default=0, description="1 when the profile's addresses are 1-based")
     max_registers: Annotated[int, Field(ge=1, le=125)] = 125
     max_bits: Annotated[int, Field(ge=1, le=2000)] = 2000
-    max_gap: Annotated[int, Field(ge=0, le=124)] = Field(default=16, description="registers read through to merge two reads")
+    max_gap: Annotated[int, Field(ge=0, le=124)] = Field(
+        default=16, description="registers read through to merge two reads"
+    )
     unreadable: list[tuple[int, int]] = Field(
         default_factory=list, description="inclusive address ranges never read (numbering as the points)"
     )

@@ -1,0 +1,384 @@
+"""Register words <-> values: pure functions, precompiled per point, total on device data.
+
+Data is always the wire bytes of a reply: registers as big-endian 16-bit words one after the
+other (what the PDU carries), or for coils / discrete inputs the packed bit bytes (LSB first).
+
+Byte order is the order of the two bytes inside each 16-bit word, word order the order of the
+words of a multi-register value. Both are folded into one `struct` format: with equal orders the
+value is a plain big- or little-endian number over its bytes; with different orders the words
+are reversed first (``CDAB`` and ``BADC`` layouts).
+
+Decoders never raise on device data: a compiled decoder assumes the caller checked that the
+data covers the point (the driver does, once per reply); :func:`decode` checks it itself.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.driver import PointError, RawValue
+
+if TYPE_CHECKING:
+    from drivers.modbus.config import ModbusDevice, ModbusPoint
+
+# struct codes of the numeric types, and of the unsigned integer of the same width (bit fields).
+_NUMERIC: dict[str, str] = {
+    "int16": "h",
+    "uint16": "H",
+    "int32": "i",
+    "uint32": "I",
+    "int64": "q",
+    "uint64": "Q",
+    "float32": "f",
+    "float64": "d",
+}
+_UNSIGNED_BY_WORDS = {1: "H", 2: "I", 4: "Q"}
+_WORDS = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+    "float64": 4,
+    "bool": 1,
+}
+_INT_RANGE = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+BIT_FUNCTIONS = frozenset({"coil", "discrete"})
+FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+
+# A compiled decoder: (reply data, byte offset for registers / bit index for bits) -> value.
+Decoder = Callable[[bytes, int], RawValue]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSpec:
+    """How one point's value sits in the registers (or bits) of a reply."""
+
+    type: str = "uint16"
+    words: int = 1
+    byte_order: str = "big"
+    word_order: str = "big"
+    bit: int | None = None
+    bits: tuple[int, int] | None = None
+    is_bit: bool = False  # a coil or discrete input: one bit, decoded as bool
+
+    @property
+    def simple(self) -> bool:
+        """A plain number that one struct format decodes in place (no bits, no word swap)."""
+        return (
+            not self.is_bit
+            and self.bit is None
+            and self.bits is None
+            and self.type in _NUMERIC
+            and (self.words == 1 or self.byte_order == self.word_order)
+        )
+
+    @property
+    def endian(self) -> str:
+        return ">" if self.byte_order == "big" else "<"
+
+    @property
+    def span(self) -> int:
+        """Registers (or bits) the point occupies."""
+        return 1 if self.is_bit else self.words
+
+
+def spec_of(point: ModbusPoint, device: ModbusDevice) -> ValueSpec:
+    """The point's value layout, with the device's defaults filled in."""
+    function = point.function or device.function
+    return ValueSpec(
+        type=point.type,
+        words=point.words(),
+        byte_order=point.byte_order or device.byte_order,
+        word_order=point.word_order or device.word_order,
+        bit=point.bit,
+        bits=point.bits,
+        is_bit=function in BIT_FUNCTIONS,
+    )
+
+
+def spec_for(
+    type: str = "uint16",
+    *,
+    length: int | None = None,
+    byte_order: str = "big",
+    word_order: str = "big",
+    bit: int | None = None,
+    bits: tuple[int, int] | None = None,
+    is_bit: bool = False,
+) -> ValueSpec:
+    """A ValueSpec from its parts (tests, tools)."""
+    words = (length or 1) if type == "string" else _WORDS[type]
+    return ValueSpec(type, words, byte_order, word_order, bit, bits, is_bit)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _swap_words(nwords: int) -> Callable[[bytes, int], bytes]:
+    """Bytes of `nwords` registers at an offset, last word first."""
+    if nwords == 2:
+        return lambda d, o: d[o + 2 : o + 4] + d[o : o + 2]
+    if nwords == 4:
+        return lambda d, o: d[o + 6 : o + 8] + d[o + 4 : o + 6] + d[o + 2 : o + 4] + d[o : o + 2]
+    return lambda d, o: b"".join(d[i : i + 2] for i in range(o + 2 * nwords - 2, o - 1, -2))
+
+
+def _swap_bytes(raw: bytes) -> bytes:
+    out = bytearray(len(raw))
+    out[0::2] = raw[1::2]
+    out[1::2] = raw[0::2]
+    return bytes(out)
+
+
+def _unsigned_reader(spec: ValueSpec) -> Callable[[bytes, int], int]:
+    """The point's registers as one unsigned integer, in the point's byte and word order."""
+    words = spec.words if spec.words in _UNSIGNED_BY_WORDS else 1
+    unpack = struct.Struct(spec.endian + _UNSIGNED_BY_WORDS[words]).unpack_from
+    if words > 1 and spec.byte_order != spec.word_order:
+        swap = _swap_words(words)
+        return lambda d, o: unpack(swap(d, o))[0]
+    return lambda d, o: unpack(d, o)[0]
+
+
+def compile_decoder(spec: ValueSpec) -> Decoder:
+    """A fast decoder for one point; the data must cover the point (see module docstring)."""
+    if spec.is_bit:
+        return lambda d, i: (d[i >> 3] >> (i & 7)) & 1 == 1
+    if spec.type == "string":
+        n = 2 * spec.words
+        little = spec.byte_order == "little"
+
+        def text(d: bytes, o: int) -> str:
+            raw = d[o : o + n]
+            if little:
+                raw = _swap_bytes(raw)
+            return raw.decode("ascii", "replace").strip("\x00 ")
+
+        return text
+    if spec.bit is not None:
+        reg = _unsigned_reader(ValueSpec("uint16", 1, spec.byte_order, spec.word_order))
+        bit = spec.bit
+        return lambda d, o: (reg(d, o) >> bit) & 1 == 1
+    if spec.bits is not None:
+        lo, hi = spec.bits
+        mask = (1 << (hi - lo + 1)) - 1
+        whole = _unsigned_reader(spec)
+        return lambda d, o: (whole(d, o) >> lo) & mask
+    if spec.type == "bool":
+        reg = _unsigned_reader(spec)
+        return lambda d, o: reg(d, o) != 0
+    fmt = struct.Struct(spec.endian + _NUMERIC[spec.type])
+    unpack = fmt.unpack_from
+    if spec.words > 1 and spec.byte_order != spec.word_order:
+        swap = _swap_words(spec.words)
+        unpack_bytes = fmt.unpack
+        return lambda d, o: unpack_bytes(swap(d, o))[0]
+    return lambda d, o: unpack(d, o)[0]
+
+
+def decode(spec: ValueSpec, data: bytes, offset: int = 0) -> RawValue:
+    """Decode one value at a register offset (or bit index); never raises.
+
+    Data that does not cover the point gives a PointError.
+    """
+    if spec.is_bit:
+        if offset < 0 or (offset >> 3) >= len(data):
+            return PointError("reply too short")
+        return compile_decoder(spec)(data, offset)
+    start = 2 * offset
+    if offset < 0 or start + 2 * spec.words > len(data):
+        return PointError("reply too short")
+    return compile_decoder(spec)(bytes(data), start)
+
+
+def decode_registers(spec: ValueSpec, words: Sequence[int], offset: int = 0) -> RawValue:
+    """Decode from a list of 16-bit register values (as other Modbus libraries return them)."""
+    try:
+        data = struct.pack(f">{len(words)}H", *words)
+    except (struct.error, TypeError):
+        return PointError("register values must be 0..65535")
+    return decode(spec, data, offset)
+
+
+class BlockDecoder:
+    """Decodes every point one reply serves into its slot of the values list.
+
+    Plain numbers that do not overlap are decoded by one precompiled struct format (pad bytes for
+    the gaps); points whose slots are consecutive are stored with one slice assignment. The rest
+    (bits, bit fields, strings, swapped words, overlaps) use their own compiled decoders.
+    """
+
+    __slots__ = ("_base", "_contiguous", "_fast", "_first", "_last", "_need", "_slots", "_slow")
+
+    def __init__(self, items: Sequence[tuple[int, ValueSpec, int]], bit_data: bool = False) -> None:
+        """`items`: (slot, spec, offset in registers or bits from the start of the read)."""
+        slow: list[tuple[int, Decoder, int]] = []
+        fast: list[tuple[int, ValueSpec, int]] = []
+        need = 0
+        if bit_data:
+            for slot, spec, off in items:
+                slow.append((slot, compile_decoder(spec), off))
+                need = max(need, (off >> 3) + 1)
+        else:
+            endian_votes: dict[str, int] = {}
+            for _, spec, _ in items:
+                if spec.simple:
+                    endian_votes[spec.endian] = endian_votes.get(spec.endian, 0) + 1
+            endian = max(endian_votes, key=lambda e: endian_votes[e]) if endian_votes else ">"
+            end = -1
+            for slot, spec, off in sorted(items, key=lambda it: (it[2], it[0])):
+                need = max(need, 2 * (off + spec.words))
+                if spec.simple and spec.endian == endian and off >= end:
+                    fast.append((slot, spec, off))
+                    end = off + spec.words
+                else:
+                    slow.append((slot, compile_decoder(spec), 2 * off))
+        self._need = need
+        self._slow = tuple(slow)
+        self._fast: struct.Struct | None = None
+        self._base = 0
+        self._slots: tuple[int, ...] = ()
+        self._contiguous = False
+        self._first = self._last = 0
+        if fast:
+            fmt = [endian]
+            pos = fast[0][2]
+            for _, spec, off in fast:
+                if off > pos:
+                    fmt.append(f"{2 * (off - pos)}x")
+                fmt.append(_NUMERIC[spec.type])
+                pos = off + spec.words
+            self._fast = struct.Struct("".join(fmt))
+            self._base = 2 * fast[0][2]
+            self._slots = tuple(slot for slot, _, _ in fast)
+            first = self._slots[0]
+            self._contiguous = self._slots == tuple(range(first, first + len(self._slots)))
+            self._first, self._last = first, first + len(self._slots)
+
+    @property
+    def need(self) -> int:
+        """Bytes of reply data the points need."""
+        return self._need
+
+    def decode_into(self, data: bytes, values: list[RawValue]) -> None:
+        """Decode the reply `data` (checked to be at least `need` bytes long) into `values`."""
+        fast = self._fast
+        if fast is not None:
+            decoded = fast.unpack_from(data, self._base)
+            if self._contiguous:
+                values[self._first : self._last] = decoded
+            else:
+                for slot, value in zip(self._slots, decoded, strict=True):
+                    values[slot] = value
+        for slot, dec, off in self._slow:
+            values[slot] = dec(data, off)
+
+
+# --- encoding (for the device twin) -------------------------------------------------------------
+
+
+def _to_int(value: float | int | bool | str, type: str) -> int:
+    lo, hi = _INT_RANGE.get(type, (0, 2**64 - 1))
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = 0
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 0
+        if math.isinf(value):
+            return hi if value > 0 else lo
+        value = round(value)
+    return min(max(int(value), lo), hi)
+
+
+def _to_float(value: float | int | bool | str, type: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    if type == "float32" and math.isfinite(f) and abs(f) > 3.4028234663852886e38:
+        return math.copysign(math.inf, f)
+    return f
+
+
+def _order(raw_big: bytes, spec: ValueSpec) -> bytes:
+    """Big-endian value bytes -> wire bytes in the spec's byte and word order."""
+    words = [raw_big[i : i + 2] for i in range(0, len(raw_big), 2)]
+    if spec.word_order == "little":
+        words.reverse()
+    if spec.byte_order == "little":
+        words = [w[::-1] for w in words]
+    return b"".join(words)
+
+
+def _unsigned_bytes(value: int, spec: ValueSpec) -> bytes:
+    words = spec.words if spec.words in _UNSIGNED_BY_WORDS else 1
+    return _order((value & ((1 << (16 * words)) - 1)).to_bytes(2 * words, "big"), spec)
+
+
+def encode(spec: ValueSpec, value: float | int | bool | str, current: bytes | None = None) -> bytes:
+    """The wire bytes of a value: 2*words bytes, or one byte 0/1 for a bit point.
+
+    Integers are rounded and clamped to the type's range. A `bit` or `bits` point changes only its
+    bits of `current` (the registers it shares with other points; zeros when not given).
+    """
+    if spec.is_bit:
+        return b"\x01" if _truthy(value) else b"\x00"
+    if spec.type == "string":
+        text = str(value).encode("ascii", "replace")[: 2 * spec.words].ljust(2 * spec.words, b"\x00")
+        return _swap_bytes(text) if spec.byte_order == "little" else text
+    if spec.bit is not None or spec.bits is not None:
+        reg_spec = spec if spec.bits is not None else ValueSpec("uint16", 1, spec.byte_order, spec.word_order)
+        size = 2 * reg_spec.words
+        old = current if current is not None and len(current) >= size else bytes(size)
+        whole = _unsigned_reader(reg_spec)(old, 0)
+        if spec.bit is not None:
+            lo, width, field = spec.bit, 1, 1 if _truthy(value) else 0
+        else:
+            assert spec.bits is not None
+            lo, width = spec.bits[0], spec.bits[1] - spec.bits[0] + 1
+            field = _to_int(value, "uint64") & ((1 << width) - 1)
+        mask = ((1 << width) - 1) << lo
+        return _unsigned_bytes((whole & ~mask) | (field << lo), reg_spec)
+    if spec.type == "bool":
+        return _order((1 if _truthy(value) else 0).to_bytes(2, "big"), spec)
+    code = _NUMERIC[spec.type]
+    if code in "fd":
+        raw = struct.pack(">" + code, _to_float(value, spec.type))
+    else:
+        raw = struct.pack(">" + code, _to_int(value, spec.type))
+    return _order(raw, spec)
+
+
+def _truthy(value: float | int | bool | str) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "on", "yes", "closed")
+    return bool(value) and not (isinstance(value, float) and math.isnan(value))
+
+
+def type_range(type: str) -> tuple[float, float]:
+    """The raw values a type can hold (floats: the finite range)."""
+    if type in _INT_RANGE:
+        lo, hi = _INT_RANGE[type]
+        return float(lo), float(hi)
+    if type == "float32":
+        return -3.4028234663852886e38, 3.4028234663852886e38
+    if type == "float64":
+        return -1.7976931348623157e308, 1.7976931348623157e308
+    return 0.0, 1.0
