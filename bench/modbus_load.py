@@ -67,36 +67,54 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     broker_port, health_port = free_port(), free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\n")
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    twins = subprocess.Popen([sys.executable, str(REPO / "bench" / "twins.py"), "--devices", str(args.devices),
-                              "--points", str(args.points)], stdout=subprocess.PIPE, cwd=REPO)
+    conf.write_text(
+        f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+    )
+    broker = subprocess.Popen(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    twins = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "bench" / "twins.py"),
+            "--devices",
+            str(args.devices),
+            "--points",
+            str(args.points),
+        ],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
     assert twins.stdout is not None
     ports = json.loads(twins.stdout.readline())
     profile = work / "bench-profile.yaml"
     profile.write_text(
-        "profile: bench\ndriver: modbus\nvars: {points: %d}\npoints:\n"
+        f"profile: bench\ndriver: modbus\nvars: {{points: {args.points}}}\npoints:\n"
         "  - repeat: {i: [0, '{points - 1}']}\n    points:\n"
         "      - {id: 'p{i}', address: '{2*i}', type: float32, quantity: current, unit: A, circuit: '{i}'}\n"
-        % args.points)
+    )
     devices = "".join(
         f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, port: {p}}},"
-        f" interval: {args.interval}, timeout: 1s}}\n" for i, p in enumerate(ports))
+        f" interval: {args.interval}, timeout: 1s}}\n"
+        for i, p in enumerate(ports)
+    )
     cfg = work / "bench.yaml"
     cfg.write_text(
         f"site: bench\nmqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', qos: {args.qos}, max_inflight: 200}}\n"
         f"health: {{listen: '127.0.0.1:{health_port}'}}\nlog: {{level: warning, format: json}}\n"
         + (f"buffer: {{path: {work / 'buffer'}}}\n" if args.buffer else "")
-        + f"devices:\n{devices}")
+        + f"devices:\n{devices}"
+    )
     received = {"points": 0, "messages": 0}
     latencies: list[float] = []
     counting = asyncio.Event()
 
     async def subscribe(ready: asyncio.Event) -> None:
-        async with aiomqtt.Client("127.0.0.1", broker_port, identifier="bench-consumer",
-                                  max_queued_incoming_messages=0) as client:
+        async with aiomqtt.Client(
+            "127.0.0.1", broker_port, identifier="bench-consumer", max_queued_incoming_messages=0
+        ) as client:
             await client.subscribe("edgegw/bench/+/data", qos=args.qos)
             ready.set()
             async for msg in client.messages:
@@ -107,7 +125,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 received["points"] += payload.count(b'"point":')
                 # "ts" of the message is when the poll completed; the first "ts" key is the message's.
                 start = payload.index(b'"ts":') + 5
-                ts = int(payload[start:payload.index(b",", start)])
+                ts = int(payload[start : payload.index(b",", start)])
                 latencies.append(time.time() * 1000 - ts)
 
     ready = asyncio.Event()
@@ -120,8 +138,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     consumer = asyncio.create_task(subscribe(ready))
     await asyncio.wait_for(ready.wait(), 10)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    daemon = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "wb"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "daemon.log", "wb"),
+    )
     try:
         await asyncio.sleep(args.warmup)
         m0 = await metrics(health_port)
@@ -170,7 +193,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "latency_ms_max": pct(1.0),
         "polls": int(polls),
         "polls_expected_on_time": int(expected),
-        "skipped_ticks": int(m1.get("edgegw_device_skipped_ticks_total", 0) - m0.get("edgegw_device_skipped_ticks_total", 0)),
+        "skipped_ticks": int(
+            m1.get("edgegw_device_skipped_ticks_total", 0) - m0.get("edgegw_device_skipped_ticks_total", 0)
+        ),
         "poll_errors": int(m1.get("edgegw_device_poll_errors_total", 0) - m0.get("edgegw_device_poll_errors_total", 0)),
         "dropped": int(m1.get("edgegw_messages_dropped_total", 0)),
         "python": platform.python_version(),

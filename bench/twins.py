@@ -19,8 +19,14 @@ async def main() -> None:
     args = ap.parse_args()
     points = [
         ModbusPoint.model_validate(
-            {"id": f"p{i}", "address": 2 * i, "type": "float32", "quantity": "current", "unit": "A",
-             "sim": {"min": 0, "max": 80}}
+            {
+                "id": f"p{i}",
+                "address": 2 * i,
+                "type": "float32",
+                "quantity": "current",
+                "unit": "A",
+                "sim": {"min": 0, "max": 80},
+            }
         )
         for i in range(args.points)
     ]

@@ -67,7 +67,7 @@ def _fmt(reading: dict[str, Any] | None) -> str:
     if reading is None:
         return "-"
     if reading["quality"] != "good":
-        return reading["quality"]
+        return str(reading["quality"])
     value = reading["value"]
     text = f"{value:.2f}" if isinstance(value, float) else str(value)
     return f"{text} {reading['unit']}".strip()
@@ -106,7 +106,7 @@ async def demo(duration: float, devices: int) -> int:
             async with aiomqtt.Client("127.0.0.1", broker_port, identifier="edgegw-demo-viewer") as client:
                 await client.subscribe("edgegw/demo/+/data", qos=1)
                 async for msg in client.messages:
-                    body = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+                    body = json.loads(bytes(msg.payload))
                     counts["messages"] += 1
                     latencies.append(time.time() * 1000 - body["ts"])
                     per_dev = latest.setdefault(body["device"], {})

@@ -111,9 +111,9 @@ def locate(data: Any, loc: Sequence[str | int]) -> tuple[str, int, list[str | in
     path: list[str | int] = []
     for part in loc:
         child: Any = _MISSING
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
+        if isinstance(node, dict):
+            child = node.get(part, _MISSING)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             child = node[part]
         if child is not _MISSING:
             lines = getattr(node, "lines", None)
