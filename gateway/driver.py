@@ -91,8 +91,9 @@ class RawReadings:
     series: list[tuple[int, RawValue, int]] = field(default_factory=list)
 
 
-# A value pushed by the device outside a poll (COV): (point_index, raw, source ts ms or None).
-Pushed = tuple[int, RawValue, int | None]
+# A value pushed by the device outside a poll (COV): (point_index, raw, source ts ms or None), or
+# with a fourth element, the quality the device reports with it (BACnet status flags).
+Pushed = tuple[int, RawValue, int | None] | tuple[int, RawValue, int | None, Quality | None]
 
 
 @dataclass(slots=True)

@@ -172,6 +172,10 @@ class PointConfig(Strict):
         """The protocol address, for the meta topic; drivers override."""
         return {}
 
+    def float_digits(self) -> int | None:
+        """Significant digits a float reading of this point carries (9 for a float32 source), None for all."""
+        return None
+
     def to_def(self) -> PointDef:
         return PointDef(
             id=self.id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -22,6 +22,8 @@ UNCERTAIN = Quality.UNCERTAIN.value
 BAD = Quality.BAD.value
 
 Value = int | float | bool | str | None
+
+_INF = math.inf
 
 
 def _ratio(x: float) -> tuple[int, int]:
@@ -77,6 +79,9 @@ class Normalizer:
         self._publish: list[int] = []
         self._prefix: list[str] = []
         self._unit_json: list[str] = []
+        self._good_tail: list[str] = []
+        self._fast: list[bool] = []
+        self._float_fmt: list[Callable[[float], str]] = []
         for i, p in enumerate(self.points):
             num, den = _ratio(p.scale)
             self._num.append(num)
@@ -90,6 +95,13 @@ class Normalizer:
                 self._publish.append(i)
             self._prefix.append('{"point":' + json.dumps(p.id) + ',"value":')
             self._unit_json.append(',"unit":' + json.dumps(p.unit) + ',"quality":"')
+            self._good_tail.append(',"unit":' + json.dumps(p.unit) + ',"quality":"good","ts":')
+            # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
+            self._fast.append(self._plain[i] and not self._invalid[i])
+            digits = p.float_digits()
+            # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094)
+            # and repr() of those costs three times as much: 9 significant digits are exact for float32.
+            self._float_fmt.append(f"%.{digits}g".__mod__ if digits else float.__repr__)
         self._device_json = json.dumps(device_id)
 
     def _one(
@@ -114,16 +126,23 @@ class Normalizer:
             if not isinstance(ex, int) or isinstance(ex, bool) or not -30 <= ex <= 30:
                 return None, BAD, "scale register unavailable"
             exp += ex
-        value = scale_exact(raw, self._num[i], self._den[i], exp)
-        off = self._offset[i]
-        if off:
-            value = value + off
+        try:
+            value = scale_exact(raw, self._num[i], self._den[i], exp)
+            off = self._offset[i]
+            if off:
+                value = value + off
+        except OverflowError:
+            return None, BAD, "value out of range after scaling"
+        if isinstance(value, float) and not -_INF < value < _INF:
+            return None, BAD, "value out of range after scaling"
         return value, GOOD, None
 
     def normalize(self, raw: RawReadings, now_ms: int) -> Batch:
         """A whole poll's readings, plus any time-stamped series entries."""
         batch = Batch(self.device_id, now_ms)
         values = raw.values
+        if len(values) < len(self.points):
+            values = [*values, *[PointError("driver returned no value")] * (len(self.points) - len(values))]
         exps = raw.exponents
         stamps = raw.timestamps
         quals = raw.qualities
@@ -134,33 +153,36 @@ class Normalizer:
             batch.errors,
             batch.stamps,
         )
-        n = len(values)
+        fast = self._fast
+        one = self._one
+        simple = exps is None and stamps is None and quals is None
+        value: Value
         for i in self._publish:
-            if i >= n:
-                b_index.append(i)
-                b_values.append(None)
-                b_quality.append(BAD)
-                b_errors.append("driver returned no value")
-                b_stamps.append(now_ms)
-                continue
-            value, quality, error = self._one(i, values[i], exps[i] if exps is not None else None, values)
-            if quals is not None and quality == GOOD:
-                q = quals[i]
-                if q is not None and q is not Quality.GOOD:
-                    quality = q.value
-                    if q is Quality.BAD:
-                        value = None
-                        error = error or "device flags the value as faulty"
+            raw_value = values[i]
+            if simple and fast[i] and type(raw_value) is float and -_INF < raw_value < _INF:
+                value, quality, error = raw_value, GOOD, None
+            else:
+                value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values)
+                if quals is not None and quality == GOOD:
+                    q = quals[i]
+                    if q is not None and q is not Quality.GOOD:
+                        quality = q.value
+                        if q is Quality.BAD:
+                            value = None
+                            error = error or "device flags the value as faulty"
             b_index.append(i)
             b_values.append(value)
             b_quality.append(quality)
             b_errors.append(error)
-            ts = stamps[i] if stamps is not None else None
-            b_stamps.append(ts if ts is not None else now_ms)
+            if stamps is None:
+                b_stamps.append(now_ms)
+            else:
+                ts = stamps[i]
+                b_stamps.append(ts if ts is not None else now_ms)
         for i, raw_value, ts in raw.series:
             if not 0 <= i < len(self.points) or not self.points[i].publish:
                 continue
-            value, quality, error = self._one(i, raw_value, exps[i] if exps is not None else None, values)
+            value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values)
             b_index.append(i)
             b_values.append(value)
             b_quality.append(quality)
@@ -171,10 +193,16 @@ class Normalizer:
     def normalize_pushed(self, pushed: Sequence[Pushed], now_ms: int, last: Sequence[RawValue] | None) -> Batch:
         """Values a device pushed (COV); `last` supplies exponent registers from the last poll."""
         batch = Batch(self.device_id, now_ms)
-        for i, raw_value, ts in pushed:
+        for item in pushed:
+            i, raw_value, ts = item[0], item[1], item[2]
             if not 0 <= i < len(self.points) or not self.points[i].publish:
                 continue
             value, quality, error = self._one(i, raw_value, None, last)
+            q = item[3] if len(item) > 3 else None
+            if q is not None and q is not Quality.GOOD and quality == GOOD:
+                quality = q.value
+                if q is Quality.BAD:
+                    value, error = None, "device flags the value as faulty"
             batch.index.append(i)
             batch.values.append(value)
             batch.qualities.append(quality)
@@ -195,36 +223,32 @@ class Normalizer:
 
     def encode(self, batch: Batch, seq: int) -> bytes:
         """The data message of the MQTT contract (docs/mqtt.md)."""
-        parts = [
-            '{"device":',
-            self._device_json,
-            ',"seq":',
-            str(seq),
-            ',"ts":',
-            str(batch.ts),
-            ',"readings":[',
-        ]
-        prefix = self._prefix
-        unit = self._unit_json
-        first = True
+        prefix, good_tail, unit, float_fmt = self._prefix, self._good_tail, self._unit_json, self._float_fmt
+        batch_ts = batch.ts
+        batch_tss = str(batch_ts)
+        out: list[str] = ['{"device":', self._device_json, ',"seq":', str(seq), ',"ts":', batch_tss, ',"readings":[']
+        extend = out.extend
+        sep = ""
         for i, value, quality, error, ts in zip(
             batch.index, batch.values, batch.qualities, batch.errors, batch.stamps, strict=True
         ):
-            if not first:
-                parts.append(",")
-            first = False
-            parts.append(prefix[i])
-            parts.append(_json_value(value))
-            parts.append(unit[i])
-            parts.append(quality)
-            parts.append('","ts":')
-            parts.append(str(ts))
-            if error is not None:
-                parts.append(',"error":')
-                parts.append(json.dumps(error))
-            parts.append("}")
-        parts.append("]}")
-        return "".join(parts).encode()
+            kind = type(value)
+            if kind is float:
+                text = float_fmt[i](value)  # type: ignore[arg-type]
+            elif kind is int:
+                text = str(value)
+            else:
+                text = _json_value(value, float_fmt[i])
+            tss = batch_tss if ts == batch_ts else str(ts)
+            # One flat list joined once: cheaper than building a string per reading.
+            if error is None and quality is GOOD:
+                extend((sep, prefix[i], text, good_tail[i], tss, "}"))
+            else:
+                tail = "}" if error is None else ',"error":' + json.dumps(error) + "}"
+                extend((sep, prefix[i], text, unit[i], quality, '","ts":', tss, tail))
+            sep = ","
+        out.append("]}")
+        return "".join(out).encode()
 
     def as_dicts(self, batch: Batch) -> list[dict[str, object]]:
         """The readings as dicts (for `edgegw read` and per-point topics)."""
@@ -240,7 +264,7 @@ class Normalizer:
         return out
 
 
-def _json_value(value: Value) -> str:
+def _json_value(value: Value, float_fmt: Callable[[float], str] = float.__repr__) -> str:
     if value is None:
         return "null"
     if value is True:
@@ -248,7 +272,7 @@ def _json_value(value: Value) -> str:
     if value is False:
         return "false"
     if isinstance(value, int):
-        return str(value)
+        return str(int(value))
     if isinstance(value, float):
-        return repr(value)
+        return float_fmt(value)
     return json.dumps(value)

@@ -119,3 +119,11 @@ def test_any_raw_value_encodes_to_valid_json(values: list[object], scale: float)
         assert r["quality"] in ("good", "bad", "uncertain")
         if r["quality"] != "good":
             assert r["value"] is None
+
+
+def test_pushed_values_carry_the_device_quality() -> None:
+    n = Normalizer("d", [pt("a"), pt("b")])
+    batch = n.normalize_pushed([(0, 1.5, 1000, Quality.UNCERTAIN), (1, 2.5, None)], 2000, None)
+    assert batch.qualities == ["uncertain", "good"]
+    assert batch.values == [1.5, 2.5]
+    assert batch.stamps == [1000, 2000]

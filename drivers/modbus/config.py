@@ -56,6 +56,9 @@ class ModbusPoint(PointConfig):
             raise ValueError("`bit` selects a bit of a 16-bit register: use type uint16 or bool")
         return self
 
+    def float_digits(self) -> int | None:
+        return 9 if self.type == "float32" else None
+
     def words(self) -> int:
         return self.length if self.type == "string" and self.length else TYPE_WORDS[self.type]
 
