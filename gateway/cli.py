@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Coroutine
@@ -280,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(known)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `edgegw read ... | head`: the reader went away; say nothing more.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
+        return 0
     parser.error(f"unknown command {known.command}")
     return EXIT_CONFIG
 

@@ -161,3 +161,7 @@ class DriverRuntime:
 
     async def stop(self) -> None:
         """Stop shared resources."""
+
+    def counters(self) -> dict[str, float]:
+        """Counters for /metrics, e.g. {"notifications_received": 12} -> edgegw_<kind>_<name>_total."""
+        return {}

@@ -228,6 +228,11 @@ def render_metrics(gw: Gateway) -> str:
     )
     metric("broker_connected", "gauge", "1 while connected to the broker.", [({}, 1.0 if pub.connected else 0.0)])
     metric("broker_connects_total", "counter", "Successful broker connections.", [({}, float(st.connects))])
+    for kind, runtime in gw.runtimes.items():
+        for name, value in runtime.counters().items():
+            metric(
+                f"{kind}_{name}_total", "counter", f"{kind} runtime: {name.replace('_', ' ')}.", [({}, float(value))]
+            )
     bstats = pub.buffer_stats()
     if bstats is not None:
         oldest = getattr(bstats, "oldest_ts", None)

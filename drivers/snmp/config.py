@@ -1,16 +1,464 @@
-"""Config models of the snmp driver (placeholder until the driver lands)."""
+"""Config models of the SNMP driver: the agent and its credentials, points by OID, the trap listener.
+
+Secrets (communities, USM keys) come from files or environment variables through
+`gateway.models.read_secret`; they are resolved when the config is validated, kept as SecretStr and
+never appear in a log, an error text or the meta topic.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
-from gateway.models import DeviceConfig, PointConfig
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from gateway.models import DeviceConfig, PointConfig, Strict, config_path, read_secret
+from gateway.points import Kind
+from gateway.profiles import substitute
+
+Version = Literal["1", "2c", "3"]
+AuthProtocol = Literal["MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-512"]
+# AES-192/AES-256 use the Blumenthal key extension (net-snmp's names); the C variants use the
+# Reeder ("Cisco") extension. AES and AES-128 are the same protocol (RFC 3826).
+PrivProtocol = Literal["DES", "3DES", "AES-128", "AES-192", "AES-256", "AES-192C", "AES-256C"]
+SnmpType = Literal["integer", "gauge32", "counter32", "counter64", "timeticks", "octets", "ipaddress", "oid", "opaque"]
+Format = Literal["auto", "text", "hex", "number", "seconds"]
+
+_NUMERIC_OID = re.compile(r"^\.?[0-2](\.\d+)+$")
+_SYMBOLIC_OID = re.compile(r"^[A-Za-z][A-Za-z0-9-]*::[A-Za-z][A-Za-z0-9_-]*(\.\d+)*$")
+
+AUTH_ALIASES = {
+    "SHA1": "SHA",
+    "SHA-1": "SHA",
+    "SHA224": "SHA-224",
+    "SHA256": "SHA-256",
+    "SHA384": "SHA-384",
+    "SHA512": "SHA-512",
+}
+PRIV_ALIASES = {
+    "AES": "AES-128",
+    "AES128": "AES-128",
+    "AES192": "AES-192",
+    "AES256": "AES-256",
+    "AES192C": "AES-192C",
+    "AES256C": "AES-256C",
+    "TRIPLEDES": "3DES",
+    "3DES-EDE": "3DES",
+}
+TYPE_ALIASES = {
+    "int": "integer",
+    "integer32": "integer",
+    "int32": "integer",
+    "gauge": "gauge32",
+    "unsigned32": "gauge32",
+    "uint32": "gauge32",
+    "counter": "counter32",
+    "string": "octets",
+    "octetstring": "octets",
+    "octet-string": "octets",
+    "octet_string": "octets",
+    "ip": "ipaddress",
+    "objectidentifier": "oid",
+    "object-identifier": "oid",
+}
+COUNTER_TYPES = frozenset({"counter32", "counter64"})
 
 
-class Device(DeviceConfig):
-    point_model: ClassVar[type[PointConfig]] = PointConfig
+def normalize_oid(value: Any) -> str:
+    """A numeric OID without its leading dot, or `MODULE::symbol[.index]` as given."""
+    if not isinstance(value, str):
+        raise ValueError("an OID is a string: 1.3.6.1.2.1.1.3.0 or MODULE-MIB::symbol.index")
+    text = value.strip()
+    if _NUMERIC_OID.match(text):
+        arcs = text.lstrip(".").split(".")
+        if len(arcs) > 128 or any(int(a) > 0xFFFFFFFF for a in arcs):
+            raise ValueError(f"not an OID: {value!r} (at most 128 arcs of at most 4294967295)")
+        return text.lstrip(".")
+    if _SYMBOLIC_OID.match(text):
+        return text
+    raise ValueError(f"not an OID: {value!r} (use 1.3.6.1.2.1.1.3.0 or MODULE-MIB::symbol.index)")
+
+
+def is_symbolic(oid: str) -> bool:
+    return "::" in oid
+
+
+def norm_protocol(value: Any, aliases: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        key = value.strip().upper().replace("_", "-")
+        return aliases.get(key, aliases.get(key.replace("-", ""), key))
+    return value
+
+
+def _norm_version(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        v = value.strip().lower().removeprefix("v")
+        return "2c" if v == "2" else v
+    return value
+
+
+class SnmpPoint(PointConfig):
+    """A point read by OID: a scalar instance (`...sysUpTime.0`) or one table cell (`column.index`)."""
+
+    oid: str
+    type: SnmpType | None = Field(default=None, description="the SNMP type the agent must answer with")
+    format: Format = "auto"
+    rate: bool = Field(default=False, description="publish a counter as its per-second rate")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counter_kind(cls, data: Any) -> Any:
+        # Counters are published as counters unless the point asks for their rate, so that the
+        # meta topic tells consumers to compute rates modulo the counter's width.
+        if isinstance(data, dict):
+            kind_type = TYPE_ALIASES.get(str(data.get("type", "")).lower(), str(data.get("type", "")).lower())
+            if kind_type in COUNTER_TYPES and "kind" not in data and not data.get("rate"):
+                data = {**data, "kind": Kind.COUNTER.value}
+        return data
+
+    @field_validator("oid", mode="before")
+    @classmethod
+    def _oid(cls, v: Any) -> str:
+        return normalize_oid(v)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            key = v.strip().lower()
+            return TYPE_ALIASES.get(key, key)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SnmpPoint:
+        if self.rate:
+            if self.type is not None and self.type not in COUNTER_TYPES:
+                raise ValueError("`rate: true` is for counter32/counter64 points")
+            if self.kind is Kind.COUNTER:
+                raise ValueError("a rate is a gauge: drop `kind: counter` or `rate: true`")
+        if self.format == "seconds" and self.type not in (None, "timeticks"):
+            raise ValueError("`format: seconds` is for timeticks points")
+        if self.format in ("text", "hex", "number") and self.type not in (None, "octets", "opaque"):
+            raise ValueError(f"`format: {self.format}` is for octets (OctetString) points")
+        return self
+
+    def protocol_address(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"oid": self.oid}
+        if self.type is not None:
+            out["type"] = self.type
+        if self.rate:
+            out["rate"] = True
+        return out
+
+
+class SnmpTable(Strict):
+    """A table column walked by `discover()`: one point per row, named from the row index.
+
+    Every key other than `table`, `column` and `entry` is the point template; its strings may use
+    `{index}` (the row index: an int, or dotted text for multi-part indexes) and `{idx[0]}`...
+    """
+
+    table: str
+    column: Annotated[int, Field(ge=0)]
+    entry: Annotated[int, Field(ge=0)] = 1
+    point: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "point" not in data:
+            own = {k: v for k, v in data.items() if k in ("table", "column", "entry")}
+            own["point"] = {k: v for k, v in data.items() if k not in ("table", "column", "entry")}
+            return own
+        return data
+
+    @field_validator("table", mode="before")
+    @classmethod
+    def _oid(cls, v: Any) -> str:
+        return normalize_oid(v)
+
+    @model_validator(mode="after")
+    def _template(self) -> SnmpTable:
+        if "oid" in self.point:
+            raise ValueError("a table point takes its OID from `table`, `column` and the row index")
+        if "id" not in self.point:
+            raise ValueError('a table needs an `id` template such as "panel1.ch{index}.current"')
+        # Validate the template once with a sample row so that mistakes show at config time.
+        try:
+            sample = substitute(dict(self.point), {"index": 1, "idx": [1]})
+        except ValueError as exc:
+            raise ValueError(f"table point template: {exc}") from None
+        SnmpPoint.model_validate({**sample, "oid": "1.3.6.1.1"})
+        return self
+
+
+def _secret_text(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+class SnmpDevice(DeviceConfig):
+    """An SNMP agent polled with GET / GETBULK (v1, v2c, v3 USM)."""
+
+    point_model: ClassVar[type[PointConfig]] = SnmpPoint
 
     driver: Literal["snmp"]
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 161
+    version: Version = "2c"
+    community_file: Path | None = None
+    community_env: str | None = None
+    user: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    auth_protocol: AuthProtocol | None = None
+    auth_key_file: Path | None = None
+    auth_key_env: str | None = None
+    priv_protocol: PrivProtocol | None = None
+    priv_key_file: Path | None = None
+    priv_key_env: str | None = None
+    context: str = Field(default="", description="SNMPv3 context name")
+    max_varbinds: Annotated[int, Field(ge=1, le=200)] = Field(
+        default=20, description="OIDs per GET request; halved for the device when the agent answers tooBig"
+    )
+    max_repetitions: Annotated[int, Field(ge=1, le=200)] = 25
+    bulk: bool = Field(default=True, description="read runs of table rows with GETBULK (v2c/v3)")
+    retries: Annotated[int, Field(ge=0, le=5)] = 1
+    mib_dirs: list[Path] = Field(default_factory=list, description="folders of MIB files for MODULE::symbol OIDs")
+    tables: list[SnmpTable] = Field(default_factory=list, description="table columns discover() expands to points")
+    discover_oids: list[str] = Field(
+        default_factory=lambda: ["1.3.6.1.2.1.1"], description="subtrees discover() walks when no tables are given"
+    )
+
+    _community: SecretStr | None = PrivateAttr(default=None)
+    _auth_key: SecretStr | None = PrivateAttr(default=None)
+    _priv_key: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        return _norm_version(v)
+
+    @field_validator("auth_protocol", mode="before")
+    @classmethod
+    def _auth(cls, v: Any) -> Any:
+        return norm_protocol(v, AUTH_ALIASES)
+
+    @field_validator("priv_protocol", mode="before")
+    @classmethod
+    def _priv(cls, v: Any) -> Any:
+        return norm_protocol(v, PRIV_ALIASES)
+
+    @field_validator("discover_oids", mode="before")
+    @classmethod
+    def _roots(cls, v: Any) -> Any:
+        return [normalize_oid(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("mib_dirs")
+    @classmethod
+    def _dirs(cls, v: list[Path]) -> list[Path]:
+        return [config_path(p) for p in v]
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SnmpDevice:
+        if self.version == "3":
+            if self.community_file is not None or self.community_env is not None:
+                raise ValueError("SNMPv3 uses `user` and keys, not a community")
+            if self.user is None:
+                raise ValueError("SNMPv3 needs `user`")
+            auth, priv = _usm_keys(self, "auth_key", "priv_key")
+            object.__setattr__(self, "_auth_key", auth)
+            object.__setattr__(self, "_priv_key", priv)
+        else:
+            for name in ("user", "auth_key_file", "auth_key_env", "priv_key_file", "priv_key_env"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"`{name}` is for SNMPv3 (version: 3)")
+            community = read_secret(self.community_file, self.community_env, "community")
+            if community is None:
+                raise ValueError(f"SNMPv{self.version} needs community_file or community_env")
+            if not community.get_secret_value():
+                raise ValueError("the community is empty")
+            object.__setattr__(self, "_community", community)
+        return self
+
+    @property
+    def community(self) -> str | None:
+        return _secret_text(self._community)
+
+    @property
+    def auth_key(self) -> str | None:
+        return _secret_text(self._auth_key)
+
+    @property
+    def priv_key(self) -> str | None:
+        return _secret_text(self._priv_key)
+
+    @property
+    def security_level(self) -> str:
+        if self.version != "3":
+            return "community"
+        if self._priv_key is not None:
+            return "authPriv"
+        return "authNoPriv" if self._auth_key is not None else "noAuthNoPriv"
+
+    def protocol_address(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "port": self.port, "version": self.version}
+        if self.version == "3":
+            out["user"] = self.user
+            out["security"] = self.security_level
+            if self.context:
+                out["context"] = self.context
+        return out
 
 
-DeviceModel = Device
+def _usm_keys(model: Any, auth: str, priv: str) -> tuple[SecretStr | None, SecretStr | None]:
+    """Read and check the USM keys of a user (a device or a trap user)."""
+    auth_key = read_secret(getattr(model, f"{auth}_file"), getattr(model, f"{auth}_env"), auth)
+    priv_key = read_secret(getattr(model, f"{priv}_file"), getattr(model, f"{priv}_env"), priv)
+    if priv_key is not None and auth_key is None:
+        raise ValueError("privacy needs authentication too: give an auth key")
+    for name, key, protocol, field in (
+        ("auth", auth_key, model.auth_protocol, "auth_protocol"),
+        ("priv", priv_key, model.priv_protocol, "priv_protocol"),
+    ):
+        if key is not None:
+            # RFC 3414 passphrases are at least 8 characters; agents reject shorter ones.
+            if len(key.get_secret_value()) < 8:
+                raise ValueError(f"the {name} key must be at least 8 characters")
+            if protocol is None:
+                choices = "SHA-256, SHA-512, SHA, ..." if name == "auth" else "AES-128, AES-256, DES, ..."
+                raise ValueError(f"an {name} key needs `{field}` ({choices})")
+        elif protocol is not None:
+            raise ValueError(f"`{field}` is set but no {name} key is given ({name}_key_file / {name}_key_env)")
+    return auth_key, priv_key
+
+
+class TrapUser(Strict):
+    """An SNMPv3 user whose notifications the listener accepts.
+
+    Informs need nothing more. A v3 trap is authenticated with the sender's own engine ID, which
+    the receiver must know in advance (RFC 3414): list the senders' snmpEngineIDs in `engine_ids`.
+    """
+
+    user: Annotated[str, Field(min_length=1, max_length=32)]
+    auth_protocol: AuthProtocol | None = None
+    auth_key_file: Path | None = None
+    auth_key_env: str | None = None
+    priv_protocol: PrivProtocol | None = None
+    priv_key_file: Path | None = None
+    priv_key_env: str | None = None
+    engine_ids: list[str] = Field(default_factory=list, description="hex snmpEngineIDs of v3 trap senders")
+
+    _auth_key: SecretStr | None = PrivateAttr(default=None)
+    _priv_key: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("auth_protocol", mode="before")
+    @classmethod
+    def _auth(cls, v: Any) -> Any:
+        return norm_protocol(v, AUTH_ALIASES)
+
+    @field_validator("priv_protocol", mode="before")
+    @classmethod
+    def _priv(cls, v: Any) -> Any:
+        return norm_protocol(v, PRIV_ALIASES)
+
+    @field_validator("engine_ids", mode="before")
+    @classmethod
+    def _hex(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = []
+        for item in v:
+            text = str(item).strip().lower().removeprefix("0x").replace(":", "")
+            if not re.fullmatch(r"[0-9a-f]{10,64}", text) or len(text) % 2:
+                raise ValueError(f"not an engine ID: {item!r} (5 to 32 bytes in hex)")
+            out.append(text)
+        return out
+
+    @model_validator(mode="after")
+    def _keys(self) -> TrapUser:
+        auth, priv = _usm_keys(self, "auth_key", "priv_key")
+        object.__setattr__(self, "_auth_key", auth)
+        object.__setattr__(self, "_priv_key", priv)
+        return self
+
+    @property
+    def auth_key(self) -> str | None:
+        return _secret_text(self._auth_key)
+
+    @property
+    def priv_key(self) -> str | None:
+        return _secret_text(self._priv_key)
+
+
+class TrapSettings(Strict):
+    """The notification receiver: off unless this section is given."""
+
+    listen: str = Field(description="host:port to receive on, e.g. 0.0.0.0:162 or 127.0.0.1:10162")
+    communities_file: Path | None = Field(default=None, description="v1/v2c communities, one per line")
+    communities_env: str | None = Field(default=None, description="v1/v2c communities, comma separated")
+    users: list[TrapUser] = Field(default_factory=list)
+
+    _communities: tuple[SecretStr, ...] = PrivateAttr(default=())
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        split_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _accepts_something(self) -> TrapSettings:
+        communities: list[SecretStr] = []
+        secret = read_secret(self.communities_file, self.communities_env, "communities")
+        if secret is not None:
+            text = secret.get_secret_value()
+            parts = text.split(",") if self.communities_env is not None else text.splitlines()
+            for part in parts:
+                item = part.strip()
+                if item and not item.startswith("#"):
+                    communities.append(SecretStr(item))
+        if not communities and not self.users:
+            raise ValueError("the trap listener accepts nothing: give communities_file/communities_env or users")
+        object.__setattr__(self, "_communities", tuple(communities))
+        return self
+
+    @property
+    def communities(self) -> list[str]:
+        return [c.get_secret_value() for c in self._communities]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port)."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"use host:port, e.g. 127.0.0.1:10162 (got {value!r})")
+    return host, int(port)
+
+
+class SnmpSection(Strict):
+    """The top-level `snmp:` section: the trap listener and MIB folders shared by all devices."""
+
+    traps: TrapSettings | None = None
+    mib_dirs: list[Path] = Field(default_factory=list, description="MIB folders searched for every device")
+    mib_modules: list[str] = Field(
+        default_factory=list, description="MIB modules loaded at start, to name trap varbinds and scans"
+    )
+    mib_cache: Path | None = Field(
+        default=None, description="where compiled MIBs are kept between starts; a temporary folder when unset"
+    )
+
+    @field_validator("mib_dirs")
+    @classmethod
+    def _dirs(cls, v: list[Path]) -> list[Path]:
+        return [config_path(p) for p in v]
+
+    @field_validator("mib_cache")
+    @classmethod
+    def _cache(cls, v: Path | None) -> Path | None:
+        return config_path(v) if v is not None else None
+
+
+DeviceModel = SnmpDevice
+SectionModel = SnmpSection
