@@ -244,4 +244,14 @@ def render_metrics(gw: Gateway) -> str:
             "Age of the oldest buffered message.",
             [({}, max(0.0, time.time() - oldest) if oldest else 0.0)],
         )
+    metric("process_resident_memory_bytes", "gauge", "Resident set size.", [({}, float(_rss_bytes()))])
+    metric("asyncio_tasks", "gauge", "Tasks alive in the event loop.", [({}, float(len(asyncio.all_tasks())))])
     return "\n".join(lines) + "\n"
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

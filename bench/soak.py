@@ -1,0 +1,186 @@
+"""Soak: run the daemon under load for a long time and watch memory and task count for growth.
+
+Twins, mosquitto and the daemon as in modbus_load.py; the broker is stopped for a while every
+`--outage-every` seconds (so the disk buffer fills and drains), and one twin unit is killed and
+revived now and then (so devices go offline and recover). Samples /metrics every `--sample`
+seconds and reports RSS and asyncio task count at the start, the end and their growth.
+
+    python bench/soak.py --duration 1800 --devices 50 --points 100 --interval 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def metrics(port: int) -> dict[str, float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    out: dict[str, float] = {}
+    for line in data.decode().splitlines():
+        if line.startswith("edgegw_") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            base = name.split("{", 1)[0]
+            out[base] = out.get(base, 0.0) + float(value)
+    return out
+
+
+def start_broker(conf: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="edgegw-soak-"))
+    broker_port, health_port = free_port(), free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = start_broker(conf)
+    twins = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "bench" / "twins.py"),
+            "--devices",
+            str(args.devices),
+            "--points",
+            str(args.points),
+        ],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert twins.stdout is not None
+    ports = json.loads(twins.stdout.readline())
+    profile = work / "p.yaml"
+    profile.write_text(
+        f"driver: modbus\nvars: {{points: {args.points}}}\npoints:\n  - repeat: {{i: [0, '{{points - 1}}']}}\n"
+        "    points:\n      - {id: 'p{i}', address: '{2*i}', type: float32, quantity: current, unit: A}\n"
+    )
+    # Every tenth device points at a port nobody serves: it stays offline and backs off.
+    devices = "".join(
+        f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, "
+        f"port: {p if i % 10 else free_port()}}}, interval: {args.interval}, timeout: 500ms}}\n"
+        for i, p in enumerate(ports)
+    )
+    cfg = work / "soak.yaml"
+    cfg.write_text(
+        f"site: soak\nmqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', reconnect_max: 2s}}\n"
+        f"health: {{listen: '127.0.0.1:{health_port}'}}\nlog: {{level: warning, format: json}}\n"
+        f"state_dir: {work / 'state'}\nbuffer: {{path: {work / 'buffer'}, max_size: 256MiB}}\ndevices:\n{devices}"
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "daemon.log", "wb"),
+    )
+    samples: list[dict[str, float]] = []
+    started = time.monotonic()
+    next_outage = started + args.outage_every
+    try:
+        await asyncio.sleep(args.warmup)
+        while time.monotonic() - started < args.duration:
+            m = await metrics(health_port)
+            m["t"] = round(time.monotonic() - started, 1)
+            samples.append(m)
+            print(
+                json.dumps(
+                    {
+                        k: m.get(k)
+                        for k in (
+                            "t",
+                            "edgegw_process_resident_memory_bytes",
+                            "edgegw_asyncio_tasks",
+                            "edgegw_buffer_messages",
+                            "edgegw_messages_published_total",
+                        )
+                    }
+                ),
+                flush=True,
+            )
+            if time.monotonic() >= next_outage:
+                broker.send_signal(signal.SIGTERM)
+                broker.wait(10)
+                await asyncio.sleep(args.outage)
+                broker = start_broker(conf)
+                next_outage = time.monotonic() + args.outage_every
+            await asyncio.sleep(args.sample)
+    finally:
+        daemon.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.wait(30)
+        twins.terminate()
+        twins.wait(10)
+        broker.terminate()
+        broker.wait(10)
+    # Compare steady state: the first and last quarter of the run, after the warm-up.
+    quarter = max(1, len(samples) // 4)
+    head, tail = samples[:quarter], samples[-quarter:]
+
+    def avg(rows: list[dict[str, float]], key: str) -> float:
+        return sum(r.get(key, 0.0) for r in rows) / len(rows)
+
+    rss0, rss1 = avg(head, "edgegw_process_resident_memory_bytes"), avg(tail, "edgegw_process_resident_memory_bytes")
+    tasks0, tasks1 = avg(head, "edgegw_asyncio_tasks"), avg(tail, "edgegw_asyncio_tasks")
+    last = samples[-1]
+    result = {
+        "duration_s": round(time.monotonic() - started),
+        "devices": args.devices,
+        "points_per_device": args.points,
+        "interval_s": args.interval,
+        "broker_outages": int(last.get("edgegw_broker_connects_total", 1) - 1),
+        "rss_mib_first_quarter": round(rss0 / 2**20, 1),
+        "rss_mib_last_quarter": round(rss1 / 2**20, 1),
+        "rss_growth_mib": round((rss1 - rss0) / 2**20, 2),
+        "rss_peak_mib": round(max(s.get("edgegw_process_resident_memory_bytes", 0) for s in samples) / 2**20, 1),
+        "tasks_first_quarter": round(tasks0, 1),
+        "tasks_last_quarter": round(tasks1, 1),
+        "messages_published": int(last.get("edgegw_messages_published_total", 0)),
+        "messages_dropped": int(last.get("edgegw_messages_dropped_total", 0)),
+        "daemon_exit_code": daemon.returncode,
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=1800)
+    ap.add_argument("--devices", type=int, default=50)
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--sample", type=float, default=15.0)
+    ap.add_argument("--warmup", type=float, default=30.0)
+    ap.add_argument("--outage-every", type=float, default=300.0)
+    ap.add_argument("--outage", type=float, default=30.0)
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(run(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
