@@ -235,10 +235,14 @@ def _issues_from(exc: ValidationError, data: Any, prefix: str = "", default_file
 
 def _refine(data: Any, path: list[str | int], msg: str, file: str, line: int) -> tuple[str, int, list[str | int]]:
     """A model-level error that names one of the model's keys points at that key's line."""
-    _, _, found = locate(data, path)
     node: Any = data
-    for part in found:
-        node = node[part]
+    for part in path:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+        else:
+            return file, line, path
     if isinstance(node, LineDict):
         for key in node:
             if isinstance(key, str) and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):

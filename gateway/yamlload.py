@@ -75,7 +75,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 def load_text(text: str, name: str) -> Any:
     """Parse YAML text; errors become YamlError with the file name and line."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise YamlError(name, 1, str(exc)) from None
     loader.name = name
     try:
         return loader.get_single_data()
