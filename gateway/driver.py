@@ -67,8 +67,22 @@ class PointError:
         return f"PointError({self.message!r}, {self.quality.value})"
 
 
-# A raw value as a driver returns it: a number, bool or text, or a PointError.
-RawValue = int | float | bool | str | None | PointError
+class NoValue:
+    """The slot of a point that has nothing new this poll (a load-profile column with no new entry).
+
+    The normaliser publishes nothing for it: not a reading, not a bad one.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE = NoValue()
+
+# A raw value as a driver returns it: a number, bool or text, a PointError, or NO_VALUE.
+RawValue = int | float | bool | str | None | PointError | NoValue
 
 
 @dataclass(slots=True)

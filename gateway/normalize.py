@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 
-from gateway.driver import PointError, Pushed, RawReadings, RawValue
+from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
 from gateway.models import PointConfig
 from gateway.points import Quality
 
@@ -113,6 +113,8 @@ class Normalizer:
             return None, raw.quality.value, raw.message
         if isinstance(raw, bool | str):
             return raw, GOOD, None
+        if isinstance(raw, NoValue):
+            return None, UNCERTAIN, "no value"
         if raw in self._invalid[i] or (raw != raw and self._nan_invalid[i]):  # noqa: PLR0124 - NaN test
             return None, BAD, "device reports no data"
         if isinstance(raw, float) and not math.isfinite(raw):
@@ -161,6 +163,8 @@ class Normalizer:
             raw_value = values[i]
             if simple and fast[i] and type(raw_value) is float and -_INF < raw_value < _INF:
                 value, quality, error = raw_value, GOOD, None
+            elif raw_value is NO_VALUE:
+                continue
             else:
                 value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values)
                 if quals is not None and quality == GOOD:
@@ -180,7 +184,7 @@ class Normalizer:
                 ts = stamps[i]
                 b_stamps.append(ts if ts is not None else now_ms)
         for i, raw_value, ts in raw.series:
-            if not 0 <= i < len(self.points) or not self.points[i].publish:
+            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
                 continue
             value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values)
             b_index.append(i)
@@ -195,7 +199,7 @@ class Normalizer:
         batch = Batch(self.device_id, now_ms)
         for item in pushed:
             i, raw_value, ts = item[0], item[1], item[2]
-            if not 0 <= i < len(self.points) or not self.points[i].publish:
+            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
                 continue
             value, quality, error = self._one(i, raw_value, None, last)
             q = item[3] if len(item) > 3 else None

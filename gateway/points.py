@@ -26,6 +26,8 @@ QUANTITIES: frozenset[str] = frozenset(
         "current",
         "active_power",
         "reactive_power",
+        "active_power_export",
+        "reactive_power_export",
         "apparent_power",
         "power_factor",
         "frequency",

@@ -127,3 +127,11 @@ def test_pushed_values_carry_the_device_quality() -> None:
     assert batch.qualities == ["uncertain", "good"]
     assert batch.values == [1.5, 2.5]
     assert batch.stamps == [1000, 2000]
+
+
+def test_no_value_publishes_nothing() -> None:
+    from gateway.driver import NO_VALUE
+
+    n = Normalizer("d", [pt("a"), pt("b")])
+    batch = n.normalize(RawReadings([NO_VALUE, 2.0], series=[(0, NO_VALUE, 5)]), 1)
+    assert batch.index == [1] and batch.values == [2.0]

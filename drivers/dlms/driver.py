@@ -1,0 +1,748 @@
+"""The dlms driver: polls a DLMS/COSEM meter (registers, clock, load and billing profiles).
+
+One association per meter, opened lazily and kept between polls (or released after each poll,
+see `close_after_poll`). Registers: the scaler/unit attribute is read once per association
+and cached; values go back raw with the scaler as the reading's exponent, so the core scales
+exactly. Profiles: the buffer is read by date range from a cursor kept in the device state;
+entries come back as time series with the meter's own timestamps (see docs/dlms.md for the
+delivery semantics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from drivers.dlms import codec, obis
+from drivers.dlms.client import AssociationError, AssociationLost, CosemClient, CosemError, ProtocolError, Ref
+from drivers.dlms.config import (
+    CLOCK,
+    CLOCK_OBIS,
+    DATA,
+    DEMAND_REGISTER,
+    EXTENDED_REGISTER,
+    PROFILE_GENERIC,
+    REGISTER,
+    DlmsDevice,
+    DlmsPoint,
+)
+from drivers.dlms.transport import (
+    ApduLink,
+    Channel,
+    HdlcLink,
+    LinkCorrupt,
+    LinkError,
+    LinkTimeout,
+    OpticalChannel,
+    SerialChannel,
+    TcpChannel,
+    WrapperLink,
+)
+from gateway.driver import (
+    NO_VALUE,
+    DeviceError,
+    DeviceTimeout,
+    Driver,
+    DriverContext,
+    PointError,
+    RawReadings,
+    RawValue,
+)
+from gateway.points import Quality
+
+ASSOCIATION_LN = "0.0.40.0.0.255"
+CAPTURE_MARGIN_MS = 60_000  # an entry stamped T may be stored a little after T
+CLOCK_SYNC_MIN_GAP = 3600.0
+_VALUE_TYPES = (int, float, bool, str)
+
+
+@dataclass(slots=True)
+class _ScalarPoint:
+    index: int
+    value: Ref
+    scaler: Ref | None = None
+    stamp: Ref | None = None  # capture time (Extended / Demand register)
+    is_clock: bool = False
+    drift: bool = False
+
+
+@dataclass(slots=True)
+class _ProfileGroup:
+    obis: str
+    points: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _ProfileInfo:
+    columns: list[tuple[int, str, int]]
+    clock_column: int | None
+    period: int
+    unix_clock: bool = False
+
+
+class DlmsDriver(Driver[DlmsDevice]):
+    def __init__(self, ctx: DriverContext) -> None:
+        super().__init__(ctx)
+        self._client: CosemClient | None = None
+        self._zone = ZoneInfo(self.config.timezone)
+        self._inverted = self.config.deviation == "inverted"
+        self._scalers: dict[Ref, tuple[int, int] | CosemError] = {}
+        self._profiles: dict[str, _ProfileInfo | CosemError] = {}
+        self._scalar: list[_ScalarPoint] = []
+        self._groups: dict[str, _ProfileGroup] = {}
+        self._point_errors: dict[int, str] = {}
+        self._unit_warned: set[int] = set()
+        self._device_error: str | None = None
+        self._cursors: dict[str, int] = {}
+        self._unflushed = False
+        self._last_sync = 0.0
+        self._gap_logged: set[str] = set()
+        self._plan()
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    @property
+    def points(self) -> Sequence[DlmsPoint]:
+        return self.ctx.points  # type: ignore[return-value]
+
+    def _plan(self) -> None:
+        self._scalar = []
+        self._groups = {}
+        for i, p in enumerate(self.points):
+            if p.class_id == PROFILE_GENERIC:
+                self._groups.setdefault(p.obis, _ProfileGroup(p.obis)).points.append(i)
+                continue
+            sp = _ScalarPoint(i, Ref(p.class_id, p.obis, p.attribute))
+            if p.class_id in (REGISTER, EXTENDED_REGISTER) and p.attribute == 2:
+                sp.scaler = Ref(p.class_id, p.obis, 3)
+            elif p.class_id == DEMAND_REGISTER and p.attribute in (2, 3):
+                sp.scaler = Ref(p.class_id, p.obis, 4)
+            if p.class_id == EXTENDED_REGISTER and p.attribute == 2:
+                sp.stamp = Ref(p.class_id, p.obis, 5)
+            elif p.class_id == DEMAND_REGISTER and p.attribute == 3:
+                sp.stamp = Ref(p.class_id, p.obis, 6)
+            if p.class_id == CLOCK:
+                sp.is_clock = True
+                sp.drift = p.quantity == "clock_drift"
+            self._scalar.append(sp)
+
+    async def replan(self) -> None:
+        self._plan()
+
+    def _channel(self) -> Channel:
+        cfg = self.config
+        bus = self.ctx.bus
+        if cfg.tcp is not None:
+            host, port = cfg.tcp.host, cfg.tcp.port
+            return bus.shared("dlms-tcp", lambda: TcpChannel(host, port))
+        if cfg.optical is not None:
+            opt = cfg.optical
+            return bus.shared(
+                "dlms-optical", lambda: OpticalChannel(opt.port, opt.baudrate, opt.mode_e, opt.device_address)
+            )
+        if bus.serial is not None:
+            s = bus.serial
+            return bus.shared(
+                "dlms-serial", lambda: SerialChannel(s.port, s.baudrate, s.bytesize, s.parity, s.stopbits)
+            )
+        if bus.tcp is not None:
+            # a serial-to-Ethernet converter in front of the RS-485 line: HDLC over its TCP port
+            t = bus.tcp
+            return bus.shared("dlms-tcp", lambda: TcpChannel(t.host, t.port))
+        raise DeviceError(f"bus {bus.id!r} has neither serial nor tcp settings")
+
+    def _build_client(self) -> CosemClient:
+        cfg = self.config
+        channel = self._channel()
+        link: ApduLink
+        if cfg.resolved_transport == "wrapper":
+            link = WrapperLink(channel, cfg.client_sap, cfg.logical_address)
+        else:
+            link = HdlcLink(
+                channel,
+                cfg.client_sap,
+                cfg.logical_address,
+                cfg.physical,
+                cfg.address_size,
+                max_info=cfg.max_info,
+                window=cfg.window,
+            )
+        password = cfg.password.get_secret_value().encode() if cfg.password is not None else None
+        return CosemClient(
+            link,
+            client_sap=cfg.client_sap,
+            logical=cfg.logical_address,
+            auth=cfg.auth,
+            password=password,
+            keys=cfg.keys,
+            security=cfg.security,
+            max_pdu=cfg.max_pdu,
+            transaction=self.ctx.bus.transaction,
+            ic_load=self._ic_load,
+            ic_reserve=self._ic_reserve,
+        )
+
+    def _ic_load(self) -> int:
+        value = self.ctx.state.get("invocation_counter", 0)
+        return int(value) if isinstance(value, int) else 0
+
+    def _ic_reserve(self, limit: int) -> None:
+        # Durable before any counter of the new block is used: a crash skips counters, never reuses one.
+        self.ctx.state.set("invocation_counter", limit)
+        self.ctx.state.flush()
+
+    @property
+    def client(self) -> CosemClient:
+        if self._client is None:
+            self._client = self._build_client()
+        return self._client
+
+    async def start(self) -> None:
+        # Lazy: the first poll connects, so an unreachable meter is a failed poll, not a failed start.
+        cursors = self.ctx.state.get("profile_cursors", {})
+        if isinstance(cursors, dict):
+            self._cursors = {str(k): int(v) for k, v in cursors.items() if isinstance(v, int)}
+
+    async def stop(self) -> None:
+        self._flush_cursors()
+        if self._client is not None and self._client.associated:
+            with contextlib.suppress(Exception):
+                await self._client.release(min(self.config.timeout, 2.0))
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    def _flush_cursors(self) -> None:
+        """Entries returned by the last read() are with the core now: make their cursor durable."""
+        if self._unflushed:
+            self.ctx.state.flush()
+            self._unflushed = False
+
+    async def read(self) -> RawReadings:
+        self._flush_cursors()
+        cfg = self.config
+        attempts = cfg.retries + 1
+        for attempt in range(attempts):
+            try:
+                if not self.client.associated:
+                    await self.client.associate(cfg.timeout)
+                    self._scalers = {k: v for k, v in self._scalers.items() if not isinstance(v, CosemError)}
+                result, cursors = await self._poll()
+                if cfg.release_after_poll:
+                    with contextlib.suppress(LinkError, ProtocolError, AssociationLost, CosemError):
+                        await self.client.release(cfg.timeout)
+                self._device_ok()
+                if cursors:
+                    self._cursors.update(cursors)
+                    self.ctx.state.set("profile_cursors", dict(self._cursors))
+                    self._unflushed = True
+                return result
+            except LinkCorrupt as exc:
+                self._forget()
+                raise self._device_failed(DeviceError(f"corrupted reply: {exc}")) from None
+            except LinkTimeout as exc:
+                self._forget()
+                # A dead meter costs one timeout per poll, not one per retry.
+                raise self._device_failed(DeviceTimeout(str(exc))) from None
+            except AssociationError as exc:
+                self._forget()
+                raise self._device_failed(DeviceError(str(exc))) from None
+            except (LinkError, AssociationLost, ProtocolError, codec.CodecError) as exc:
+                self._forget()
+                if attempt + 1 < attempts:
+                    continue
+                raise self._device_failed(DeviceError(_describe(exc))) from None
+            except CosemError as exc:
+                # a refusal outside a single attribute (a confirmed-service-error): the whole poll
+                self._forget()
+                raise self._device_failed(DeviceError(_describe(exc))) from None
+        raise DeviceError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _forget(self) -> None:
+        if self._client is not None:
+            self._client.forget()
+            self._client.link.reset()
+            if isinstance(self._client.link, WrapperLink):
+                # No sequence numbers on the wrapper: a late answer could pass for the next one.
+                self._client.link.channel.discard_input()
+
+    def _device_failed(self, exc: DeviceError) -> DeviceError:
+        message = str(exc)
+        if message != self._device_error:
+            self.ctx.log.warning("dlms meter failed", error=message)
+            self._device_error = message
+        return exc
+
+    def _device_ok(self) -> None:
+        if self._device_error is not None:
+            self.ctx.log.info("dlms meter answers again", previous_error=self._device_error)
+            self._device_error = None
+
+    def _point_failed(self, index: int, message: str) -> PointError:
+        if self._point_errors.get(index) != message:
+            self._point_errors[index] = message
+            self.ctx.log.warning("dlms point unreadable", point=self.points[index].id, error=message)
+        return PointError(message)
+
+    def _point_ok(self, index: int) -> None:
+        if index in self._point_errors:
+            del self._point_errors[index]
+            self.ctx.log.info("dlms point readable again", point=self.points[index].id)
+
+    async def _get_many(self, refs: Sequence[Ref]) -> list[Any]:
+        """Values (or CosemError) of several attributes: GET-with-list where allowed, else one by one."""
+        client = self.client
+        timeout = self.config.timeout
+        out: list[Any] = []
+        step = self.config.list_max
+        for k in range(0, len(refs), step):
+            chunk = list(refs[k : k + step])
+            if len(chunk) > 1 and self.config.with_list and client.supports_list():
+                try:
+                    out.extend(await client.get_list(chunk, timeout))
+                    continue
+                except (CosemError, ProtocolError) as exc:
+                    # The meter claims multiple references but refuses the list: read singly from now on.
+                    client.with_list_ok = False
+                    self.ctx.log.info("dlms meter refuses GET-with-list, reading attributes one by one", error=str(exc))
+            for ref in chunk:
+                try:
+                    out.append(await client.get(ref, timeout))
+                except CosemError as exc:
+                    out.append(exc)
+        return out
+
+    async def _scaler_units(self, refs: Sequence[Ref]) -> None:
+        missing = list(dict.fromkeys(r for r in refs if r not in self._scalers))
+        if not missing:
+            return
+        for ref, value in zip(missing, await self._get_many(missing), strict=True):
+            if isinstance(value, CosemError):
+                self._scalers[ref] = value
+            elif isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) for x in value):
+                self._scalers[ref] = (int(value[0]), int(value[1]))
+            else:
+                self._scalers[ref] = CosemError(codec.DAR_TYPE_UNMATCHED, f"{ref}: scaler_unit is not {{scaler, unit}}")
+
+    async def _poll(self) -> tuple[RawReadings, dict[str, int]]:
+        n = len(self.points)
+        values: list[RawValue] = [None] * n
+        stamps: list[int | None] = [None] * n
+        exponents: list[int | None] = [None] * n
+        qualities: list[Quality | None] = [None] * n
+        readings = RawReadings(values, stamps, exponents, qualities)
+
+        await self._scaler_units([sp.scaler for sp in self._scalar if sp.scaler is not None])
+
+        clock_ref = Ref(CLOCK, CLOCK_OBIS, 2)
+        need_clock = bool(self._groups) or self.config.clock_sync
+        refs: list[Ref] = []
+        for sp in self._scalar:
+            refs.append(sp.value)
+            if sp.stamp is not None:
+                refs.append(sp.stamp)
+        if need_clock and clock_ref not in refs:
+            refs.append(clock_ref)
+        refs = list(dict.fromkeys(refs))
+        t0 = time.time()
+        results = dict(zip(refs, await self._get_many(refs), strict=True)) if refs else {}
+        gateway_ms = int((t0 + time.time()) / 2 * 1000)
+
+        meter_ms: int | None = None
+        clock_value = results.get(clock_ref)
+        if clock_value is not None and not isinstance(clock_value, CosemError):
+            meter_ms = self._datetime_ms(clock_value)
+
+        for sp in self._scalar:
+            self._fill_scalar(sp, results, gateway_ms, readings)
+
+        cursors: dict[str, int] = {}
+        for group in self._groups.values():
+            cursor = await self._read_profile(group, meter_ms, readings)
+            if cursor is not None:
+                cursors[group.obis] = cursor
+
+        if self.config.clock_sync and meter_ms is not None:
+            await self._clock_sync(meter_ms - gateway_ms)
+        return readings, cursors
+
+    # -- registers, data, clock ------------------------------------------------------------------
+
+    def _fill_scalar(self, sp: _ScalarPoint, results: dict[Ref, Any], gateway_ms: int, out: RawReadings) -> None:
+        i = sp.index
+        point = self.points[i]
+        assert out.timestamps is not None and out.exponents is not None and out.qualities is not None
+        value = results.get(sp.value)
+        if isinstance(value, CosemError):
+            out.values[i] = self._point_failed(i, str(value))
+            return
+        if sp.is_clock:
+            ts = self._datetime_ms(value)
+            if ts is None:
+                out.values[i] = self._point_failed(i, "the clock does not decode as a date-time")
+                return
+            if sp.drift:
+                out.values[i] = ts - gateway_ms  # ms, exact with the exponent
+                out.exponents[i] = -3
+            else:
+                out.values[i] = datetime.fromtimestamp(ts / 1000, tz=UTC).isoformat(timespec="milliseconds")
+            out.timestamps[i] = ts
+            self._point_ok(i)
+            return
+        raw = _raw(value)
+        if isinstance(raw, PointError):
+            out.values[i] = self._point_failed(i, raw.message)
+            return
+        if sp.scaler is not None:
+            su = self._scalers.get(sp.scaler)
+            if isinstance(su, CosemError) or su is None:
+                out.values[i] = self._point_failed(i, f"scaler_unit unreadable: {su}")
+                return
+            if not isinstance(raw, int | float) or isinstance(raw, bool):
+                out.values[i] = self._point_failed(i, f"register value is not a number: {raw!r}")
+                return
+            scaler, unit = su
+            out.exponents[i] = scaler
+            if not self._unit_matches(i, point, unit):
+                out.qualities[i] = Quality.UNCERTAIN
+        if sp.stamp is not None:
+            stamp = results.get(sp.stamp)
+            out.timestamps[i] = None if isinstance(stamp, CosemError) else self._datetime_ms(stamp)
+        out.values[i] = raw
+        self._point_ok(i)
+
+    def _unit_matches(self, index: int, point: DlmsPoint, unit_code: int) -> bool:
+        symbol = codec.unit_symbol(unit_code)
+        if symbol is None or symbol == point.unit:
+            return True
+        if index not in self._unit_warned:
+            self._unit_warned.add(index)
+            self.ctx.log.warning(
+                "dlms meter reports another unit than the profile",
+                point=point.id,
+                meter_unit=symbol,
+                profile_unit=point.unit,
+            )
+        return False
+
+    def _datetime_ms(self, value: Any) -> int | None:
+        """A date-time value (12 octets, or a gurux GXDateTime) -> epoch ms."""
+        if isinstance(value, bytes | bytearray) and len(value) == 12:
+            try:
+                return codec.decode_datetime(bytes(value)).to_epoch_ms(self._zone, self._inverted)
+            except codec.CodecError:
+                return None
+        dt = getattr(value, "value", None)
+        if isinstance(dt, datetime):
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=self._zone)
+            return int(dt.timestamp() * 1000)
+        return None
+
+    def _encode_time(self, ts_ms: int) -> bytes:
+        return codec.datetime_from_epoch_ms(ts_ms, self._zone, inverted=self._inverted, status=None).encode()
+
+    async def _clock_sync(self, drift_ms: int) -> None:
+        if abs(drift_ms) < self.config.clock_sync_threshold * 1000:
+            return
+        if time.monotonic() - self._last_sync < CLOCK_SYNC_MIN_GAP and self._last_sync:
+            return
+        self._last_sync = time.monotonic()
+        value = codec.octets(self._encode_time(int(time.time() * 1000)))
+        try:
+            await self.client.set(Ref(CLOCK, CLOCK_OBIS, 2), value, self.config.timeout)
+        except CosemError as exc:
+            self.ctx.log.warning("dlms clock sync refused", error=str(exc), drift_s=drift_ms / 1000)
+            return
+        self.ctx.log.info("dlms meter clock set", drift_s=drift_ms / 1000)
+
+    # -- profiles --------------------------------------------------------------------------------
+
+    async def _profile_info(self, profile: str) -> _ProfileInfo | CosemError:
+        cached = self._profiles.get(profile)
+        if cached is not None:
+            return cached
+        got = await self._get_many([Ref(PROFILE_GENERIC, profile, 3), Ref(PROFILE_GENERIC, profile, 4)])
+        captured, period = got
+        if isinstance(captured, CosemError):
+            info: _ProfileInfo | CosemError = captured
+        else:
+            columns: list[tuple[int, str, int]] = []
+            for item in captured if isinstance(captured, list) else []:
+                if not (
+                    isinstance(item, list)
+                    and len(item) >= 3
+                    and isinstance(item[0], int)
+                    and isinstance(item[1], bytes | bytearray)
+                    and len(item[1]) == 6
+                    and isinstance(item[2], int)
+                ):
+                    raise ProtocolError(f"{profile}: capture_objects entry is not {{class, OBIS, attribute, index}}")
+                columns.append((int(item[0]), codec.obis_text(bytes(item[1])), int(item[2])))
+            clock_col = next((k for k, c in enumerate(columns) if c[0] == CLOCK and c[2] == 2), None)
+            unix = False
+            if clock_col is None:
+                clock_col = next((k for k, c in enumerate(columns) if c[:2] == (DATA, "0.0.1.1.0.255")), None)
+                unix = clock_col is not None
+            info = _ProfileInfo(columns, clock_col, int(period) if isinstance(period, int) else 0, unix)
+        self._profiles[profile] = info
+        return info
+
+    def _column_of(self, info: _ProfileInfo, point: DlmsPoint) -> int | None:
+        for k, (cid, o, attr) in enumerate(info.columns):
+            if o == point.column and attr == point.column_attribute and point.column_class in (None, cid):
+                return k
+        return None
+
+    async def _read_profile(self, group: _ProfileGroup, meter_ms: int | None, out: RawReadings) -> int | None:
+        """Read the group's new entries into `out`; returns the new cursor (not yet stored)."""
+        assert out.exponents is not None and out.timestamps is not None
+        info = await self._profile_info(group.obis)
+        if isinstance(info, CosemError):
+            for i in group.points:
+                out.values[i] = self._point_failed(i, str(info))
+            return None
+        if info.clock_column is None:
+            for i in group.points:
+                out.values[i] = self._point_failed(i, f"profile {group.obis} captures no clock column")
+            return None
+        if meter_ms is None:
+            for i in group.points:
+                out.values[i] = self._point_failed(i, "the meter clock is unreadable: profile range unknown")
+            return None
+        # columns of the group's points, and their scalers
+        col_of: dict[int, int] = {}
+        scaler_refs: dict[int, Ref] = {}
+        for i in group.points:
+            point = self.points[i]
+            col = self._column_of(info, point)
+            if col is None:
+                out.values[i] = self._point_failed(i, f"{point.column} is not captured by profile {group.obis}")
+                continue
+            col_of[i] = col
+            cid, o, attr = info.columns[col]
+            if cid in (REGISTER, EXTENDED_REGISTER) and attr == 2:
+                scaler_refs[i] = Ref(cid, o, 3)
+            elif cid == DEMAND_REGISTER and attr in (2, 3):
+                scaler_refs[i] = Ref(cid, o, 4)
+        if not col_of:
+            return None
+        await self._scaler_units(list(scaler_refs.values()))
+        for i, ref in scaler_refs.items():
+            su = self._scalers.get(ref)
+            if isinstance(su, tuple):
+                out.exponents[i] = su[0]
+                self._unit_matches(i, self.points[i], su[1])
+            else:
+                out.values[i] = self._point_failed(i, f"scaler_unit of {ref} unreadable: {su}")
+                col_of.pop(i)
+
+        cfg = self.config
+        cursor = self._cursors.get(group.obis)
+        horizon = meter_ms - int(cfg.backfill * 1000)
+        if cursor is not None and cursor < horizon and group.obis not in self._gap_logged:
+            self._gap_logged.add(group.obis)
+            self.ctx.log.warning(
+                "dlms profile entries older than the backfill depth are skipped",
+                profile=group.obis,
+                cursor=cursor,
+                backfill_s=cfg.backfill,
+            )
+        floor = cursor if cursor is not None and cursor >= horizon else None
+        start = floor if floor is not None else horizon
+        clock_ref = Ref(*info.columns[info.clock_column])
+        entries: list[tuple[int, list[Any]]] = []
+        new_cursor = cursor
+        # A profile captured on events or once a month has few entries: one request for the whole depth.
+        chunk_ms = int(max(cfg.profile_chunk, info.period) * 1000) if info.period > 0 else max(meter_ms - start, 1000)
+        for _ in range(cfg.profile_chunks_per_poll):
+            end = min(start + chunk_ms, meter_ms)
+            try:
+                rows = await self.client.get_rows_by_range(
+                    group.obis, clock_ref, self._encode_time(start), self._encode_time(end), cfg.timeout
+                )
+            except CosemError as exc:
+                for i in col_of:
+                    out.values[i] = self._point_failed(i, f"profile buffer: {exc}")
+                return None
+            last_ts = self._rows(info, rows, floor, start, end, entries)
+            reached = max(
+                x for x in (last_ts, min(end, meter_ms - CAPTURE_MARGIN_MS), new_cursor, floor) if x is not None
+            )
+            new_cursor = reached
+            floor = reached
+            start = reached
+            if end >= meter_ms:
+                break
+        entries.sort(key=lambda e: e[0])
+        for i, col in col_of.items():
+            series = [(ts, _raw(row[col])) for ts, row in entries]
+            if not series:
+                out.values[i] = NO_VALUE
+                self._point_ok(i)
+                continue
+            *older, (ts_last, raw_last) = series
+            for ts, raw in older:
+                out.series.append((i, raw, ts))
+            out.values[i] = raw_last
+            out.timestamps[i] = ts_last
+            self._point_ok(i)
+        return new_cursor
+
+    def _rows(
+        self,
+        info: _ProfileInfo,
+        rows: list[Any],
+        floor: int | None,
+        start: int,
+        end: int,
+        entries: list[tuple[int, list[Any]]],
+    ) -> int | None:
+        """Append the rows newer than `floor` (or from `start` with no floor); returns the last stamp."""
+        assert info.clock_column is not None
+        last: int | None = None
+        prev: int | None = None
+        seen = {ts for ts, _ in entries}
+        for row in rows:
+            if not isinstance(row, list) or len(row) != len(info.columns):
+                raise ProtocolError("profile entry does not match the capture objects")
+            stamp = row[info.clock_column]
+            if info.unix_clock and isinstance(stamp, int):
+                ts: int | None = int(stamp) * 1000
+            elif stamp is None and prev is not None and info.period > 0:
+                ts = prev + info.period * 1000  # a compressed profile leaves repeated stamps null
+            else:
+                ts = self._datetime_ms(stamp)
+            if ts is None:
+                continue
+            prev = ts
+            if (floor is not None and ts <= floor) or (floor is None and ts < start) or ts > end or ts in seen:
+                continue
+            seen.add(ts)
+            entries.append((ts, row))
+            last = ts if last is None else max(last, ts)
+        return last
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    async def discover(self) -> list[dict[str, Any]]:
+        """The association's object list as profile points (see docs/dlms.md, completing a profile)."""
+        try:
+            return await self._discover()
+        except LinkTimeout as exc:
+            self._forget()
+            raise DeviceTimeout(str(exc)) from None
+        except (LinkError, AssociationError, AssociationLost, ProtocolError, CosemError, codec.CodecError) as exc:
+            self._forget()
+            raise DeviceError(_describe(exc)) from None
+
+    async def _discover(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        if not self.client.associated:
+            await self.client.associate(cfg.timeout)
+        listing = await self.client.get(Ref(15, ASSOCIATION_LN, 2), cfg.timeout)
+        objects: list[tuple[int, str]] = []
+        for item in listing if isinstance(listing, list) else []:
+            if (
+                isinstance(item, list)
+                and len(item) >= 3
+                and isinstance(item[0], int)
+                and isinstance(item[2], bytes | bytearray)
+                and len(item[2]) == 6
+            ):
+                objects.append((int(item[0]), codec.obis_text(bytes(item[2]))))
+        points: list[dict[str, Any]] = []
+        used: set[str] = set()
+
+        def add(point: dict[str, Any]) -> None:
+            base = point["id"]
+            pid, k = base, 2
+            while pid in used:
+                pid, k = f"{base}_{k}", k + 1
+            used.add(pid)
+            point["id"] = pid
+            points.append(point)
+
+        registers = [(c, o) for c, o in objects if c in (REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER)]
+        await self._scaler_units([Ref(c, o, 4 if c == DEMAND_REGISTER else 3) for c, o in registers])
+        for cid, code in objects:
+            if cid not in (DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, CLOCK):
+                continue
+            desc = obis.describe(code, cid)
+            point: dict[str, Any] = {"id": desc["id"], "obis": code, "class": cid, "attribute": 2}
+            point.update({k: desc[k] for k in ("quantity", "unit", "phase", "kind", "description") if desc.get(k)})
+            if cid in (REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER):
+                su = self._scalers.get(Ref(cid, code, 4 if cid == DEMAND_REGISTER else 3))
+                if isinstance(su, tuple):
+                    symbol = codec.unit_symbol(su[1])
+                    if symbol is not None:
+                        point["unit"] = symbol
+            if cid == CLOCK:
+                add({**point, "id": "clock_drift", "quantity": "clock_drift", "unit": "s", "kind": "gauge"})
+            add(point)
+        for cid, code in objects:
+            if cid != PROFILE_GENERIC:
+                continue
+            info = await self._profile_info(code)
+            if isinstance(info, CosemError):
+                continue
+            name = obis.profile_name(code)
+            for col_class, col_obis, col_attr in info.columns:
+                if col_class == CLOCK or (col_class, col_obis) == (DATA, "0.0.1.1.0.255"):
+                    continue
+                desc = obis.describe(col_obis, col_class)
+                point = {
+                    "id": f"{name}.{desc['id']}",
+                    "obis": code,
+                    "class": PROFILE_GENERIC,
+                    "column": col_obis,
+                    "quantity": desc["quantity"],
+                    "unit": desc["unit"],
+                    "phase": desc["phase"],
+                    "kind": desc["kind"],
+                }
+                if col_attr != 2:
+                    point["column_attribute"] = col_attr
+                add(point)
+        valid: list[dict[str, Any]] = []
+        for p in points:
+            try:
+                DlmsPoint.model_validate(p)
+            except ValueError:
+                continue
+            valid.append(p)
+        return valid
+
+
+def _raw(value: Any) -> RawValue:
+    """A gurux-decoded value -> a raw reading (numbers unscaled, octet strings as text)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        raw = bytes(value)
+        if raw and all(32 <= b < 127 for b in raw):
+            return raw.decode("ascii")
+        return raw.hex()
+    inner = getattr(value, "value", None)
+    if isinstance(inner, datetime):
+        return inner.isoformat()
+    if isinstance(value, list):
+        return PointError("a structured value: read one of its elements with a more specific point")
+    return PointError(f"unsupported value type {type(value).__name__}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
