@@ -230,7 +230,7 @@ class DlmsDevice(DeviceConfig):
     )
     retries: Annotated[int, Field(ge=0, le=3)] = 1
     # profiles
-    backfill: Duration = Field(default=86400.0, description="how far back a profile with no cursor is read")
+    backfill: Duration = Field(default=7 * 86400.0, description="how far back a profile with no cursor is read")
     profile_chunk: Duration = Field(default=86400.0, description="time span of one selective-access range read")
     profile_chunks_per_poll: Annotated[int, Field(ge=1, le=1000)] = 8
     # time
