@@ -8,6 +8,7 @@ line with one of them dead.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import time
 from collections import Counter
@@ -86,7 +87,7 @@ async def test_hls_registers_and_load_profile_backfill_across_a_stopped_day(
     dupes = [ts for ts, n in Counter(stamps).items() if n > 1]
     assert not dupes, f"entries published twice: {dupes[:5]}"
     ordered = sorted(stamps)
-    gaps = [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b - a != QUARTER_MS]
+    gaps = [(a, b) for a, b in itertools.pairwise(ordered) if b - a != QUARTER_MS]
     assert not gaps, f"holes in the 15-minute series: {gaps[:5]}"
     assert ordered[0] <= (t0 - 2 * 86400) * 1000 + QUARTER_MS and ordered[-1] == (t0 + 86400) * 1000
 
