@@ -264,6 +264,24 @@ def _keep_sections(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
     )
 
 
+def _loop_errors(log: structlog.typing.FilteringBoundLogger) -> Any:
+    """Errors that escaped a library's callback: one line each kind per minute, the daemon goes on."""
+    last: dict[str, float] = {}
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        what = f"{type(exc).__name__}: {exc}" if exc is not None else str(context.get("message"))
+        key = what[:120]
+        now = time.monotonic()
+        if now - last.get(key, -1e9) >= 60.0:
+            last[key] = now
+            log.warning(
+                "error in an event-loop callback (ignored)", error=what, where=str(context.get("handle", ""))[:120]
+            )
+
+    return handler
+
+
 async def run(cfg: GatewayConfig, config_path: Path | None, stop_event: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop_event`); SIGHUP reloads."""
     loop = asyncio.get_running_loop()
@@ -282,6 +300,7 @@ async def run(cfg: GatewayConfig, config_path: Path | None, stop_event: asyncio.
 
         task.add_done_callback(done)
 
+    loop.set_exception_handler(_loop_errors(gw.log))
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)

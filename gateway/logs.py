@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import structlog
@@ -32,11 +33,48 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     # Libraries log through stdlib logging: keep their warnings, drop their chatter.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if level != "debug":
+        handler.addFilter(LibraryNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if level != "debug" else logging.INFO)
     for noisy in ("pymodbus", "bacpypes3", "pysnmp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.ERROR if level != "debug" else logging.WARNING)
+
+
+class LibraryNoise(logging.Filter):
+    """One line per library complaint, and not the same one more than once a minute.
+
+    A malformed datagram from the network makes bacpypes3 log an error with a traceback; a noisy
+    or hostile network would otherwise flood the journal. The traceback goes (the exception's
+    type and text stay on the line) and repeats are counted into the next line that gets through.
+    """
+
+    def __init__(self, period: float = 60.0) -> None:
+        super().__init__()
+        self.period = period
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        key = (record.name, str(record.msg)[:200])
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (0.0, 0))
+        if last and now - last < self.period:
+            self._last[key] = (last, suppressed + 1)
+            return False
+        if suppressed:
+            record.msg = f"{record.getMessage()} [{suppressed} more like this in the last minute]"
+            record.args = None
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return True
 
 
 def get(**bind: Any) -> structlog.typing.FilteringBoundLogger:

@@ -9,6 +9,7 @@ import pytest
 
 from drivers.bacnet.simulator import BacnetTwin
 from tests.harness import Collector, Daemon, Mosquitto
+from tests.test_e2e_snmp import spray_udp
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +34,11 @@ async def test_bcpme_over_bacnet(tmp_path: Path, broker: Mosquitto, collector: C
     async with BacnetTwin(port=free_udp_port(), panels=2, animate=False, profile_vars={"channels": 4}) as twin:
         twin.set_value(50001, "analog-value,2001", 50.02)  # panel 1 frequency
         twin.set_value(50002, "analog-value,2001", 49.98)
+        local_port = free_udp_port()
         cfg = tmp_path / "site.yaml"
         cfg.write_text(
             f"site: lab\nmqtt: {{url: '{broker.url}'}}\nstate_dir: {tmp_path / 'state'}\n"
-            f"bacnet: {{local_address: '127.0.0.1/24:{free_udp_port()}', device_instance: 4194001}}\n"
+            f"bacnet: {{local_address: '127.0.0.1/24:{local_port}', device_instance: 4194001}}\n"
             "devices:\n" + panel(1, twin, "30s", cov=True) + panel(2, twin, "1s", cov=False),
             encoding="utf-8",
         )
@@ -58,6 +60,8 @@ async def test_bcpme_over_bacnet(tmp_path: Path, broker: Mosquitto, collector: C
             power = next(p for p in meta["points"] if p["id"] == "panel1.aux.power")
             assert power["unit"] == "W" and power["address"]["object"] == "analog-value,2102"
 
+            # Garbage datagrams at the gateway's BACnet port: decoded, rejected, forgotten.
+            spray_udp(local_port, 300)
             # COV: panel 1 polls every 30 s, so a change that arrives within seconds was pushed.
             polled = len(collector.data("bcpme-p1"))
             twin.set_value(50001, "analog-value,2001", 50.50)
@@ -90,3 +94,4 @@ async def test_bcpme_over_bacnet(tmp_path: Path, broker: Mosquitto, collector: C
             )
         finally:
             await daemon.stop()
+        assert "Traceback" not in daemon.output(), daemon.output()[-3000:]

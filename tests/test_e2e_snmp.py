@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from drivers.snmp.simulator import SnmpTwin
 from tests.harness import Collector, Daemon, Mosquitto
 
 pytestmark = pytest.mark.slow
+
+
+def spray_udp(port: int, count: int, seed: int = 7) -> None:
+    """Send random datagrams to 127.0.0.1:port: raw, shaped like SNMP's BER, or like a BACnet/IP BVLL."""
+    rng = random.Random(seed)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(count):
+            body = rng.randbytes(rng.randint(0, 300))
+            shape = rng.random()
+            if shape < 0.33:
+                body = b"\x30" + bytes([min(len(body), 127)]) + body
+            elif shape < 0.66:
+                body = b"\x81" + bytes([rng.choice([0x0A, 0x0B, 0x04, 0x05])]) + (len(body) + 4).to_bytes(2, "big") + body
+            s.sendto(body, ("127.0.0.1", port))
 
 
 def free_udp_port() -> int:
@@ -46,6 +61,8 @@ async def test_bcpme_over_snmp_with_a_trap(tmp_path: Path, broker: Mosquitto, co
             good = [r for r in collector.data("bcpme-snmp")[-1]["readings"] if r["quality"] == "good"]
             assert len(good) > 10
 
+            # Garbage on the trap port first: the listener must shrug it off and still take the inform.
+            spray_udp(trap_port, 300)
             acked = await twin.send_trap(
                 ("127.0.0.1", trap_port),
                 varbinds=[("1.3.6.1.4.1.3833.1.30.1.2.1.0", 3)],
@@ -60,3 +77,4 @@ async def test_bcpme_over_snmp_with_a_trap(tmp_path: Path, broker: Mosquitto, co
         finally:
             await daemon.stop()
         assert "s3cret-community" not in daemon.output()
+        assert "Traceback" not in daemon.output(), daemon.output()[-4000:]

@@ -54,7 +54,28 @@ class ListenerStats:
     unknown: int = 0
     duplicates: int = 0
     errors: int = 0
+    malformed: int = 0
     unknown_senders: dict[str, int] = field(default_factory=dict)
+
+
+def guard_engine(engine: Any, stats: ListenerStats) -> None:
+    """Drop datagrams pysnmp cannot decode instead of letting its error escape into the event loop.
+
+    pysnmp's BER path raises TypeError (not its own decoding errors) on some malformed datagrams;
+    unguarded, every one of them prints a traceback from the loop's exception handler. Counted in
+    `malformed`, never logged per datagram.
+    """
+    dispatcher = engine.message_dispatcher
+    receive = dispatcher.receive_message
+
+    def safe_receive(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return receive(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - garbage from the network must cost one datagram, nothing more
+            stats.malformed += 1
+            return b""
+
+    dispatcher.receive_message = safe_receive
 
 
 class SnmpRuntime(DriverRuntime):
@@ -68,6 +89,7 @@ class SnmpRuntime(DriverRuntime):
             "notifications_unknown_sender": st.unknown,
             "notifications_duplicate": st.duplicates,
             "notifications_errors": st.errors,
+            "datagrams_malformed": st.malformed,
         }
 
     section: SnmpSection | None
@@ -124,6 +146,7 @@ class SnmpRuntime(DriverRuntime):
                     users[user] = fingerprint
                 return engine
         engine = SnmpEngine()
+        guard_engine(engine, self.stats)
         self._engines.append((engine, {user: fingerprint} if user is not None else {}))
         if len(self._engines) > 1:
             self.log.info("extra SNMP engine for a v3 user name with other keys", user=user)
@@ -257,6 +280,7 @@ class TrapListener:
             raise
         sock.setblocking(False)
         engine = SnmpEngine()
+        guard_engine(engine, self.runtime.stats)
         module = udp6 if v6 else udp
         transport = module.UdpAsyncioTransport().open_server_mode(sock=sock)
         pconfig.add_transport(engine, module.DOMAIN_NAME, transport)
