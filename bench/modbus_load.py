@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,9 @@ import time
 from pathlib import Path
 
 import aiomqtt
+from common import REPO, free_port, metrics, start_broker, start_twins, write_profile
 
-REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,52 +42,12 @@ def rss_kib(pid: int, key: str) -> int:
     return 0
 
 
-async def metrics(port: int) -> dict[str, float]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-    data = await reader.read()
-    writer.close()
-    out: dict[str, float] = {}
-    for line in data.decode().splitlines():
-        if line.startswith("edgegw_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            base = name.split("{", 1)[0]
-            out[base] = out.get(base, 0.0) + float(value)
-    return out
-
-
 async def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     broker_port, health_port = free_port(), free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
-    )
-    broker = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    twins = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "bench" / "twins.py"),
-            "--devices",
-            str(args.devices),
-            "--points",
-            str(args.points),
-        ],
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert twins.stdout is not None
-    ports = json.loads(twins.stdout.readline())
-    profile = work / "bench-profile.yaml"
-    profile.write_text(
-        f"profile: bench\ndriver: modbus\nvars: {{points: {args.points}}}\npoints:\n"
-        "  - repeat: {i: [0, '{points - 1}']}\n    points:\n"
-        "      - {id: 'p{i}', address: '{2*i}', type: float32, quantity: current, unit: A, circuit: '{i}'}\n"
-    )
+    broker = start_broker(work / "mosquitto.conf", broker_port)
+    twins, ports = start_twins(args.devices, args.points)
+    profile = write_profile(work, args.points)
     devices = "".join(
         f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, port: {p}}},"
         f" interval: {args.interval}, timeout: 1s}}\n"
@@ -129,12 +82,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 latencies.append(time.time() * 1000 - ts)
 
     ready = asyncio.Event()
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", broker_port), 1).close()
-            break
-        except OSError:
-            await asyncio.sleep(0.05)
     consumer = asyncio.create_task(subscribe(ready))
     await asyncio.wait_for(ready.wait(), 10)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -17,69 +17,22 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def metrics(port: int) -> dict[str, float]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    out: dict[str, float] = {}
-    for line in data.decode().splitlines():
-        if line.startswith("edgegw_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            base = name.split("{", 1)[0]
-            out[base] = out.get(base, 0.0) + float(value)
-    return out
-
-
-def start_broker(conf: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+from common import REPO, free_port, metrics, start_broker, start_twins, write_profile
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="edgegw-soak-"))
     broker_port, health_port = free_port(), free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = start_broker(conf)
-    twins = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "bench" / "twins.py"),
-            "--devices",
-            str(args.devices),
-            "--points",
-            str(args.points),
-        ],
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert twins.stdout is not None
-    ports = json.loads(twins.stdout.readline())
-    profile = work / "p.yaml"
-    profile.write_text(
-        f"driver: modbus\nvars: {{points: {args.points}}}\npoints:\n  - repeat: {{i: [0, '{{points - 1}}']}}\n"
-        "    points:\n      - {id: 'p{i}', address: '{2*i}', type: float32, quantity: current, unit: A}\n"
-    )
+    broker = start_broker(conf, broker_port)
+    twins, ports = start_twins(args.devices, args.points)
+    profile = write_profile(work, args.points)
     # Every tenth device points at a port nobody serves: it stays offline and backs off.
     devices = "".join(
         f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, "
@@ -127,7 +80,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 broker.send_signal(signal.SIGTERM)
                 broker.wait(10)
                 await asyncio.sleep(args.outage)
-                broker = start_broker(conf)
+                broker = start_broker(conf, broker_port)
                 next_outage = time.monotonic() + args.outage_every
             await asyncio.sleep(args.sample)
     finally:

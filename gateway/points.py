@@ -76,6 +76,9 @@ QUANTITIES: frozenset[str] = frozenset(
     }
 )
 
+# Quantities that only grow (meters' registers): twins ramp them, consumers take differences.
+ENERGY_QUANTITIES: frozenset[str] = frozenset(q for q in QUANTITIES if "_energy_" in q)
+
 PHASES: frozenset[str] = frozenset(
     {"L1", "L2", "L3", "N", "L1-L2", "L2-L3", "L3-L1", "L1-N", "L2-N", "L3-N", "total", "none"}
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Collector, Mosquitto
+from tests.harness import Collector, Mosquitto, serial_line
 
 
 @pytest.fixture
@@ -28,3 +28,10 @@ async def collector(broker: Mosquitto) -> AsyncIterator[Collector]:
         yield c
     finally:
         await c.stop()
+
+
+@pytest.fixture
+async def line(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """Two pty ends joined by socat: (device side, gateway side)."""
+    async with serial_line(tmp_path) as ends:
+        yield ends

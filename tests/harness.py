@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,27 @@ async def wait_port(port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
             await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def serial_line(folder: Path) -> AsyncIterator[tuple[str, str]]:
+    """An RS-485 line stand-in: two pseudo-terminals joined by socat, (device side, gateway side)."""
+    a, b = folder / "tty-device", folder / "tty-gateway"
+    proc = await asyncio.create_subprocess_exec(
+        "socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 5.0
+        while not (a.exists() and b.exists()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("socat did not create the pty pair")
+            await asyncio.sleep(0.02)
+        yield str(a), str(b)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 5.0)
 
 
 class Mosquitto:

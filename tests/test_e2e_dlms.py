@@ -7,7 +7,6 @@ line with one of them dead.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import shutil
 import time
@@ -93,46 +92,31 @@ async def test_hls_registers_and_load_profile_backfill_across_a_stopped_day(
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is needed for a pty pair")
-async def test_two_meters_on_one_hdlc_line_one_dead(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
-    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
-    socat = await asyncio.create_subprocess_exec(
-        "socat",
-        f"pty,raw,echo=0,link={a}",
-        f"pty,raw,echo=0,link={b}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while not (a.exists() and b.exists()):
-            assert time.monotonic() < deadline, "socat did not create the pty pair"
-            await asyncio.sleep(0.02)
-        async with DlmsTwin("sensemi-sed102", transport="hdlc", serial=str(a), addresses=(17, 18)) as twin:
-            twin.kill(18)
-            devices = "".join(
-                f"  - id: meter-{addr}\n    driver: dlms\n    profile: sensemi-sed102\n    bus: rs485-1\n"
-                f"    physical_address: {addr}\n    interval: 1s\n    timeout: 300ms\n    offline_after: 1\n"
-                f"    close_after_poll: false\n"
-                for addr in (17, 18)
+async def test_two_meters_on_one_hdlc_line_one_dead(
+    tmp_path: Path, broker: Mosquitto, collector: Collector, line: tuple[str, str]
+) -> None:
+    meter_side, gateway_side = line
+    async with DlmsTwin("sensemi-sed102", transport="hdlc", serial=meter_side, addresses=(17, 18)) as twin:
+        twin.kill(18)
+        devices = "".join(
+            f"  - id: meter-{addr}\n    driver: dlms\n    profile: sensemi-sed102\n    bus: rs485-1\n"
+            f"    physical_address: {addr}\n    interval: 1s\n    timeout: 300ms\n    offline_after: 1\n"
+            f"    close_after_poll: false\n"
+            for addr in (17, 18)
+        )
+        bus = f"buses:\n  - {{id: rs485-1, serial: {{port: {gateway_side}, baudrate: 9600}}}}\n"
+        daemon = Daemon(site(tmp_path, broker, devices, extra=bus), tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(
+                lambda: any(m.json()["state"] == "offline" for m in collector.on("/meter-18/status")),
+                what="the dead meter offline",
             )
-            bus = f"buses:\n  - {{id: rs485-1, serial: {{port: {b}, baudrate: 9600}}}}\n"
-            daemon = Daemon(site(tmp_path, broker, devices, extra=bus), tmp_path)
-            await daemon.start()
-            try:
-                await collector.wait_for(
-                    lambda: any(m.json()["state"] == "offline" for m in collector.on("/meter-18/status")),
-                    what="the dead meter offline",
-                )
-                before = len(collector.data("meter-17"))
-                await collector.wait_for(
-                    lambda: len(collector.data("meter-17")) >= before + 3,
-                    timeout=10,
-                    what="the live meter keeps polling",
-                )
-                volts = collector.latest("meter-17", "voltage.l1")
-                assert volts is not None and volts["quality"] == "good" and volts["unit"] == "V"
-            finally:
-                await daemon.stop()
-    finally:
-        socat.terminate()
-        await socat.wait()
+            before = len(collector.data("meter-17"))
+            await collector.wait_for(
+                lambda: len(collector.data("meter-17")) >= before + 3, timeout=10, what="the live meter keeps polling"
+            )
+            volts = collector.latest("meter-17", "voltage.l1")
+            assert volts is not None and volts["quality"] == "good" and volts["unit"] == "V"
+        finally:
+            await daemon.stop()

@@ -204,42 +204,27 @@ async def test_dead_unit_on_shared_endpoint_does_not_stall_the_other(
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is needed for a pty pair")
-async def test_rtu_two_units_on_one_serial_line(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
-    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
-    socat = await asyncio.create_subprocess_exec(
-        "socat",
-        f"pty,raw,echo=0,link={a}",
-        f"pty,raw,echo=0,link={b}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while not (a.exists() and b.exists()):
-            assert time.monotonic() < deadline, "socat did not create the pty pair"
-            await asyncio.sleep(0.02)
-        async with ModbusTwin(twin_points(), units=[1, 2], serial=str(a), baudrate=19200, update_interval=0.1) as t:
-            t.set_value(1, "mains.voltage_l1", 230.0)
-            t.set_value(2, "mains.voltage_l1", 240.0)
-            bus = f"buses:\n  - {{id: rs485-1, serial: {{port: {b}, baudrate: 19200}}}}\n"
-            devices = ""
-            for unit in (1, 2):
-                devices += device_yaml(f"rtu-{unit}", 0, unit, interval="500ms").replace(
-                    "    tcp: {host: 127.0.0.1, port: 0}\n", "    bus: rs485-1\n"
-                )
-            cfg = config(tmp_path, broker, devices, extra=bus)
-            async with daemon(cfg, tmp_path):
-                await collector.wait_for(
-                    lambda: (
-                        collector.latest("rtu-1", "mains.voltage_l1") and collector.latest("rtu-2", "mains.voltage_l1")
-                    ),
-                    what="both RTU units",
-                )
-                assert collector.latest("rtu-1", "mains.voltage_l1")["value"] == 230.0  # type: ignore[index]
-                assert collector.latest("rtu-2", "mains.voltage_l1")["value"] == 240.0  # type: ignore[index]
-    finally:
-        socat.terminate()
-        await socat.wait()
+async def test_rtu_two_units_on_one_serial_line(
+    tmp_path: Path, broker: Mosquitto, collector: Collector, line: tuple[str, str]
+) -> None:
+    device_side, gateway_side = line
+    async with ModbusTwin(twin_points(), units=[1, 2], serial=device_side, baudrate=19200, update_interval=0.1) as t:
+        t.set_value(1, "mains.voltage_l1", 230.0)
+        t.set_value(2, "mains.voltage_l1", 240.0)
+        bus = f"buses:\n  - {{id: rs485-1, serial: {{port: {gateway_side}, baudrate: 19200}}}}\n"
+        devices = ""
+        for unit in (1, 2):
+            devices += device_yaml(f"rtu-{unit}", 0, unit, interval="500ms").replace(
+                "    tcp: {host: 127.0.0.1, port: 0}\n", "    bus: rs485-1\n"
+            )
+        cfg = config(tmp_path, broker, devices, extra=bus)
+        async with daemon(cfg, tmp_path):
+            await collector.wait_for(
+                lambda: collector.latest("rtu-1", "mains.voltage_l1") and collector.latest("rtu-2", "mains.voltage_l1"),
+                what="both RTU units",
+            )
+            assert collector.latest("rtu-1", "mains.voltage_l1")["value"] == 230.0  # type: ignore[index]
+            assert collector.latest("rtu-2", "mains.voltage_l1")["value"] == 240.0  # type: ignore[index]
 
 
 async def test_read_command_prints_one_poll(tmp_path: Path, broker: Mosquitto, twin: ModbusTwin) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.crc import crc16_reflected
+
 FLAG = 0x7E
 LLC_REQUEST = bytes([0xE6, 0xE6, 0x00])
 LLC_RESPONSE = bytes([0xE6, 0xE7, 0x00])
@@ -32,25 +34,8 @@ class HdlcError(ValueError):
     """A malformed HDLC frame or parameter field."""
 
 
-def _fcs_table() -> list[int]:
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_TABLE = _fcs_table()
-
-
-def fcs16(data: bytes | bytearray | memoryview) -> int:
-    """CRC-16/X.25 as HDLC uses it for HCS and FCS (sent least significant byte first)."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFF
+# CRC-16/X.25, as HDLC uses it for HCS and FCS (sent least significant byte first).
+fcs16 = crc16_reflected(0x8408, init=0xFFFF, xorout=0xFFFF)
 
 
 # --- addresses -----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.crc import crc16_reflected
+
 _MBAP_REQUEST = struct.Struct(">HHHBBHH")
 _RTU_REQUEST = struct.Struct(">BBHH")
 _MAX_COUNT = {1: 2000, 2: 2000, 3: 125, 4: 125}
@@ -60,25 +62,12 @@ class ExceptionReply(ReplyError):
         super().__init__(f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
+_modbus_crc = crc16_reflected(0xA001)
 
 
 def crc16(data: bytes | bytearray | memoryview) -> bytes:
     """The Modbus RTU CRC of `data`, as the two bytes sent after it (low byte first)."""
-    crc = 0xFFFF
-    table = _CRC_TABLE
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
+    crc = _modbus_crc(data)
     return bytes((crc & 0xFF, crc >> 8))
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from drivers.modbus.config import TYPE_WORDS
 from gateway.driver import PointError, RawValue
 
 if TYPE_CHECKING:
@@ -37,17 +38,8 @@ _NUMERIC: dict[str, str] = {
     "float64": "d",
 }
 _UNSIGNED_BY_WORDS = {1: "H", 2: "I", 4: "Q"}
-_WORDS = {
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float32": 2,
-    "float64": 4,
-    "bool": 1,
-}
+_WORDS = TYPE_WORDS
+
 _INT_RANGE = {
     "int16": (-(2**15), 2**15 - 1),
     "uint16": (0, 2**16 - 1),

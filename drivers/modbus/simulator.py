@@ -35,6 +35,7 @@ from drivers.modbus.client import crc16
 from drivers.modbus.codec import BIT_FUNCTIONS, FUNCTION_CODES, ValueSpec, decode, encode, spec_of, type_range
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from gateway.models import parse_duration
+from gateway.points import ENERGY_QUANTITIES
 
 Value = float | int | bool | str
 Gen = Callable[[float], Value]
@@ -42,17 +43,7 @@ Gen = Callable[[float], Value]
 _MBAP = struct.Struct(">HHHB")
 _HH = struct.Struct(">HH")
 _LL_PHASES = frozenset({"L1-L2", "L2-L3", "L3-L1"})
-_ENERGY = frozenset(
-    {
-        "active_energy_import",
-        "active_energy_export",
-        "active_energy_absolute",
-        "reactive_energy_import",
-        "reactive_energy_export",
-        "apparent_energy_import",
-        "apparent_energy_export",
-    }
-)
+_ENERGY = ENERGY_QUANTITIES
 
 
 # --- values -----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,30 +24,12 @@ from tests.dlms.util import (
     meter_objects,
     normalized,
     series_of,
-    wait_until,
 )
 
 pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed"),
 ]
-
-
-@pytest.fixture
-async def line(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
-    """Two pty ends joined by socat: (meter side, gateway side)."""
-    a, b = tmp_path / "meter", tmp_path / "gw"
-    proc = await asyncio.create_subprocess_exec(
-        "socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        await wait_until(lambda: a.exists() and b.exists(), timeout=5.0, what="socat ptys")
-        yield str(a), str(b)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 5.0)
 
 
 async def test_two_meters_on_one_bus_one_dead(line: tuple[str, str]) -> None:

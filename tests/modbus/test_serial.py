@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -15,29 +13,12 @@ from drivers.modbus.scan import scan
 from drivers.modbus.simulator import ModbusTwin
 from gateway.buses import BusConfig
 from gateway.driver import DeviceTimeout
-from tests.modbus.util import assert_values, bus_for, device, driver, points, wait_until
+from tests.modbus.util import assert_values, bus_for, device, driver, points
 
 pytestmark = [
     pytest.mark.asyncio,
     pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed"),
 ]
-
-
-@pytest.fixture
-async def line(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
-    """Two pty ends joined by socat: (device side, gateway side)."""
-    a, b = tmp_path / "twin", tmp_path / "gw"
-    proc = await asyncio.create_subprocess_exec(
-        "socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        await wait_until(lambda: a.exists() and b.exists(), timeout=5.0, what="socat ptys")
-        yield str(a), str(b)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 5.0)
 
 
 async def test_two_units_on_one_line(line: tuple[str, str]) -> None:
