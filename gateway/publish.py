@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import ssl
 import time
@@ -46,6 +47,10 @@ class Outgoing:
     qos: int
     retain: bool = False
     buffer_id: int | None = None
+    order: int = 0  # when it was queued: returned messages go back in this order
+
+    def __lt__(self, other: Outgoing) -> bool:
+        return self.order < other.order
 
 
 @dataclass(slots=True)
@@ -130,6 +135,9 @@ class Publisher:
         self.connected = False
         self._limit = cfg.queue_size + (0 if buffer_cfg.path else cfg.memory_backlog)
         self._queue: deque[Outgoing] = deque()
+        # Messages that were in flight when their publish failed: older than anything queued,
+        # sent first, oldest first, whatever order their failures came in.
+        self._retry: list[Outgoing] = []
         self._retained: dict[str, Outgoing] = {}
         self._retained_dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -174,6 +182,8 @@ class Publisher:
 
     def _enqueue(self, msg: Outgoing) -> None:
         self.stats.submitted += 1
+        self._order += 1
+        msg.order = self._order
         disk = self._disk
         if disk is not None and (not self.connected or self._buffer_cfg.write_through):
             disk.append(msg.topic, msg.payload, msg.qos, msg.retain)
@@ -245,7 +255,7 @@ class Publisher:
     @property
     def backlog(self) -> int:
         disk = self._disk.stats.records if self._disk is not None else 0
-        return len(self._queue) + len(self._inflight) + disk
+        return len(self._queue) + len(self._retry) + len(self._inflight) + disk
 
     def buffer_stats(self) -> Any:
         return self._disk.stats if self._disk is not None else None
@@ -254,7 +264,12 @@ class Publisher:
         """Wait until everything queued was acknowledged (or spilled to disk); True when all got out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._queue and not self._inflight and (self._disk is None or not self._disk.stats.records):
+            if (
+                not self._queue
+                and not self._retry
+                and not self._inflight
+                and (self._disk is None or not self._disk.stats.records)
+            ):
                 return True
             if not self.connected and self._disk is not None and not self._inflight:
                 break
@@ -284,7 +299,7 @@ class Publisher:
             self._spill()
             self._disk.close()
             self._disk = None
-        lost = len(self._queue)
+        lost = len(self._queue) + len(self._retry)
         if lost:
             self.log.warning("stopping with undelivered messages and no disk buffer", messages=lost)
         self._seq.close()
@@ -377,15 +392,16 @@ class Publisher:
             free = window - len(self._inflight)
             if disk is not None and free > 0:
                 from_disk = sum(1 for m in self._inflight.values() if m.buffer_id is not None)
-                share = free if not self._queue else min(free, max(0, backlog_share - from_disk))
+                live = self._queue or self._retry
+                share = free if not live else min(free, max(0, backlog_share - from_disk))
                 if share:
                     for rec in disk.take(share):
                         self._launch(client, Outgoing(rec.topic, rec.payload, rec.qos, rec.retain, rec.id), timeout)
                 free = window - len(self._inflight)
-            while free > 0 and self._queue:
-                self._launch(client, self._queue.popleft(), timeout)
+            while free > 0 and (msg := self._next_live()) is not None:
+                self._launch(client, msg, timeout)
                 free -= 1
-            if not self._queue and not self._inflight and (disk is None or not disk.stats.records):
+            if not self._queue and not self._retry and not self._inflight and (disk is None or not disk.stats.records):
                 self._idle.set()
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -417,11 +433,16 @@ class Publisher:
     def _return(self, msgs: Iterable[Outgoing]) -> None:
         """Messages that were in flight when the connection went: back in line, in order."""
         disk_ids = [m.buffer_id for m in msgs if m.buffer_id is not None]
-        memory = [m for m in msgs if m.buffer_id is None]
         if disk_ids and self._disk is not None:
             self._disk.release(disk_ids)
-        for m in reversed(memory):
-            self._queue.appendleft(m)
+        for m in msgs:
+            if m.buffer_id is None:
+                heapq.heappush(self._retry, m)
+
+    def _next_live(self) -> Outgoing | None:
+        if self._retry:
+            return heapq.heappop(self._retry)
+        return self._queue.popleft() if self._queue else None
 
     def _disconnected(self) -> None:
         was = self.connected
@@ -445,10 +466,8 @@ class Publisher:
         disk = self._disk
         if disk is None:
             return
-        q = self._queue
-        n = len(q)
-        while q:
-            m = q.popleft()
+        n = len(self._queue) + len(self._retry)
+        while (m := self._next_live()) is not None:
             disk.append(m.topic, m.payload, m.qos, m.retain)
         if n:
             self.stats.spilled += n
