@@ -27,7 +27,7 @@ from gateway.models import (
 )
 from gateway.profiles import ProfileError, expand, load_profile, resolve_profile_path
 from gateway.registry import DRIVERS
-from gateway.yamlload import LineDict, YamlError, format_path, load_file, load_text, locate
+from gateway.yamlload import MISSING, LineDict, YamlError, child_of, format_path, load_file, load_text, locate
 
 __all__ = [
     "ConfigError",
@@ -68,13 +68,18 @@ class TlsConfig(Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
 
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return config_path(v) if v is not None else None
+
     @model_validator(mode="after")
     def _files(self) -> TlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both cert_file and key_file")
         for name in ("ca_file", "cert_file", "key_file"):
             value = getattr(self, name)
-            if value is not None and not config_path(value).is_file():
+            if value is not None and not value.is_file():
                 raise ValueError(f"{name} {str(value)!r} does not exist")
         return self
 
@@ -158,6 +163,11 @@ class BufferConfig(Strict):
     )
     segment_size: ByteSize = 4 * 2**20
 
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return config_path(v) if v is not None else None
+
 
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -194,6 +204,11 @@ class GatewayConfig(Strict):
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     _source: str = ""
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return config_path(v) if v is not None else None
 
     @property
     def source(self) -> str:
@@ -237,11 +252,8 @@ def _refine(data: Any, path: list[str | int], msg: str, file: str, line: int) ->
     """A model-level error that names one of the model's keys points at that key's line."""
     node: Any = data
     for part in path:
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
-            node = node[part]
-        else:
+        node = child_of(node, part)
+        if node is MISSING:
             return file, line, path
     if isinstance(node, LineDict):
         for key in node:
