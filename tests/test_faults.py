@@ -74,14 +74,15 @@ def contiguous_runs(values: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+@pytest.mark.parametrize("disk", [True, False], ids=["disk-buffer", "memory-only"])
 async def test_broker_outage_loses_nothing(
-    tmp_path: Path, broker: Mosquitto, collector: Collector, twin: ModbusTwin
+    tmp_path: Path, broker: Mosquitto, collector: Collector, twin: ModbusTwin, disk: bool
 ) -> None:
     health = free_port()
     devices = device_yaml("pdu-1", twin.port, 1) + device_yaml("pdu-2", twin.port, 2)
-    cfg = write_config(
-        tmp_path, broker, devices, buffer=f"{{path: {tmp_path / 'buffer'}, sync_interval: 200ms}}", health=health
-    )
+    buffer = f"{{path: {tmp_path / 'buffer'}, sync_interval: 200ms}}" if disk else ""
+    backlog = "edgegw_buffer_messages" if disk else "edgegw_queue_depth"
+    cfg = write_config(tmp_path, broker, devices, buffer=buffer, health=health)
     daemon = Daemon(cfg, tmp_path)
     await daemon.start()
     try:
@@ -89,12 +90,12 @@ async def test_broker_outage_loses_nothing(
         await broker.stop()
         await collector.stop()
         # Under load while the broker is away: the messages go to the disk buffer.
-        await wait_metric(health, "edgegw_buffer_messages", 20)
+        await wait_metric(health, backlog, 20)
         await broker.start()
         collector2 = Collector(broker.port)
         collector2.messages = collector.messages
         await collector2.start()
-        before = await metric(health, "edgegw_buffer_messages")
+        before = await metric(health, backlog)
         await collector2.wait_for(
             lambda: all(len(seqs(collector2, d)) >= before / 2 + 10 for d in ("pdu-1", "pdu-2")),
             timeout=30,
