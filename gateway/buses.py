@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from gateway.models import Duration, Identifier, Strict
@@ -37,6 +36,37 @@ class BusConfig(Strict):
     turnaround: Duration = 0.0
 
 
+class _Transaction:
+    """The bus held for one exchange; a plain class because it runs for every request."""
+
+    __slots__ = ("bus", "start")
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.start = 0.0
+
+    async def __aenter__(self) -> None:
+        bus = self.bus
+        await bus._lock.acquire()
+        turnaround = bus.config.turnaround if bus.config else 0.0
+        if turnaround:
+            wait = bus._last_end + turnaround - time.monotonic()
+            if wait > 0:
+                try:
+                    await asyncio.sleep(wait)
+                except BaseException:
+                    bus._lock.release()
+                    raise
+        self.start = time.monotonic()
+
+    async def __aexit__(self, *exc: object) -> None:
+        bus = self.bus
+        bus._last_end = end = time.monotonic()
+        bus.busy_seconds += end - self.start
+        bus.transactions += 1
+        bus._lock.release()
+
+
 class Bus:
     """The unit of concurrency: devices on one bus take turns, devices on different buses run in parallel.
 
@@ -62,22 +92,9 @@ class Bus:
     def tcp(self) -> TcpSettings | None:
         return self.config.tcp if self.config else None
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        """Hold the bus for one request/response exchange."""
-        async with self._lock:
-            turnaround = self.config.turnaround if self.config else 0.0
-            if turnaround:
-                wait = self._last_end + turnaround - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            start = time.monotonic()
-            try:
-                yield
-            finally:
-                self._last_end = time.monotonic()
-                self.busy_seconds += self._last_end - start
-                self.transactions += 1
+    def transaction(self) -> _Transaction:
+        """Hold the bus for one request/response exchange: `async with bus.transaction(): ...`."""
+        return _Transaction(self)
 
     def shared(self, key: str, factory: Callable[[], T]) -> T:
         """One object per bus and key (a protocol client on the shared connection)."""

@@ -192,7 +192,9 @@ class DeviceRunner:
         error: str | None = None
         raw: RawReadings | None = None
         try:
-            raw = await asyncio.wait_for(self.driver.read(), timeout=limit)
+            # asyncio.timeout, not wait_for: no extra task per poll.
+            async with asyncio.timeout(limit):
+                raw = await self.driver.read()
         except DeviceTimeout as exc:
             error = str(exc) or "device did not answer in time"
         except DeviceError as exc:
