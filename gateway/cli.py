@@ -164,8 +164,9 @@ def cmd_read(args: argparse.Namespace) -> int:
             print(f"{r['point']:<{width}}  {value!s:>16} {r['unit']:<5} {r['quality']}{extra}")
         good = sum(1 for r in readings if r["quality"] == "good")
         print(f"-- {len(readings)} readings, {good} good, in {elapsed * 1000:.1f} ms")
-    bad = any(r["quality"] != "good" for r in readings)
-    return EXIT_FAIL if bad and not readings else EXIT_OK
+    # Exit 1 when the device gave nothing usable: scripts can tell "wired and answering" apart.
+    answered = any(r["quality"] != "bad" for r in readings)
+    return EXIT_OK if answered else EXIT_FAIL
 
 
 def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:

@@ -148,9 +148,7 @@ class Publisher:
         self._seq = SeqCounter(state_dir / "seq.json" if state_dir else None)
         self._buffer_cfg = buffer_cfg
         self._disk: Any = None
-        self._last_sync = time.monotonic()
         self._drop_logged = 0.0
-        self._closing = False
         self._unsynced = False
         self._session_client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -250,7 +248,6 @@ class Publisher:
         if self._disk is not None and self._unsynced:
             self._unsynced = False
             self._disk.sync()
-            self._last_sync = time.monotonic()
 
     @property
     def backlog(self) -> int:
@@ -279,7 +276,6 @@ class Publisher:
 
     async def stop(self) -> None:
         """Say offline, close the connection, keep what was not delivered on disk."""
-        self._closing = True
         client = self._session_client
         if client is not None and self.connected:
             offline = json.dumps({"state": "offline", "reason": "stopped", "since": int(time.time() * 1000)})

@@ -113,12 +113,8 @@ def locate(data: Any, loc: Sequence[str | int]) -> tuple[str, int, list[str | in
     node: Any = data
     path: list[str | int] = []
     for part in loc:
-        child: Any = _MISSING
-        if isinstance(node, dict):
-            child = node.get(part, _MISSING)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            child = node[part]
-        if child is not _MISSING:
+        child = child_of(node, part)
+        if child is not MISSING:
             lines = getattr(node, "lines", None)
             if isinstance(lines, dict):
                 line = lines.get(part, line)
@@ -135,7 +131,16 @@ def locate(data: Any, loc: Sequence[str | int]) -> tuple[str, int, list[str | in
     return file, line, path
 
 
-_MISSING = object()
+MISSING: Any = object()
+
+
+def child_of(node: Any, part: str | int) -> Any:
+    """node[part] for loaded YAML data, or MISSING."""
+    if isinstance(node, dict):
+        return node.get(part, MISSING)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return MISSING
 
 
 def _looks_like_tag(part: str, node: dict[str, Any]) -> bool:

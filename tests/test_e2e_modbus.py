@@ -250,3 +250,16 @@ async def test_read_command_prints_one_poll(tmp_path: Path, broker: Mosquitto, t
         check=False,
     )
     assert "mains.voltage_l1" in table.stdout and "231.5" in table.stdout and "good" in table.stdout
+
+
+async def test_read_exits_1_when_the_device_gives_nothing(tmp_path: Path, broker: Mosquitto) -> None:
+    from tests.harness import free_port
+
+    cfg = config(tmp_path, broker, device_yaml("nobody", free_port(), 1))
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", "read", "--config", str(cfg), "nobody"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "bad" in res.stdout
