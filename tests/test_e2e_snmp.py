@@ -24,7 +24,9 @@ def spray_udp(port: int, count: int, seed: int = 7) -> None:
             if shape < 0.33:
                 body = b"\x30" + bytes([min(len(body), 127)]) + body
             elif shape < 0.66:
-                body = b"\x81" + bytes([rng.choice([0x0A, 0x0B, 0x04, 0x05])]) + (len(body) + 4).to_bytes(2, "big") + body
+                body = (
+                    b"\x81" + bytes([rng.choice([0x0A, 0x0B, 0x04, 0x05])]) + (len(body) + 4).to_bytes(2, "big") + body
+                )
             s.sendto(body, ("127.0.0.1", port))
 
 

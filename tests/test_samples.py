@@ -33,8 +33,15 @@ def test_sample_config_checks(sample: Path, tmp_path: Path) -> None:
     config.write_text(text, encoding="utf-8")
     try:
         env = {"PATH": "/usr/bin:/bin", **SECRETS}
-        res = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(config)], capture_output=True,
-                             text=True, timeout=60, env=env, cwd=REPO, check=False)
+        res = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "check", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
     finally:
         config.unlink()
     assert res.returncode == 0, res.stderr
