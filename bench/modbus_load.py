@@ -44,9 +44,10 @@ def rss_kib(pid: int, key: str) -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
+    # The twins take ephemeral ports: start them before picking ours, or they may take ours.
+    twins, ports = start_twins(args.devices, args.points)
     broker_port, health_port = free_port(), free_port()
     broker = start_broker(work / "mosquitto.conf", broker_port)
-    twins, ports = start_twins(args.devices, args.points)
     profile = write_profile(work, args.points)
     devices = "".join(
         f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, port: {p}}},"

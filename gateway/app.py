@@ -72,6 +72,9 @@ class Gateway:
     # -- start -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # What can fail for reasons outside the config (a port taken, a buffer folder locked by
+        # another instance, no write access) fails first, before any device is touched.
+        await self.health.start()
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         self.publisher.open_buffer()
@@ -80,7 +83,6 @@ class Gateway:
             if device.enabled:
                 await self._add_device(device)
         self._state_flusher = asyncio.create_task(self._flush_states(), name="state-flush")
-        await self.health.start()
         self.log.info(
             "gateway started",
             devices=len(self.runners),
@@ -306,7 +308,12 @@ async def run(cfg: GatewayConfig, config_path: Path | None, stop_event: asyncio.
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await gw.start()
+    try:
+        await gw.start()
+    except OSError as exc:
+        gw.log.error("cannot start", error=str(exc))
+        await gw.stop(drain_timeout=0.0)
+        return 1
     try:
         await stop.wait()
     finally:

@@ -260,7 +260,7 @@ class Publisher:
     async def drain(self, timeout: float) -> bool:
         """Wait until everything queued was acknowledged (or spilled to disk); True when all got out."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             if (
                 not self._queue
                 and not self._retry
@@ -268,11 +268,12 @@ class Publisher:
                 and (self._disk is None or not self._disk.stats.records)
             ):
                 return True
-            if not self.connected and self._disk is not None and not self._inflight:
-                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (not self.connected and self._disk is not None and not self._inflight):
+                return False
+            self._idle.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-        return False
+                await asyncio.wait_for(self._idle.wait(), timeout=min(0.1, remaining))
 
     async def stop(self) -> None:
         """Say offline, close the connection, keep what was not delivered on disk."""

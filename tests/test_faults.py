@@ -29,7 +29,7 @@ def write_config(tmp: Path, broker: Mosquitto, devices: str, buffer: str = "", h
         text += f"buffer: {buffer}\n"
     if health:
         text += f"health: {{listen: '127.0.0.1:{health}'}}\n"
-    path.write_text(text + f"devices:\n{devices}", encoding="utf-8")
+    path.write_text(text + (f"devices:\n{devices}" if devices else ""), encoding="utf-8")
     return path
 
 

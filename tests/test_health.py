@@ -59,3 +59,20 @@ async def test_sd_notify_ready_watchdog_and_status(tmp_path: Path, broker: Mosqu
             await daemon.stop()
             sock.close()
         assert any("devices online" in m for m in got if m.startswith("STATUS") or "STATUS=" in m)
+
+
+async def test_a_taken_health_port_is_a_clean_start_failure(tmp_path: Path, broker: Mosquitto) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        cfg = write_config(tmp_path, broker, "", health=port)
+        daemon = Daemon(cfg, tmp_path)
+        await daemon.start()
+        assert await daemon.wait(20) == 1
+        out = daemon.output()
+        assert '"cannot start"' in out and "address already in use" in out
+        assert "Traceback" not in out
+    finally:
+        holder.close()
