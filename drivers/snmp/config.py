@@ -199,7 +199,44 @@ def _secret_text(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-class SnmpDevice(DeviceConfig):
+class UsmKeys(Strict):
+    """USM protocols and keys, shared by polled v3 devices and v3 trap users."""
+
+    auth_protocol: AuthProtocol | None = None
+    auth_key_file: Path | None = None
+    auth_key_env: str | None = None
+    priv_protocol: PrivProtocol | None = None
+    priv_key_file: Path | None = None
+    priv_key_env: str | None = None
+
+    _auth_key: SecretStr | None = PrivateAttr(default=None)
+    _priv_key: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("auth_protocol", mode="before")
+    @classmethod
+    def _auth(cls, v: Any) -> Any:
+        return norm_protocol(v, AUTH_ALIASES)
+
+    @field_validator("priv_protocol", mode="before")
+    @classmethod
+    def _priv(cls, v: Any) -> Any:
+        return norm_protocol(v, PRIV_ALIASES)
+
+    def _load_keys(self) -> None:
+        auth, priv = _usm_keys(self, "auth_key", "priv_key")
+        object.__setattr__(self, "_auth_key", auth)
+        object.__setattr__(self, "_priv_key", priv)
+
+    @property
+    def auth_key(self) -> str | None:
+        return _secret_text(self._auth_key)
+
+    @property
+    def priv_key(self) -> str | None:
+        return _secret_text(self._priv_key)
+
+
+class SnmpDevice(DeviceConfig, UsmKeys):
     """An SNMP agent polled with GET / GETBULK (v1, v2c, v3 USM)."""
 
     point_model: ClassVar[type[PointConfig]] = SnmpPoint
@@ -211,12 +248,6 @@ class SnmpDevice(DeviceConfig):
     community_file: Path | None = None
     community_env: str | None = None
     user: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    auth_protocol: AuthProtocol | None = None
-    auth_key_file: Path | None = None
-    auth_key_env: str | None = None
-    priv_protocol: PrivProtocol | None = None
-    priv_key_file: Path | None = None
-    priv_key_env: str | None = None
     context: str = Field(default="", description="SNMPv3 context name")
     max_varbinds: Annotated[int, Field(ge=1, le=200)] = Field(
         default=20, description="OIDs per GET request; halved for the device when the agent answers tooBig"
@@ -231,23 +262,11 @@ class SnmpDevice(DeviceConfig):
     )
 
     _community: SecretStr | None = PrivateAttr(default=None)
-    _auth_key: SecretStr | None = PrivateAttr(default=None)
-    _priv_key: SecretStr | None = PrivateAttr(default=None)
 
     @field_validator("version", mode="before")
     @classmethod
     def _version(cls, v: Any) -> Any:
         return _norm_version(v)
-
-    @field_validator("auth_protocol", mode="before")
-    @classmethod
-    def _auth(cls, v: Any) -> Any:
-        return norm_protocol(v, AUTH_ALIASES)
-
-    @field_validator("priv_protocol", mode="before")
-    @classmethod
-    def _priv(cls, v: Any) -> Any:
-        return norm_protocol(v, PRIV_ALIASES)
 
     @field_validator("discover_oids", mode="before")
     @classmethod
@@ -266,9 +285,7 @@ class SnmpDevice(DeviceConfig):
                 raise ValueError("SNMPv3 uses `user` and keys, not a community")
             if self.user is None:
                 raise ValueError("SNMPv3 needs `user`")
-            auth, priv = _usm_keys(self, "auth_key", "priv_key")
-            object.__setattr__(self, "_auth_key", auth)
-            object.__setattr__(self, "_priv_key", priv)
+            self._load_keys()
         else:
             for name in ("user", "auth_key_file", "auth_key_env", "priv_key_file", "priv_key_env"):
                 if getattr(self, name) is not None:
@@ -284,14 +301,6 @@ class SnmpDevice(DeviceConfig):
     @property
     def community(self) -> str | None:
         return _secret_text(self._community)
-
-    @property
-    def auth_key(self) -> str | None:
-        return _secret_text(self._auth_key)
-
-    @property
-    def priv_key(self) -> str | None:
-        return _secret_text(self._priv_key)
 
     @property
     def security_level(self) -> str:
@@ -333,7 +342,7 @@ def _usm_keys(model: Any, auth: str, priv: str) -> tuple[SecretStr | None, Secre
     return auth_key, priv_key
 
 
-class TrapUser(Strict):
+class TrapUser(UsmKeys):
     """An SNMPv3 user whose notifications the listener accepts.
 
     Informs need nothing more. A v3 trap is authenticated with the sender's own engine ID, which
@@ -341,26 +350,7 @@ class TrapUser(Strict):
     """
 
     user: Annotated[str, Field(min_length=1, max_length=32)]
-    auth_protocol: AuthProtocol | None = None
-    auth_key_file: Path | None = None
-    auth_key_env: str | None = None
-    priv_protocol: PrivProtocol | None = None
-    priv_key_file: Path | None = None
-    priv_key_env: str | None = None
     engine_ids: list[str] = Field(default_factory=list, description="hex snmpEngineIDs of v3 trap senders")
-
-    _auth_key: SecretStr | None = PrivateAttr(default=None)
-    _priv_key: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("auth_protocol", mode="before")
-    @classmethod
-    def _auth(cls, v: Any) -> Any:
-        return norm_protocol(v, AUTH_ALIASES)
-
-    @field_validator("priv_protocol", mode="before")
-    @classmethod
-    def _priv(cls, v: Any) -> Any:
-        return norm_protocol(v, PRIV_ALIASES)
 
     @field_validator("engine_ids", mode="before")
     @classmethod
@@ -377,18 +367,8 @@ class TrapUser(Strict):
 
     @model_validator(mode="after")
     def _keys(self) -> TrapUser:
-        auth, priv = _usm_keys(self, "auth_key", "priv_key")
-        object.__setattr__(self, "_auth_key", auth)
-        object.__setattr__(self, "_priv_key", priv)
+        self._load_keys()
         return self
-
-    @property
-    def auth_key(self) -> str | None:
-        return _secret_text(self._auth_key)
-
-    @property
-    def priv_key(self) -> str | None:
-        return _secret_text(self._priv_key)
 
 
 class TrapSettings(Strict):
