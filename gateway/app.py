@@ -137,7 +137,8 @@ class Gateway:
 
     def _publish_meta(self, runner: DeviceRunner) -> None:
         topic = self.publisher.topic(runner.device.id, "meta")
-        self.publisher.submit_retained(topic, device_meta(runner.device, runner.driver.ctx.points))
+        ctx = runner.driver.ctx
+        self.publisher.submit_retained(topic, lambda: device_meta(runner.device, ctx.points))
 
     def _on_status(self, device: DeviceConfig, stats: DeviceStats) -> None:
         runner = self.runners.get(device.id)

@@ -24,7 +24,7 @@ import json
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,9 @@ class Publisher:
         # Messages that were in flight when their publish failed: older than anything queued,
         # sent first, oldest first, whatever order their failures came in.
         self._retry: list[Outgoing] = []
-        self._retained: dict[str, Outgoing] = {}
+        # Retained state, encoded when sent: a builder keeps 100 devices' meta (1-2 MB of JSON)
+        # out of memory between connects.
+        self._retained: dict[str, dict[str, Any] | str | Callable[[], dict[str, Any]]] = {}
         self._retained_dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -172,11 +174,18 @@ class Publisher:
     def submit_event(self, device: str, event: dict[str, Any]) -> None:
         self._enqueue(Outgoing(self.topic(device, "events"), json.dumps(event).encode(), self.cfg.qos))
 
-    def submit_retained(self, topic: str, payload: dict[str, Any] | str) -> None:
-        body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-        self._retained[topic] = Outgoing(topic, body.encode(), max(1, self.cfg.qos), retain=True)
+    def submit_retained(self, topic: str, payload: dict[str, Any] | str | Callable[[], dict[str, Any]]) -> None:
+        """The latest state of a topic, sent now and again after every reconnect."""
+        self._retained[topic] = payload
         self._retained_dirty.add(topic)
         self._wake.set()
+
+    def _retained_body(self, topic: str) -> bytes:
+        value = self._retained[topic]
+        if callable(value):
+            value = value()
+        body = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        return body.encode()
 
     def _enqueue(self, msg: Outgoing) -> None:
         self.stats.submitted += 1
@@ -351,9 +360,7 @@ class Publisher:
                 self.log.info("reconnected to the broker", backlog=self.backlog)
             self.stats.connect_failures = 0
             online = {"state": "online", "since": int(time.time() * 1000)}
-            self._retained[self._status_topic] = Outgoing(
-                self._status_topic, json.dumps(online).encode(), 1, retain=True
-            )
+            self._retained[self._status_topic] = online
             self._retained_dirty = set(self._retained)
             self._session_client = client
             paho = client._client
@@ -389,7 +396,7 @@ class Publisher:
             self._wake.clear()
             for topic in list(self._retained_dirty):
                 self._retained_dirty.discard(topic)
-                await client.publish(topic, self._retained[topic].payload, qos=1, retain=True, timeout=timeout)
+                await client.publish(topic, self._retained_body(topic), qos=1, retain=True, timeout=timeout)
             if zero_loss and self._unsynced:
                 # Group commit: one fsync covers every message buffered since the last one.
                 self._sync()
