@@ -218,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo
 
     logs.setup("info", "console")
-    status: int = run_async(demo(args.duration, args.devices))
+    status: int = run_async(demo(args.duration))
     return status
 
 
@@ -254,7 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="twins + a local broker + the gateway, readings on the terminal")
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
-    d.add_argument("--devices", type=int, default=4, help="how many of the four demo devices")
     return p
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -18,6 +17,10 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.localbroker import LocalBroker, wait_port
+
+__all__ = ["Collector", "Daemon", "Mosquitto", "free_port", "serial_line", "wait_port"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -26,21 +29,6 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
-            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -64,44 +52,8 @@ async def serial_line(folder: Path) -> AsyncIterator[tuple[str, str]]:
         await asyncio.wait_for(proc.wait(), 5.0)
 
 
-class Mosquitto:
-    """A private mosquitto on a free loopback port; stop() and start() simulate an outage."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.proc: asyncio.subprocess.Process | None = None
-        self.conf = workdir / "mosquitto.conf"
-        self.log = workdir / "mosquitto.log"
-
-    async def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 0\n"
-            f"log_dest file {self.log}\n",
-            encoding="utf-8",
-        )
-        self.proc = await asyncio.create_subprocess_exec(
-            binary, "-c", str(self.conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        await wait_port(self.port)
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 5.0)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+# The tests' broker is the demo's: one way to run a private mosquitto.
+Mosquitto = LocalBroker
 
 
 @dataclass

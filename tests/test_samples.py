@@ -17,6 +17,7 @@ SECRETS = {
     "EDGEGW_SNMP_PRIV": "privkey-456",
     "EDGEGW_SNMP_TRAP_COMMUNITIES": "public",
     "EDGEGW_MQTT_PASSWORD": "x",
+    "EDGEGW_DEMO_COMMUNITY": "public",
 }
 
 
