@@ -1,42 +1,18 @@
-"""What the benchmarks share: a private broker, a process of twins, the metrics endpoint."""
+"""What the benchmarks share: a process of twins, the metrics endpoint (and the local broker)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from gateway.localbroker import LocalBroker, free_port
+
+__all__ = ["REPO", "LocalBroker", "free_port", "metrics", "start_twins", "write_profile"]
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    """mosquitto on 127.0.0.1:port with no persistence and no queue limits; returns once it listens."""
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n")
-    proc = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
 
 
 def start_twins(devices: int, points: int) -> tuple[subprocess.Popen[bytes], list[int]]:

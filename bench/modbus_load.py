@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import aiomqtt
-from common import REPO, free_port, metrics, start_broker, start_twins, write_profile
+from common import REPO, LocalBroker, free_port, metrics, start_twins, write_profile
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -47,7 +47,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     # The twins take ephemeral ports: start them before picking ours, or they may take ours.
     twins, ports = start_twins(args.devices, args.points)
     broker_port, health_port = free_port(), free_port()
-    broker = start_broker(work / "mosquitto.conf", broker_port)
+    broker = LocalBroker(work, broker_port)
+    await broker.start()
     profile = write_profile(work, args.points)
     devices = "".join(
         f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, port: {p}}},"
@@ -112,8 +113,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await consumer
         twins.terminate()
         twins.wait(10)
-        broker.terminate()
-        broker.wait(10)
+        await broker.stop()
     elapsed = t1 - t0
     cpu = (c1 - c0) / elapsed
     latencies.sort()

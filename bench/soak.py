@@ -16,23 +16,22 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, free_port, metrics, start_broker, start_twins, write_profile
+from common import REPO, LocalBroker, free_port, metrics, start_twins, write_profile
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="edgegw-soak-"))
-    conf = work / "mosquitto.conf"
     # The twins take ephemeral ports: start them before picking ours, or they may take ours.
     twins, ports = start_twins(args.devices, args.points)
     broker_port, health_port = free_port(), free_port()
-    broker = start_broker(conf, broker_port)
+    broker = LocalBroker(work, broker_port)
+    await broker.start()
     profile = write_profile(work, args.points)
     # Every tenth device points at a port nobody serves: it stays offline and backs off.
     devices = "".join(
@@ -78,10 +77,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 flush=True,
             )
             if time.monotonic() >= next_outage:
-                broker.send_signal(signal.SIGTERM)
-                broker.wait(10)
+                await broker.stop()
                 await asyncio.sleep(args.outage)
-                broker = start_broker(conf, broker_port)
+                await broker.start()
                 next_outage = time.monotonic() + args.outage_every
             await asyncio.sleep(args.sample)
     finally:
@@ -90,8 +88,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             daemon.wait(30)
         twins.terminate()
         twins.wait(10)
-        broker.terminate()
-        broker.wait(10)
+        await broker.stop()
     # A broker outage makes the buffer, its index and the backlog grow once (a high-water mark
     # the allocator keeps); growth that matters is what happens after that: compare the samples
     # after the first outage has drained with the end of the run.
