@@ -89,7 +89,7 @@ class Health:
         if runners:
             newest = max(r.stats.last_progress for r in runners)
             if now - newest > max(self.stall, 2 * max(r.device.interval for r in runners)):
-                out.append("scheduler: no poll finished recently")
+                out.append("scheduler: no device's schedule has turned recently")
         pub = gw.publisher
         if pub.connected and pub.backlog and now - pub.stats.last_progress > self.stall:
             out.append("publisher: connected but nothing acknowledged recently")

@@ -143,6 +143,9 @@ class DeviceRunner:
             # The loop's timer may wake us a hair before the wall-clock deadline: never reuse one.
             deadline = next_deadline(max(time.time(), deadline) - offset, interval) + offset
             await asyncio.sleep(max(0.0, deadline - time.time()))
+            # Progress for the watchdog is the schedule turning, not polls succeeding: a site whose
+            # devices are all unreachable must not get the gateway restarted over and over.
+            self.stats.last_progress = time.monotonic()
             if self._poll is not None and not self._poll.done():
                 # The previous poll still runs: skip this tick rather than pile up requests.
                 self.stats.skipped += 1
