@@ -78,6 +78,7 @@ class SeqCounter:
         self.path = path
         self._next: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
+        self.error: str | None = None
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -99,8 +100,14 @@ class SeqCounter:
         self._write(self._next)
 
     def _write(self, data: dict[str, int]) -> None:
-        if self.path is not None:
+        if self.path is None:
+            return
+        try:
             atomic_write(self.path, json.dumps(data, sort_keys=True).encode())
+            self.error = None
+        except OSError as exc:
+            # Publishing goes on; only the guarantee across a crash is at risk, and the log says so.
+            self.error = f"cannot save seq reservations to {self.path}: {exc.strerror}"
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -151,6 +158,7 @@ class Publisher:
         self._buffer_cfg = buffer_cfg
         self._disk: Any = None
         self._drop_logged = 0.0
+        self._seq_error_logged: str | None = None
         self._unsynced = False
         self._session_client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +172,9 @@ class Publisher:
 
     def submit_batch(self, normalizer: Normalizer, batch: Batch) -> None:
         seq = self._seq.next(batch.device)
+        if self._seq.error is not None and self._seq.error != self._seq_error_logged:
+            self._seq_error_logged = self._seq.error
+            self.log.error("seq numbers may repeat after a crash", error=self._seq.error)
         payload = normalizer.encode(batch, seq)
         self._enqueue(Outgoing(self.topic(batch.device, "data"), payload, self.cfg.qos))
         if self.cfg.per_point_topics:

@@ -130,7 +130,7 @@ class DeviceRunner:
         batch = self.normalizer.normalize_pushed(values, now_ms, self._last_values)
         if len(batch):
             self.stats.pushed += len(batch)
-            self.sink(batch)
+            self._hand_over(batch)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -225,8 +225,16 @@ class DeviceRunner:
             batch = self.normalizer.failed(error or "poll failed", now_ms)
             self._failed(error or "poll failed", now_ms)
         self.stats.readings += len(batch)
-        self.sink(batch)
+        self._hand_over(batch)
         return batch
+
+    def _hand_over(self, batch: Batch) -> None:
+        try:
+            self.sink(batch)
+        except Exception as exc:
+            if not self._bug_logged:
+                self._bug_logged = True
+                self.log.error("could not hand the readings to the publisher", error=_describe(exc), exc_info=exc)
 
     # -- availability ----------------------------------------------------------------------
 

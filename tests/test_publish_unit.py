@@ -45,3 +45,11 @@ def test_a_damaged_seq_file_starts_over_without_failing(tmp_path: Path) -> None:
     path = tmp_path / "seq.json"
     path.write_text("{not json", encoding="utf-8")
     assert SeqCounter(path).next("d") == 1
+
+
+def test_an_unwritable_seq_file_is_reported_not_fatal(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("", encoding="utf-8")
+    counter = SeqCounter(blocked / "seq.json")
+    assert counter.next("d") == 1 and counter.next("d") == 2
+    assert counter.error is not None and "cannot save seq" in counter.error
