@@ -67,6 +67,7 @@ class Gateway:
         self.states: dict[str, StateStore] = {}
         self.health = Health(self, cfg.health.listen, cfg.health.watchdog_stall, self.log.bind(component="health"))
         self._state_flusher: asyncio.Task[None] | None = None
+        self._state_error: str | None = None
         self.started = time.time()
 
     # -- start -----------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Gateway:
         await runner.stop()
         state = self.states.pop(dev_id, None)
         if state is not None:
-            state.flush()
+            self._flush_all([state])
         if forget:
             offline = {"state": "removed", "since": int(time.time() * 1000), "last_success": None, "last_error": None}
             self.publisher.submit_retained(self.publisher.topic(dev_id, "status"), offline)
@@ -229,19 +230,23 @@ class Gateway:
             await bus.close()
         if self._state_flusher is not None:
             self._state_flusher.cancel()
-        for state in self.states.values():
-            state.flush()
+        self._flush_all()
         await self.health.stop()
         self.log.info("gateway stopped")
 
     async def _flush_states(self) -> None:
         while True:
             await asyncio.sleep(5.0)
-            for state in list(self.states.values()):
-                try:
-                    state.flush()
-                except OSError as exc:
-                    self.log.warning("cannot write device state", error=str(exc))
+            self._flush_all()
+
+    def _flush_all(self, states: list[StateStore] | None = None) -> None:
+        for state in list(self.states.values()) if states is None else states:
+            try:
+                state.flush()
+            except OSError as exc:
+                if str(exc) != self._state_error:  # once per distinct problem, not every 5 s
+                    self._state_error = str(exc)
+                    self.log.warning("cannot write device state", error=str(exc), path=str(state.path))
 
     def summary(self) -> str:
         runners = list(self.runners.values())
