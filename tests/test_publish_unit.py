@@ -53,3 +53,25 @@ def test_an_unwritable_seq_file_is_reported_not_fatal(tmp_path: Path) -> None:
     counter = SeqCounter(blocked / "seq.json")
     assert counter.next("d") == 1 and counter.next("d") == 2
     assert counter.error is not None and "cannot save seq" in counter.error
+
+
+def test_per_point_topics_add_one_message_per_reading() -> None:
+    import json
+
+    from gateway.driver import RawReadings
+    from gateway.models import PointConfig
+    from gateway.normalize import Normalizer
+
+    pub = Publisher(MqttConfig(per_point_topics=True), "s", BufferConfig(), None, structlog.get_logger("t"))
+    points = [PointConfig.model_validate({"id": f"p{i}", "quantity": "current", "unit": "A"}) for i in range(3)]
+    normalizer = Normalizer("dev", points)
+    pub.submit_batch(normalizer, normalizer.normalize(RawReadings([1.0, 2.0, 3.0]), 1000))
+    topics = [m.topic for m in pub._queue]
+    assert topics == ["edgegw/s/dev/data", "edgegw/s/dev/points/p0", "edgegw/s/dev/points/p1", "edgegw/s/dev/points/p2"]
+    assert json.loads(pub._queue[2].payload) == {
+        "point": "p1",
+        "value": 2.0,
+        "unit": "A",
+        "quality": "good",
+        "ts": 1000,
+    }
