@@ -11,7 +11,9 @@ SYSTEM_PACKAGES := mosquitto socat snmpd
 .PHONY: demo test lint typecheck unit system-deps bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@# Debian splits venv out of the interpreter; install it when it is missing.
+	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq python3-venv >/dev/null && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
