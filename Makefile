@@ -21,9 +21,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 system-deps:
 	@missing=""; \
-	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
-	command -v socat >/dev/null || missing="$$missing socat"; \
-	command -v snmpd >/dev/null || [ -x /usr/sbin/snmpd ] || missing="$$missing snmpd"; \
+	for p in $(SYSTEM_PACKAGES); do \
+		command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
