@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.localbroker import LocalBroker, free_port
 
-__all__ = ["REPO", "LocalBroker", "free_port", "metrics", "start_twins", "write_profile"]
+__all__ = ["REPO", "LocalBroker", "Rig", "free_port", "metrics", "start_rig", "start_twins", "write_profile"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,3 +53,49 @@ async def metrics(port: int) -> dict[str, float]:
             base = name.split("{", 1)[0]
             out[base] = out.get(base, 0.0) + float(value)
     return out
+
+
+@dataclass
+class Rig:
+    """Twins, a broker and the ports the daemon will use, in one temporary folder."""
+
+    work: Path
+    twins: subprocess.Popen[bytes]
+    ports: list[int]
+    broker: LocalBroker
+    health_port: int
+    profile: Path
+
+    def devices(self, interval: float, timeout: str, dead_every: int = 0) -> str:
+        """The `devices:` entries, one per twin; every `dead_every`-th points at a port nobody serves."""
+        return "".join(
+            f"  - {{id: dev{i:03d}, driver: modbus, profile: {self.profile}, tcp: {{host: 127.0.0.1, "
+            f"port: {free_port() if dead_every and i % dead_every == 0 else p}}}, interval: {interval}, "
+            f"timeout: {timeout}}}\n"
+            for i, p in enumerate(self.ports)
+        )
+
+    def start_daemon(self, config_text: str) -> subprocess.Popen[bytes]:
+        cfg = self.work / "gateway.yaml"
+        cfg.write_text(config_text)
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.work / "daemon.log", "wb"),
+        )
+
+    async def stop(self) -> None:
+        self.twins.terminate()
+        self.twins.wait(10)
+        await self.broker.stop()
+
+
+async def start_rig(prefix: str, devices: int, points: int) -> Rig:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    # The twins take ephemeral ports: start them before picking ours, or they may take ours.
+    twins, ports = start_twins(devices, points)
+    broker = LocalBroker(work, free_port())
+    await broker.start()
+    return Rig(work, twins, ports, broker, free_port(), write_profile(work, points))

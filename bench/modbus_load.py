@@ -19,13 +19,11 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiomqtt
-from common import REPO, LocalBroker, free_port, metrics, start_twins, write_profile
+from common import metrics, start_rig
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -43,24 +41,13 @@ def rss_kib(pid: int, key: str) -> int:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
-    # The twins take ephemeral ports: start them before picking ours, or they may take ours.
-    twins, ports = start_twins(args.devices, args.points)
-    broker_port, health_port = free_port(), free_port()
-    broker = LocalBroker(work, broker_port)
-    await broker.start()
-    profile = write_profile(work, args.points)
-    devices = "".join(
-        f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, port: {p}}},"
-        f" interval: {args.interval}, timeout: 1s}}\n"
-        for i, p in enumerate(ports)
-    )
-    cfg = work / "bench.yaml"
-    cfg.write_text(
+    rig = await start_rig("edgegw-bench-", args.devices, args.points)
+    work, broker_port, health_port = rig.work, rig.broker.port, rig.health_port
+    config_text = (
         f"site: bench\nmqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', qos: {args.qos}, max_inflight: 200}}\n"
         f"health: {{listen: '127.0.0.1:{health_port}'}}\nlog: {{level: warning, format: json}}\n"
         + (f"buffer: {{path: {work / 'buffer'}}}\n" if args.buffer else "")
-        + f"devices:\n{devices}"
+        + f"devices:\n{rig.devices(args.interval, '1s')}"
     )
     received = {"points": 0, "messages": 0}
     latencies: list[float] = []
@@ -86,14 +73,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     ready = asyncio.Event()
     consumer = asyncio.create_task(subscribe(ready))
     await asyncio.wait_for(ready.wait(), 10)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "daemon.log", "wb"),
-    )
+    daemon = rig.start_daemon(config_text)
     try:
         await asyncio.sleep(args.warmup)
         m0 = await metrics(health_port)
@@ -111,9 +91,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         consumer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await consumer
-        twins.terminate()
-        twins.wait(10)
-        await broker.stop()
+        await rig.stop()
     elapsed = t1 - t0
     cpu = (c1 - c0) / elapsed
     latencies.sort()

@@ -14,43 +14,22 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import REPO, LocalBroker, free_port, metrics, start_twins, write_profile
+from common import metrics, start_rig
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    work = Path(tempfile.mkdtemp(prefix="edgegw-soak-"))
-    # The twins take ephemeral ports: start them before picking ours, or they may take ours.
-    twins, ports = start_twins(args.devices, args.points)
-    broker_port, health_port = free_port(), free_port()
-    broker = LocalBroker(work, broker_port)
-    await broker.start()
-    profile = write_profile(work, args.points)
+    rig = await start_rig("edgegw-soak-", args.devices, args.points)
+    work, broker, health_port = rig.work, rig.broker, rig.health_port
     # Every tenth device points at a port nobody serves: it stays offline and backs off.
-    devices = "".join(
-        f"  - {{id: dev{i:03d}, driver: modbus, profile: {profile}, tcp: {{host: 127.0.0.1, "
-        f"port: {p if i % 10 else free_port()}}}, interval: {args.interval}, timeout: 500ms}}\n"
-        for i, p in enumerate(ports)
-    )
-    cfg = work / "soak.yaml"
-    cfg.write_text(
-        f"site: soak\nmqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', reconnect_max: 2s}}\n"
+    daemon = rig.start_daemon(
+        f"site: soak\nmqtt: {{url: '{broker.url}', reconnect_max: 2s}}\n"
         f"health: {{listen: '127.0.0.1:{health_port}'}}\nlog: {{level: warning, format: json}}\n"
-        f"state_dir: {work / 'state'}\nbuffer: {{path: {work / 'buffer'}, max_size: 256MiB}}\ndevices:\n{devices}"
-    )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "daemon.log", "wb"),
+        f"state_dir: {work / 'state'}\nbuffer: {{path: {work / 'buffer'}, max_size: 256MiB}}\n"
+        f"devices:\n{rig.devices(args.interval, '500ms', dead_every=10)}"
     )
     samples: list[dict[str, float]] = []
     started = time.monotonic()
@@ -86,9 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         daemon.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             daemon.wait(30)
-        twins.terminate()
-        twins.wait(10)
-        await broker.stop()
+        await rig.stop()
     # A broker outage makes the buffer, its index and the backlog grow once (a high-water mark
     # the allocator keeps); growth that matters is what happens after that: compare the samples
     # after the first outage has drained with the end of the run.
