@@ -596,37 +596,41 @@ class Aarq:
     user_information: bytes | None = None
 
 
-def parse_aarq(apdu: bytes) -> Aarq:
-    if len(apdu) < 2 or apdu[0] != 0x60:
-        raise CodecError("not an AARQ")
+def _acse_fields(apdu: bytes, tag: int, name: str) -> list[tuple[int, bytes]]:
+    """The tagged fields of an AARQ (0x60) or AARE (0x61), after checking its header and length."""
+    if len(apdu) < 2 or apdu[0] != tag:
+        raise CodecError(f"not an {name}")
     n, pos = decode_length(apdu, 1)
     if pos + n != len(apdu):
-        raise CodecError("AARQ length mismatch")
+        raise CodecError(f"{name} length mismatch")
+    return _ber_items(apdu[pos:])
+
+
+def _single(body: bytes, what: str, tags: tuple[int, ...] | None = None) -> bytes:
+    """The one inner item of a constructed field (optionally of an expected tag)."""
+    inner = _ber_items(body)
+    if len(inner) != 1 or (tags is not None and inner[0][0] not in tags):
+        raise CodecError(f"bad {what}")
+    return inner[0][1]
+
+
+def parse_aarq(apdu: bytes) -> Aarq:
     out = Aarq()
-    for tag, body in _ber_items(apdu[pos:]):
+    for tag, body in _acse_fields(apdu, 0x60, "AARQ"):
         if tag == 0xA1:
             if len(body) != 9 or body[0] != 0x06 or body[1] != 7 or body[2:8] != _CONTEXT_OID:
                 raise CodecError("bad application-context-name")
             out.context = body[8]
         elif tag == 0xA6:
-            inner = _ber_items(body)
-            if len(inner) != 1 or inner[0][0] != 0x04:
-                raise CodecError("bad calling-AP-title")
-            out.calling_ap_title = inner[0][1]
+            out.calling_ap_title = _single(body, "calling-AP-title", (0x04,))
         elif tag == 0x8B:
             if len(body) != 7 or body[:6] != _MECHANISM_OID:
                 raise CodecError("bad mechanism-name")
             out.mechanism = body[6]
         elif tag == 0xAC:
-            inner = _ber_items(body)
-            if len(inner) != 1 or inner[0][0] not in (0x80, 0x81):
-                raise CodecError("bad calling-authentication-value")
-            out.auth_value = inner[0][1]
+            out.auth_value = _single(body, "calling-authentication-value", (0x80, 0x81))
         elif tag == 0xBE:
-            inner = _ber_items(body)
-            if len(inner) != 1 or inner[0][0] != 0x04:
-                raise CodecError("bad user-information")
-            out.user_information = inner[0][1]
+            out.user_information = _single(body, "user-information", (0x04,))
         # protocol-version, called-AP-title, sender-acse-requirements ...: not needed by a server
     return out
 
@@ -688,13 +692,8 @@ class Aare:
 
 
 def parse_aare(apdu: bytes) -> Aare:
-    if len(apdu) < 2 or apdu[0] != 0x61:
-        raise CodecError("not an AARE")
-    n, pos = decode_length(apdu, 1)
-    if pos + n != len(apdu):
-        raise CodecError("AARE length mismatch")
     out = Aare()
-    for tag, body in _ber_items(apdu[pos:]):
+    for tag, body in _acse_fields(apdu, 0x61, "AARE"):
         if tag == 0xA1:
             if len(body) != 9 or body[2:8] != _CONTEXT_OID:
                 raise CodecError("bad application-context-name")
@@ -704,29 +703,20 @@ def parse_aare(apdu: bytes) -> Aare:
                 raise CodecError("bad result")
             out.result = body[2]
         elif tag == 0xA3:
-            inner = _ber_items(body)
-            if len(inner) != 1 or len(inner[0][1]) != 3:
+            diagnostic = _single(body, "result-source-diagnostic")
+            if len(diagnostic) != 3:
                 raise CodecError("bad result-source-diagnostic")
-            out.diagnostic = inner[0][1][2]
+            out.diagnostic = diagnostic[2]
         elif tag == 0xA4:
-            inner = _ber_items(body)
-            if len(inner) != 1:
-                raise CodecError("bad responding-AP-title")
-            out.responding_ap_title = inner[0][1]
+            out.responding_ap_title = _single(body, "responding-AP-title")
         elif tag == 0x89:
             if len(body) != 7:
                 raise CodecError("bad mechanism-name")
             out.mechanism = body[6]
         elif tag == 0xAA:
-            inner = _ber_items(body)
-            if len(inner) != 1:
-                raise CodecError("bad responding-authentication-value")
-            out.stoc = inner[0][1]
+            out.stoc = _single(body, "responding-authentication-value")
         elif tag == 0xBE:
-            inner = _ber_items(body)
-            if len(inner) != 1 or inner[0][0] != 0x04:
-                raise CodecError("bad user-information")
-            out.user_information = inner[0][1]
+            out.user_information = _single(body, "user-information", (0x04,))
     return out
 
 
