@@ -28,3 +28,49 @@ def test_poll_offsets_are_stable_and_small() -> None:
     assert poll_offset("dev1", 1.0, "auto") == offsets[1]
     assert poll_offset("x", 60.0, "auto") < 1.0
     assert poll_offset("x", 5.0, 7.0) == 2.0
+
+
+async def test_the_schedule_turns_while_an_unreachable_device_backs_off() -> None:
+    """The watchdog's notion of progress: ticks, not successful polls."""
+    import asyncio
+    import time
+
+    import structlog
+
+    from gateway.buses import Bus
+    from gateway.driver import DeviceError, Driver, DriverContext, RawReadings
+    from gateway.models import DeviceConfig
+    from gateway.normalize import Normalizer
+    from gateway.scheduler import DeviceRunner
+    from gateway.state import StateStore
+
+    class Unreachable(Driver[DeviceConfig]):
+        reads = 0
+
+        async def read(self) -> RawReadings:
+            Unreachable.reads += 1
+            raise DeviceError("no route to host")
+
+    device = DeviceConfig.model_validate(
+        {"id": "d", "driver": "x", "interval": 0.05, "offline_after": 1, "max_backoff": 60}
+    )
+    ctx = DriverContext(device=device, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=StateStore(None))
+    statuses: list[str] = []
+    runner = DeviceRunner(device, Unreachable(ctx), Normalizer("d", []), lambda _b: None,
+                          lambda _d, st: statuses.append(st.state.value), structlog.get_logger("t"))  # fmt: skip
+    runner._started = True
+    runner.start()
+    try:
+        async with asyncio.timeout(5):
+            while Unreachable.reads < 2:  # noqa: ASYNC110 - a bounded wait on plain counters
+                await asyncio.sleep(0.01)
+        runner._retry_at = time.monotonic() + 60  # deep in backoff: no poll for a minute
+        await asyncio.sleep(0.1)
+        seen, reads = runner.stats.last_progress, Unreachable.reads
+        async with asyncio.timeout(5):
+            while runner.stats.last_progress == seen:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert Unreachable.reads == reads  # no poll happened, yet the schedule turned
+        assert statuses.count("offline") == 1
+    finally:
+        await runner.stop()
