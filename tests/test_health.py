@@ -74,5 +74,6 @@ async def test_a_taken_health_port_is_a_clean_start_failure(tmp_path: Path, brok
         out = daemon.output()
         assert '"cannot start"' in out and "address already in use" in out
         assert "Traceback" not in out
+        assert "stopping before the broker acknowledged" not in out  # nothing was queued: drain(0) says so
     finally:
         holder.close()
