@@ -74,3 +74,36 @@ async def test_the_schedule_turns_while_an_unreachable_device_backs_off() -> Non
         assert statuses.count("offline") == 1
     finally:
         await runner.stop()
+
+
+async def test_a_failing_hand_over_does_not_stop_the_schedule() -> None:
+    import asyncio
+
+    import structlog
+
+    from gateway.buses import Bus
+    from gateway.driver import Driver, DriverContext, RawReadings
+    from gateway.models import DeviceConfig
+    from gateway.normalize import Normalizer
+    from gateway.scheduler import DeviceRunner
+    from gateway.state import StateStore
+
+    class Fine(Driver[DeviceConfig]):
+        async def read(self) -> RawReadings:
+            return RawReadings([])
+
+    def broken_sink(_batch: object) -> None:
+        raise OSError("disk full")
+
+    device = DeviceConfig.model_validate({"id": "d", "driver": "x", "interval": 0.02})
+    ctx = DriverContext(device=device, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=StateStore(None))
+    runner = DeviceRunner(device, Fine(ctx), Normalizer("d", []), broken_sink, lambda _d, _s: None,
+                          structlog.get_logger("t"))  # fmt: skip
+    runner.start()
+    try:
+        async with asyncio.timeout(5):
+            while runner.stats.polls < 5:  # noqa: ASYNC110 - a bounded wait on a counter
+                await asyncio.sleep(0.01)
+        assert runner.stats.state.value == "online"
+    finally:
+        await runner.stop()
