@@ -320,6 +320,10 @@ async def run(cfg: GatewayConfig, config_path: Path | None, stop_event: asyncio.
         gw.log.error("cannot start", error=str(exc))
         await gw.stop(drain_timeout=0.0)
         return 1
+    except BaseException:
+        # Whatever went wrong, stop what did start, so that nothing is left running at exit.
+        await gw.stop(drain_timeout=0.0)
+        raise
     try:
         await stop.wait()
     finally:

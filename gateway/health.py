@@ -78,7 +78,8 @@ class Health:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
 
     def problems(self) -> list[str]:
         """Why the gateway is not healthy (empty when it is)."""
@@ -111,9 +112,10 @@ class Health:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
-                pass
+            async with asyncio.timeout(5.0):
+                request = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else "/"
             if path == "/healthz":

@@ -69,7 +69,8 @@ class LocalBroker:
         with contextlib.suppress(ProcessLookupError):
             self.proc.terminate()
         try:
-            await asyncio.wait_for(self.proc.wait(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.proc.wait()
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()

@@ -293,7 +293,8 @@ class Publisher:
                 return False
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=min(0.1, remaining))
+                async with asyncio.timeout(min(0.1, remaining)):
+                    await self._idle.wait()
 
     async def stop(self) -> None:
         """Say offline, close the connection, keep what was not delivered on disk."""
@@ -427,7 +428,8 @@ class Publisher:
                 self._idle.set()
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
 
     def _launch(self, client: aiomqtt.Client, msg: Outgoing) -> None:
         """Hand one message to paho; its PUBACK arrives through _on_puback.

@@ -118,7 +118,8 @@ class DeviceRunner:
                     await task
         if self._started:
             try:
-                await asyncio.wait_for(self.driver.stop(), timeout=max(2.0, self.device.timeout * 2))
+                async with asyncio.timeout(max(2.0, self.device.timeout * 2)):
+                    await self.driver.stop()
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
@@ -159,7 +160,8 @@ class DeviceRunner:
     async def _start_driver(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.driver.start(), timeout=max(self.device.timeout * 4, 5.0))
+                async with asyncio.timeout(max(self.device.timeout * 4, 5.0)):
+                    await self.driver.start()
                 if not self.driver.ctx.points:
                     await self._discover()
                 self._started = True
@@ -175,7 +177,8 @@ class DeviceRunner:
 
     async def _discover(self) -> None:
         try:
-            found = await asyncio.wait_for(self.driver.discover(), timeout=max(self.device.timeout * 20, 30.0))
+            async with asyncio.timeout(max(self.device.timeout * 20, 30.0)):
+                found = await self.driver.discover()
         except NotImplementedError:
             return
         model = type(self.device).point_model

@@ -196,7 +196,8 @@ class BacnetClient:
         """Send a confirmed request; return the ack or raise BacnetError (never a BaseException)."""
         future = self.app.request(apdu)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise BacnetError("timeout", f"no response within {timeout:g}s") from None
         except ErrorRejectAbortNack as answer:
@@ -272,7 +273,8 @@ class BacnetClient:
     ) -> list[Any]:
         """Who-Is (global broadcast when address is None); returns the I-Am requests heard."""
         try:
-            found = await asyncio.wait_for(self.app.who_is(low, high, address, timeout=timeout), timeout + 1.0)
+            async with asyncio.timeout(timeout + 1.0):
+                found = await self.app.who_is(low, high, address, timeout=timeout)
         except TimeoutError:
             return []
         return list(found or [])

@@ -387,7 +387,8 @@ class BacnetDriver(Driver[BacnetDevice]):
                     await client.unsubscribe_cov(self._address, obj, pid, timeout)
 
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(cancel(o) for o in active)), timeout + 0.5)
+                async with asyncio.timeout(timeout + 0.5):
+                    await asyncio.gather(*(cancel(o) for o in active))
         self._runtime.unregister_cov(self._address, pid)
         for st in self._cov.values():
             st.active_until = 0.0

@@ -92,9 +92,8 @@ async def scan(
         i_ams += await client.who_is(router, low, high, timeout)
         if not networks:
             with contextlib.suppress(Exception):
-                replies = await asyncio.wait_for(
-                    client.app.nse.who_is_router_to_network(destination=router), timeout + 1
-                )
+                async with asyncio.timeout(timeout + 1):
+                    replies = await client.app.nse.who_is_router_to_network(destination=router)
                 for _adapter, iartn in replies or []:
                     networks += [int(n) for n in iartn.iartnNetworkList]
         for network in dict.fromkeys(networks):

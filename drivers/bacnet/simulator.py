@@ -565,7 +565,8 @@ def main(profile_ref: str, argv: list[str]) -> int:
                 flush=True,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.duration)
+                async with asyncio.timeout(args.duration):
+                    await stop.wait()
 
     try:
         asyncio.run(run())

@@ -929,7 +929,8 @@ class DlmsTwin:
             self._serial_task = None
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
             self._server = None
 
     async def __aenter__(self) -> DlmsTwin:

@@ -73,7 +73,8 @@ class Channel(abc.ABC):
             await self._drop()
             rx = _Receiver()
             try:
-                self._transport = await asyncio.wait_for(self._open(rx), timeout)
+                async with asyncio.timeout(timeout):
+                    self._transport = await self._open(rx)
             except TimeoutError:
                 raise LinkTimeout(f"{self.name}: no connection within {timeout:g}s") from None
             except OSError as exc:
@@ -116,7 +117,8 @@ class Channel(abc.ABC):
                 raise LinkError(f"{self.name}: connection closed by the peer")
             rx.event.clear()
             try:
-                await asyncio.wait_for(rx.event.wait(), max(0.0, timeout))
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await rx.event.wait()
             except TimeoutError:
                 raise LinkTimeout(f"{self.name}: no answer") from None
             if not rx.buf and rx.closed:

@@ -253,7 +253,8 @@ class Agent:
         # pysnmp's own timer answers RequestTimedOut; the outer guard only covers a lost callback.
         guard = self.timeout * (self.retries + 1) + 2.0
         try:
-            indication, status, index, answer = await asyncio.wait_for(future, guard)
+            async with asyncio.timeout(guard):
+                indication, status, index, answer = await future
         except TimeoutError:
             raise DeviceTimeout(self._timeout_text()) from None
         if indication:

@@ -90,7 +90,8 @@ class SnmpDriver(Driver[SnmpDevice]):
         # for the rest (its points are bad until then, and say why).
         self._resolving = asyncio.create_task(self._resolve_symbols(), name=f"snmp-mibs:{cfg.id}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._resolving), _RESOLVE_IN_START)
+            async with asyncio.timeout(_RESOLVE_IN_START):
+                await asyncio.shield(self._resolving)
         try:
             await self._connect()
         except DeviceError as exc:
