@@ -52,6 +52,24 @@ def build_driver(
     return driver
 
 
+def bus_for(device: DeviceConfig, cfg: GatewayConfig) -> tuple[str, Bus]:
+    """The key and a new Bus for the transport a device uses: a named bus, a shared endpoint, or its own."""
+    key = device.bus or device.implicit_bus() or f"device:{device.id}"
+    return key, Bus(key, cfg.bus_config(device.bus) if device.bus else None)
+
+
+async def start_runtime(
+    kind: str, cfg: GatewayConfig, log: structlog.typing.FilteringBoundLogger
+) -> DriverRuntime | None:
+    """The kind's shared runtime (BACnet stack, SNMP engine), started; None for kinds without one."""
+    spec = DRIVERS[kind]
+    if spec.runtime is None:
+        return None
+    runtime: DriverRuntime = load_object(spec.runtime)(cfg.section(kind), log)
+    await runtime.start()
+    return runtime
+
+
 class Gateway:
     """The running daemon: a publisher, shared runtimes and buses, one runner per device."""
 
@@ -65,6 +83,7 @@ class Gateway:
         self.buses: dict[str, Bus] = {}
         self.runners: dict[str, DeviceRunner] = {}
         self.states: dict[str, StateStore] = {}
+        self._meta_points: dict[str, int] = {}  # id() of the point list each device's meta describes
         self.health = Health(self, cfg.health.listen, cfg.health.watchdog_stall, self.log.bind(component="health"))
         self._state_flusher: asyncio.Task[None] | None = None
         self._state_error: str | None = None
@@ -93,22 +112,16 @@ class Gateway:
         sd_notify("READY=1\nSTATUS=" + self.summary())
 
     async def _runtime(self, kind: str) -> DriverRuntime | None:
-        spec = DRIVERS[kind]
-        if spec.runtime is None:
-            return None
         if kind not in self.runtimes:
-            cls = load_object(spec.runtime)
-            runtime: DriverRuntime = cls(self.cfg.section(kind), self.log.bind(component=kind))
-            await runtime.start()
+            runtime = await start_runtime(kind, self.cfg, self.log.bind(component=kind))
+            if runtime is None:
+                return None
             self.runtimes[kind] = runtime
         return self.runtimes[kind]
 
     def _bus_for(self, device: DeviceConfig) -> Bus:
-        key = device.bus or device.implicit_bus() or f"device:{device.id}"
-        if key not in self.buses:
-            cfg = self.cfg.bus_config(device.bus) if device.bus else None
-            self.buses[key] = Bus(key, cfg)
-        return self.buses[key]
+        key, bus = bus_for(device, self.cfg)
+        return self.buses.setdefault(key, bus)
 
     def _state_for(self, device: DeviceConfig) -> StateStore:
         if device.id not in self.states:
@@ -139,11 +152,13 @@ class Gateway:
     def _publish_meta(self, runner: DeviceRunner) -> None:
         topic = self.publisher.topic(runner.device.id, "meta")
         ctx = runner.driver.ctx
+        self._meta_points[runner.device.id] = id(ctx.points)
         self.publisher.submit_retained(topic, lambda: device_meta(runner.device, ctx.points))
 
     def _on_status(self, device: DeviceConfig, stats: DeviceStats) -> None:
         runner = self.runners.get(device.id)
-        if runner is not None and runner.stats is stats:
+        # Meta goes out again only when discovery replaced the points, not on every state change.
+        if runner is not None and self._meta_points.get(device.id) != id(runner.driver.ctx.points):
             self._publish_meta(runner)
         self.publisher.submit_retained(self.publisher.topic(device.id, "status"), stats.status())
 

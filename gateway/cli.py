@@ -16,9 +16,8 @@ from typing import Any, TypeVar
 import yaml
 
 from gateway import logs
-from gateway.buses import Bus
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.driver import DeviceError, DriverRuntime
+from gateway.driver import DeviceError
 from gateway.normalize import Normalizer
 from gateway.profiles import load_profile, shipped_profiles
 from gateway.registry import DRIVERS, load_object
@@ -86,18 +85,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _read_once(
     cfg: GatewayConfig, device_id: str, discover: bool
 ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]] | None]:
-    from gateway.app import build_driver
+    from gateway.app import build_driver, bus_for, start_runtime
 
     device = next((d for d in cfg.devices if d.id == device_id), None)
     if device is None:
         raise SystemExit(f"no device {device_id!r} in the config (devices: {', '.join(d.id for d in cfg.devices)})")
     log = logs.get(device=device.id)
-    spec = DRIVERS[device.driver]
-    runtime: DriverRuntime | None = None
-    if spec.runtime is not None:
-        runtime = load_object(spec.runtime)(cfg.section(device.driver), log)
-        await runtime.start()
-    bus = Bus(device.bus or device.implicit_bus() or device.id, cfg.bus_config(device.bus) if device.bus else None)
+    runtime = await start_runtime(device.driver, cfg, log)
+    _, bus = bus_for(device, cfg)
     driver = build_driver(device, bus, StateStore(None), runtime, log)
     found: list[dict[str, Any]] | None = None
     try:

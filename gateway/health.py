@@ -210,8 +210,8 @@ def render_metrics(gw: Gateway) -> str:
     )
     pub = gw.publisher
     st = pub.stats
-    metric("queue_depth", "gauge", "Messages waiting in memory.", [({}, float(len(pub._queue)))])
-    metric("inflight_messages", "gauge", "Messages published, not yet acknowledged.", [({}, float(len(pub._inflight)))])
+    metric("queue_depth", "gauge", "Messages waiting in memory.", [({}, float(pub.queue_depth))])
+    metric("inflight_messages", "gauge", "Messages published, not yet acknowledged.", [({}, float(pub.inflight))])
     metric("messages_published_total", "counter", "Messages acknowledged by the broker.", [({}, float(st.published))])
     metric(
         "bytes_published_total",

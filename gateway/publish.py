@@ -270,6 +270,14 @@ class Publisher:
             self._disk.sync()
 
     @property
+    def queue_depth(self) -> int:
+        return len(self._queue) + len(self._retry)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
     def backlog(self) -> int:
         disk = self._disk.stats.records if self._disk is not None else 0
         return len(self._queue) + len(self._retry) + len(self._inflight) + disk

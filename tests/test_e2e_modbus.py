@@ -201,6 +201,8 @@ async def test_dead_unit_on_shared_endpoint_does_not_stall_the_other(
         )
         log = d.output()
         assert log.count('"device offline"') == 1 and log.count('"device recovered"') == 1, log[-3000:]
+        # State changes republish the small status, not the whole point list in meta.
+        assert len(collector.on("/dead/meta")) == 1
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is needed for a pty pair")
