@@ -25,6 +25,7 @@ and `a if cond else b`. A string that is exactly one `{expression}` keeps the ex
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import re
 from collections.abc import Iterator, Mapping
@@ -92,6 +93,16 @@ def resolve_profile_path(ref: str, driver: str, base: Path | None = None) -> Pat
 
 
 def load_profile(path: Path) -> Profile:
+    """A profile file, parsed once per version: a hundred devices on one profile read it once."""
+    try:
+        st = path.stat()
+    except OSError:
+        return _load_profile(path, 0, 0)
+    return _load_profile(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_profile(path: Path, _mtime_ns: int, _size: int) -> Profile:
     data = load_file(path)
     if not isinstance(data, LineDict):
         raise ProfileError(str(path), 1, "a profile is a mapping with at least `driver` and `points`")

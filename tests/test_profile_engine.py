@@ -47,3 +47,15 @@ def test_bad_repeat_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as exc:
         list(expand(load_profile(f).points, {}))
     assert exc.value.line == 3 and "nope" in exc.value.message
+
+
+def test_a_profile_is_parsed_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    import os
+
+    f = tmp_path / "p.yaml"
+    f.write_text("driver: modbus\nvars: {n: 1}\npoints: []\n", encoding="utf-8")
+    first = load_profile(f)
+    assert load_profile(f) is first  # a hundred devices on one profile: one parse
+    f.write_text("driver: modbus\nvars: {n: 22}\npoints: []\n", encoding="utf-8")
+    os.utime(f, ns=(first_ns := f.stat().st_mtime_ns + 10**9, first_ns))
+    assert load_profile(f).vars == {"n": 22}  # an edited profile is read again (reload)
