@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.models import DeviceConfig, Strict
+
+if TYPE_CHECKING:
+    from gateway.twin import Twin
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +25,18 @@ class DriverSpec:
     config_module: str  # exports DeviceModel, optionally SectionModel (a top-level config section)
     driver: str  # "module:Class", a gateway.driver.Driver subclass
     runtime: str | None = None  # "module:Class", a gateway.driver.DriverRuntime subclass
-    simulator: str | None = None  # "module:function", main(profile_ref, argv) -> exit status
+    twin: str | None = None  # "module:Class", a gateway.twin.Twin subclass (the device twin)
     scanner: str | None = None  # "module:function", main(argv) -> exit status
 
     @property
     def device_model(self) -> type[DeviceConfig]:
         return _config_module(self.config_module).DeviceModel  # type: ignore[no-any-return]
+
+    @property
+    def twin_class(self) -> type[Twin]:
+        if self.twin is None:
+            raise LookupError(f"the {self.kind} driver has no twin")
+        return load_object(self.twin)  # type: ignore[no-any-return]
 
     @property
     def section_model(self) -> type[Strict] | None:
@@ -52,7 +61,7 @@ DRIVERS: dict[str, DriverSpec] = {
             summary="Modbus TCP, RTU on RS-485, RTU over TCP",
             config_module="drivers.modbus.config",
             driver="drivers.modbus.driver:ModbusDriver",
-            simulator="drivers.modbus.simulator:main",
+            twin="drivers.modbus.twin:ModbusTwin",
             scanner="drivers.modbus.scan:main",
         ),
         DriverSpec(
@@ -60,7 +69,7 @@ DRIVERS: dict[str, DriverSpec] = {
             summary="DLMS/COSEM over HDLC (RS-485, optical port, TCP) and the TCP wrapper",
             config_module="drivers.dlms.config",
             driver="drivers.dlms.driver:DlmsDriver",
-            simulator="drivers.dlms.simulator:main",
+            twin="drivers.dlms.twin:DlmsTwin",
         ),
         DriverSpec(
             kind="bacnet",
@@ -68,7 +77,7 @@ DRIVERS: dict[str, DriverSpec] = {
             config_module="drivers.bacnet.config",
             driver="drivers.bacnet.driver:BacnetDriver",
             runtime="drivers.bacnet.runtime:BacnetRuntime",
-            simulator="drivers.bacnet.simulator:main",
+            twin="drivers.bacnet.twin:BacnetTwin",
             scanner="drivers.bacnet.scan:main",
         ),
         DriverSpec(
@@ -77,7 +86,7 @@ DRIVERS: dict[str, DriverSpec] = {
             config_module="drivers.snmp.config",
             driver="drivers.snmp.driver:SnmpDriver",
             runtime="drivers.snmp.runtime:SnmpRuntime",
-            simulator="drivers.snmp.simulator:main",
+            twin="drivers.snmp.twin:SnmpTwin",
             scanner="drivers.snmp.scan:main",
         ),
     )
