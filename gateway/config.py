@@ -26,7 +26,7 @@ from gateway.models import (
     read_secret,
 )
 from gateway.profiles import ProfileError, expand, load_profile, resolve_profile_path
-from gateway.registry import DRIVERS
+from gateway.registry import DRIVERS, DriverSpec
 from gateway.yamlload import MISSING, LineDict, YamlError, child_of, format_path, load_file, load_text, locate
 
 __all__ = [
@@ -221,15 +221,20 @@ class GatewayConfig(Strict):
         return next((b for b in self.buses if b.id == bus_id), None)
 
 
-@cache
 def _gateway_model() -> type[GatewayConfig]:
-    models = tuple(spec.device_model for spec in DRIVERS.values())
+    # Keyed on the registry's contents: a kind registered later (a test's fake kind) gets a new model.
+    return _gateway_model_of(tuple(DRIVERS.values()))
+
+
+@cache
+def _gateway_model_of(specs: tuple[DriverSpec, ...]) -> type[GatewayConfig]:
+    models = tuple(spec.device_model for spec in specs)
     device_union = Annotated[Union[models], Field(discriminator="driver")]  # type: ignore[valid-type]  # noqa: UP007
     fields: dict[str, Any] = {"devices": (list[device_union], Field(default_factory=list))}
-    for kind, spec in DRIVERS.items():
+    for spec in specs:
         section = spec.section_model
         if section is not None:
-            fields[kind] = (section | None, None)
+            fields[spec.kind] = (section | None, None)
     return create_model("GatewayConfigFile", __base__=GatewayConfig, **fields)
 
 

@@ -35,8 +35,6 @@ from typing import Any
 
 from gateway.yamlload import LineDict, LineList, load_file
 
-DRIVERS_DIR = Path(__file__).resolve().parent.parent / "drivers"
-
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
@@ -68,10 +66,14 @@ class Profile:
 
 def shipped_profiles(driver: str | None = None) -> dict[str, Path]:
     """Profile name -> file, for the profiles shipped with the drivers."""
+    from gateway.registry import DRIVERS  # the registry's config modules may import this module
+
     out: dict[str, Path] = {}
-    kinds = [driver] if driver else sorted(p.name for p in DRIVERS_DIR.iterdir() if p.is_dir())
+    kinds = [driver] if driver else sorted(DRIVERS)
     for kind in kinds:
-        folder = DRIVERS_DIR / kind / "profiles"
+        if kind not in DRIVERS:
+            continue
+        folder = DRIVERS[kind].profile_dir
         if folder.is_dir():
             for f in sorted(folder.glob("*.yaml")):
                 out[f.stem] = f

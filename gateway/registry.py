@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.models import DeviceConfig, Strict
@@ -27,6 +28,14 @@ class DriverSpec:
     runtime: str | None = None  # "module:Class", a gateway.driver.DriverRuntime subclass
     twin: str | None = None  # "module:Class", a gateway.twin.Twin subclass (the device twin)
     scanner: str | None = None  # "module:function", main(argv) -> exit status
+    profiles: str | None = None  # folder of the shipped profiles; None: `profiles/` beside the config module
+
+    @property
+    def profile_dir(self) -> Path:
+        """Where the kind's shipped profiles live (a kind need not live under drivers/)."""
+        if self.profiles is not None:
+            return Path(self.profiles)
+        return Path(_config_module(self.config_module).__file__).parent / "profiles"
 
     @property
     def device_model(self) -> type[DeviceConfig]:
