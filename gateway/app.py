@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,7 @@ from gateway.buses import Bus
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.driver import Driver, DriverContext, DriverRuntime
 from gateway.health import Health, sd_notify
-from gateway.models import DeviceConfig
-from gateway.normalize import Normalizer
+from gateway.models import DeviceConfig, PointConfig
 from gateway.publish import Publisher
 from gateway.registry import DRIVERS, load_object
 from gateway.scheduler import DeviceRunner, DeviceStats
@@ -42,13 +43,20 @@ def build_driver(
     state: StateStore,
     runtime: DriverRuntime | None,
     log: structlog.typing.FilteringBoundLogger,
-) -> Driver[Any]:
+    points: Sequence[PointConfig] | None = None,
+) -> Driver[Any, Any]:
+    """The device's driver, with its configured points (or the ones discovery found)."""
     spec = DRIVERS[device.driver]
     cls = load_object(spec.driver)
     ctx = DriverContext(
-        device=device, points=list(device.resolved_points), log=log, bus=bus, state=state, runtime=runtime
+        device=device,
+        points=list(device.resolved_points if points is None else points),
+        log=log,
+        bus=bus,
+        state=state,
+        runtime=runtime,
     )
-    driver: Driver[Any] = cls(ctx)
+    driver: Driver[Any, Any] = cls(ctx)
     return driver
 
 
@@ -85,8 +93,6 @@ class Gateway:
         self.states: dict[str, StateStore] = {}
         self._meta_points: dict[str, int] = {}  # id() of the point list each device's meta describes
         self.health = Health(self, cfg.health.listen, cfg.health.watchdog_stall, self.log.bind(component="health"))
-        self._state_flusher: asyncio.Task[None] | None = None
-        self._state_error: str | None = None
         self.started = time.time()
 
     # -- start -----------------------------------------------------------------------------
@@ -102,7 +108,6 @@ class Gateway:
         for device in self.cfg.devices:
             if device.enabled:
                 await self._add_device(device)
-        self._state_flusher = asyncio.create_task(self._flush_states(), name="state-flush")
         self.log.info(
             "gateway started",
             devices=len(self.runners),
@@ -134,16 +139,17 @@ class Gateway:
         bus = self._bus_for(device)
         log = log.bind(bus=bus.id)
         runtime = await self._runtime(device.driver)
-        driver = build_driver(device, bus, self._state_for(device), runtime, log)
-        normalizer = Normalizer(device.id, driver.ctx.points)
+        state = self._state_for(device)
         publisher = self.publisher
-
-        def sink(batch: Any) -> None:
-            publisher.submit_batch(normalizer, batch)
-
-        runner = DeviceRunner(device, driver, normalizer, sink, self._on_status, log)
-        driver.ctx.emit = runner.pushed
-        driver.ctx.emit_event = lambda event: publisher.submit_event(device.id, event)
+        runner = DeviceRunner(
+            device,
+            partial(build_driver, device, bus, state, runtime, log),
+            publisher.submit_batch,
+            self._on_status,
+            log,
+            state=state,
+            on_event=partial(publisher.submit_event, device.id),
+        )
         self.runners[device.id] = runner
         self._publish_meta(runner)
         publisher.submit_retained(publisher.topic(device.id, "status"), runner.stats.status())
@@ -151,14 +157,14 @@ class Gateway:
 
     def _publish_meta(self, runner: DeviceRunner) -> None:
         topic = self.publisher.topic(runner.device.id, "meta")
-        ctx = runner.driver.ctx
-        self._meta_points[runner.device.id] = id(ctx.points)
-        self.publisher.submit_retained(topic, lambda: device_meta(runner.device, ctx.points))
+        points = runner.points
+        self._meta_points[runner.device.id] = id(points)
+        self.publisher.submit_retained(topic, lambda: device_meta(runner.device, points))
 
     def _on_status(self, device: DeviceConfig, stats: DeviceStats) -> None:
         runner = self.runners.get(device.id)
         # Meta goes out again only when discovery replaced the points, not on every state change.
-        if runner is not None and self._meta_points.get(device.id) != id(runner.driver.ctx.points):
+        if runner is not None and self._meta_points.get(device.id) != id(runner.points):
             self._publish_meta(runner)
         self.publisher.submit_retained(self.publisher.topic(device.id, "status"), stats.status())
 
@@ -217,9 +223,7 @@ class Gateway:
         if runner is None:
             return
         await runner.stop()
-        state = self.states.pop(dev_id, None)
-        if state is not None:
-            self._flush_all([state])
+        self.states.pop(dev_id, None)
         if forget:
             offline = {"state": "removed", "since": int(time.time() * 1000), "last_success": None, "last_error": None}
             self.publisher.submit_retained(self.publisher.topic(dev_id, "status"), offline)
@@ -234,6 +238,11 @@ class Gateway:
         sd_notify("STOPPING=1")
         runners = list(self.runners.values())
         await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
+        # A clean stop says so per device: a consumer tells it from a crash (the gateway's will).
+        now_ms = int(time.time() * 1000)
+        for r in runners:
+            stopped = {**r.stats.status(), "state": "offline", "reason": "stopped", "since": now_ms}
+            self.publisher.submit_retained(self.publisher.topic(r.device.id, "status"), stopped)
         delivered = await self.publisher.drain(drain_timeout)
         if not delivered:
             self.log.warning("stopping before the broker acknowledged everything", backlog=self.publisher.backlog)
@@ -243,25 +252,8 @@ class Gateway:
                 await runtime.stop()
         for bus in self.buses.values():
             await bus.close()
-        if self._state_flusher is not None:
-            self._state_flusher.cancel()
-        self._flush_all()
         await self.health.stop()
         self.log.info("gateway stopped")
-
-    async def _flush_states(self) -> None:
-        while True:
-            await asyncio.sleep(5.0)
-            self._flush_all()
-
-    def _flush_all(self, states: list[StateStore] | None = None) -> None:
-        for state in list(self.states.values()) if states is None else states:
-            try:
-                state.flush()
-            except OSError as exc:
-                if str(exc) != self._state_error:  # once per distinct problem, not every 5 s
-                    self._state_error = str(exc)
-                    self.log.warning("cannot write device state", error=str(exc), path=str(state.path))
 
     def summary(self) -> str:
         runners = list(self.runners.values())

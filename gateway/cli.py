@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ import yaml
 
 from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.discovery import discover_points, rebuild
 from gateway.driver import DeviceError
 from gateway.normalize import Normalizer
 from gateway.profiles import load_profile, shipped_profiles
@@ -93,16 +95,15 @@ async def _read_once(
     log = logs.get(device=device.id)
     runtime = await start_runtime(device.driver, cfg, log)
     _, bus = bus_for(device, cfg)
-    driver = build_driver(device, bus, StateStore(None), runtime, log)
+    state = StateStore(None)
+    driver = build_driver(device, bus, state, runtime, log)
     found: list[dict[str, Any]] | None = None
     try:
         await driver.start()
         if discover or not driver.ctx.points:
-            found = await driver.discover()
+            found, points = await discover_points(driver)
             if not driver.ctx.points:
-                model = type(device).point_model
-                driver.ctx.points = [model.model_validate(p) for p in found]
-                await driver.replan()
+                driver = await rebuild(driver, points, partial(build_driver, device, bus, state, runtime, log))
         normalizer = Normalizer(device.id, driver.ctx.points)
         started = time.monotonic()
         try:
@@ -111,7 +112,7 @@ async def _read_once(
         except DeviceError as exc:
             batch = normalizer.failed(str(exc) or type(exc).__name__, int(time.time() * 1000))
         elapsed = time.monotonic() - started
-        return elapsed, normalizer.as_dicts(batch), found
+        return elapsed, batch.as_dicts(), found
     finally:
         await driver.stop()
         await bus.close()

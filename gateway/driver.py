@@ -15,8 +15,15 @@ Contract (the core owns everything but the protocol):
 * Push sources (BACnet COV, SNMP traps, DLMS pushes) call ``ctx.emit(...)`` / ``ctx.emit_event``
   from their own tasks, which the driver starts in ``start()`` and cancels in ``stop()``.
 * A device configured with no points whose driver implements ``discover()`` gets its points
-  from the device: the core calls ``start()``, then ``discover()``, sets ``ctx.points`` and calls
-  ``replan()`` before the first ``read()``.
+  from the device: the core starts a driver without points, calls ``discover()``, stops it and
+  builds a new driver (and normaliser) with the discovered points (gateway/discovery.py). A
+  driver's points never change after it was built.
+* State a driver must keep across restarts goes through the core. A value that only becomes
+  true once this poll's readings are safe (a profile cursor) travels in ``RawReadings.commit``:
+  the core stores it durably after the publisher has the poll's message on disk or acknowledged
+  by the broker, in poll order, so a crash can cause a re-read but never a hole. A value that
+  must be durable before it is used (a DLMS invocation counter reservation) is written with
+  ``ctx.state.commit()`` at once.
 * ``await driver.stop()`` releases the device cleanly (DLMS release, COV unsubscribe, ...).
 * Nothing may escape ``read()`` other than :class:`DeviceError` and ``asyncio.CancelledError``;
   the core treats anything else as a driver bug, logs it once and marks the poll failed.
@@ -103,11 +110,21 @@ class RawReadings:
     exponents: list[int | None] | None = None
     qualities: list[Quality | None] | None = None
     series: list[tuple[int, RawValue, int]] = field(default_factory=list)
+    commit: dict[str, Any] | None = None  # driver state to store once these readings are safe
 
 
-# A value pushed by the device outside a poll (COV): (point_index, raw, source ts ms or None), or
-# with a fourth element, the quality the device reports with it (BACnet status flags).
-Pushed = tuple[int, RawValue, int | None] | tuple[int, RawValue, int | None, Quality | None]
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A value the device pushed outside a poll (a COV notification), for point ``index``.
+
+    ``ts``: the device's time (epoch ms) or None for the arrival time; ``quality``: what the
+    device says of the value (BACnet status flags), None for good.
+    """
+
+    index: int
+    value: RawValue
+    ts: int | None = None
+    quality: Quality | None = None
 
 
 @dataclass(slots=True)
@@ -119,16 +136,22 @@ class DriverContext:
     log: structlog.typing.FilteringBoundLogger
     bus: Bus
     state: StateStore
-    runtime: Any = None
+    runtime: DriverRuntime | None = None
     emit: Callable[[list[Pushed]], None] = lambda _values: None
     emit_event: Callable[[dict[str, Any]], None] = lambda _event: None
 
 
 CfgT = TypeVar("CfgT", bound="DeviceConfig")
+RtT = TypeVar("RtT", bound="DriverRuntime | None")
 
 
-class Driver(abc.ABC, Generic[CfgT]):
-    """Base class of a protocol driver; see the module docstring for the contract."""
+class Driver(abc.ABC, Generic[CfgT, RtT]):
+    """Base class of a protocol driver; see the module docstring for the contract.
+
+    ``CfgT`` is the driver's device config model, ``RtT`` its kind's shared runtime class (None
+    for kinds without one): the core builds the runtime named in the registry, so the driver
+    gets it typed instead of checking it.
+    """
 
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx
@@ -136,6 +159,10 @@ class Driver(abc.ABC, Generic[CfgT]):
     @property
     def config(self) -> CfgT:
         return self.ctx.device  # type: ignore[return-value]
+
+    @property
+    def runtime(self) -> RtT:
+        return self.ctx.runtime  # type: ignore[return-value]
 
     async def start(self) -> None:
         """Prepare the driver; connect lazily if the protocol allows."""
@@ -154,9 +181,6 @@ class Driver(abc.ABC, Generic[CfgT]):
         profile. Self-describing devices configured with no points get their points from here.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot discover points")
-
-    async def replan(self) -> None:
-        """The core replaced ``ctx.points`` (after discovery); rebuild any read plan."""
 
 
 class DriverRuntime:

@@ -17,6 +17,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 from gateway.points import PHASES, QUANTITIES, UNITS, Kind, PointDef
@@ -131,6 +132,12 @@ class PointConfig(Strict):
         default=None, description="id of a point of the same device whose value is a power-of-ten exponent"
     )
     invalid: list[float] = Field(default_factory=list, description="raw values that mean 'no data'")
+    rate: Literal["per_second", "per_minute", "per_hour"] | None = Field(
+        default=None, description="publish a counter as its rate (wraps and resets handled by the core)"
+    )
+    counter_bits: Literal[16, 32, 64] | None = Field(
+        default=None, description="width of a `rate` counter, where the point's type does not tell it"
+    )
     publish: bool = True
     # Hints for the device twins (`edgegw simulate`): {value: x} or {min: a, max: b, period: 60s}.
     sim: dict[str, Any] | None = None
@@ -161,6 +168,23 @@ class PointConfig(Strict):
     def _circuit_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate_word(cls, v: Any) -> Any:
+        # `rate: true` predates the units: it means per second.
+        if v is True:
+            return "per_second"
+        return None if v is False else v
+
+    @model_validator(mode="after")
+    def _rate_of_a_counter(self) -> PointConfig:
+        if self.rate is not None:
+            if self.kind is Kind.COUNTER:
+                raise ValueError("a rate is a gauge: drop `kind: counter` or `rate`")
+            if self.counter_width() is None:
+                raise ValueError("`rate` needs a counter of known width: a counter type, or `counter_bits: 32|64`")
+        return self
+
     @field_validator("invalid", mode="before")
     @classmethod
     def _sentinels(cls, v: Any) -> Any:
@@ -171,6 +195,10 @@ class PointConfig(Strict):
     def protocol_address(self) -> dict[str, Any]:
         """The protocol address, for the meta topic; drivers override."""
         return {}
+
+    def counter_width(self) -> int | None:
+        """Bits after which a counter of this point wraps: `counter_bits`, else what its type says."""
+        return self.counter_bits
 
     def float_digits(self) -> int | None:
         """Significant digits a float reading of this point carries (9 for a float32 source), None for all."""
@@ -186,6 +214,7 @@ class PointConfig(Strict):
             kind=self.kind,
             description=self.description,
             address=self.protocol_address(),
+            rate=self.rate,
         )
 
 

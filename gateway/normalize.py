@@ -65,10 +65,15 @@ def _float_format(digits: int | None) -> Callable[[float], str]:
 
 @dataclass(slots=True)
 class Batch:
-    """One device's normalised readings (columnar), ready to encode."""
+    """One device's normalised readings (columnar), and the table that encodes them.
+
+    A batch is self-contained: the publisher calls :meth:`encode` and never needs the
+    normaliser that made it.
+    """
 
     device: str
     ts: int
+    encoder: Encoder
     index: list[int] = field(default_factory=list)
     values: list[Value] = field(default_factory=list)
     qualities: list[str] = field(default_factory=list)
@@ -78,172 +83,39 @@ class Batch:
     def __len__(self) -> int:
         return len(self.index)
 
+    def add(self, i: int, value: Value, quality: str, error: str | None, ts: int) -> None:
+        self.index.append(i)
+        self.values.append(value)
+        self.qualities.append(quality)
+        self.errors.append(error)
+        self.stamps.append(ts)
 
-class Normalizer:
-    """A device's points compiled for normalisation and encoding."""
+    def encode(self, seq: int) -> bytes:
+        """The data message of the MQTT contract (docs/mqtt.md)."""
+        return self.encoder.encode(self, seq)
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        """The readings as dicts (for `edgegw read` and per-point topics)."""
+        return self.encoder.as_dicts(self)
+
+
+class Encoder:
+    """A device's points compiled for JSON: pre-encoded fragments per point, shared by its batches."""
+
+    __slots__ = ("_device_json", "_float_fmt", "_good_tail", "_ids", "_prefix", "_unit_json", "_units")
 
     def __init__(self, device_id: str, points: Sequence[PointConfig]) -> None:
-        self.device_id = device_id
-        self.points = list(points)
-        ids = {p.id: i for i, p in enumerate(self.points)}
-        self._num: list[int] = []
-        self._den: list[int] = []
-        self._offset: list[float] = []
-        self._plain: list[bool] = []
-        self._exp_from: list[int] = []
-        self._invalid: list[frozenset[float]] = []
-        self._nan_invalid: list[bool] = []
-        self._publish: list[int] = []
-        self._prefix: list[str] = []
-        self._unit_json: list[str] = []
-        self._good_tail: list[str] = []
-        self._fast: list[bool] = []
-        self._float_fmt: list[Callable[[float], str]] = []
-        for i, p in enumerate(self.points):
-            num, den = _ratio(p.scale)
-            self._num.append(num)
-            self._den.append(den)
-            self._offset.append(p.offset)
-            self._exp_from.append(ids[p.exponent_point] if p.exponent_point in ids else -1)  # noqa: SIM401
-            self._plain.append(num == 1 and den == 1 and p.offset == 0 and p.exponent_point is None)
-            self._invalid.append(_shared(frozenset(x for x in p.invalid if not math.isnan(x))))
-            self._nan_invalid.append(any(math.isnan(x) for x in p.invalid))
-            if p.publish:
-                self._publish.append(i)
-            self._prefix.append('{"point":' + json.dumps(p.id) + ',"value":')
-            self._unit_json.append(_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"'))
-            self._good_tail.append(_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"good","ts":'))
-            # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
-            self._fast.append(self._plain[i] and not self._invalid[i])
-            digits = p.float_digits()
-            # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094)
-            # and repr() of those costs three times as much: 9 significant digits are exact for float32.
-            self._float_fmt.append(_float_format(digits))
         self._device_json = json.dumps(device_id)
-
-    def _one(
-        self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None
-    ) -> tuple[Value, str, str | None]:
-        if raw is None:
-            return None, BAD, "no value"
-        if isinstance(raw, PointError):
-            return None, raw.quality.value, raw.message
-        if isinstance(raw, bool | str):
-            return raw, GOOD, None
-        if isinstance(raw, NoValue):
-            return None, UNCERTAIN, "no value"
-        if raw in self._invalid[i] or (raw != raw and self._nan_invalid[i]):  # noqa: PLR0124 - NaN test
-            return None, BAD, "device reports no data"
-        if isinstance(raw, float) and not math.isfinite(raw):
-            return None, BAD, "not a finite number"
-        if self._plain[i] and exponent is None:
-            return raw, GOOD, None
-        exp = exponent or 0
-        src = self._exp_from[i]
-        if src >= 0:
-            ex = ex_values[src] if ex_values is not None else None
-            if not isinstance(ex, int) or isinstance(ex, bool) or not -30 <= ex <= 30:
-                return None, BAD, "scale register unavailable"
-            exp += ex
-        try:
-            value = scale_exact(raw, self._num[i], self._den[i], exp)
-            off = self._offset[i]
-            if off:
-                value = value + off
-        except OverflowError:
-            return None, BAD, "value out of range after scaling"
-        if isinstance(value, float) and not -_INF < value < _INF:
-            return None, BAD, "value out of range after scaling"
-        return value, GOOD, None
-
-    def normalize(self, raw: RawReadings, now_ms: int) -> Batch:
-        """A whole poll's readings, plus any time-stamped series entries."""
-        batch = Batch(self.device_id, now_ms)
-        values = raw.values
-        if len(values) < len(self.points):
-            values = [*values, *[PointError("driver returned no value")] * (len(self.points) - len(values))]
-        exps = raw.exponents
-        stamps = raw.timestamps
-        quals = raw.qualities
-        b_index, b_values, b_quality, b_errors, b_stamps = (
-            batch.index,
-            batch.values,
-            batch.qualities,
-            batch.errors,
-            batch.stamps,
-        )
-        fast = self._fast
-        one = self._one
-        simple = exps is None and stamps is None and quals is None
-        value: Value
-        for i in self._publish:
-            raw_value = values[i]
-            if simple and fast[i] and type(raw_value) is float and -_INF < raw_value < _INF:
-                value, quality, error = raw_value, GOOD, None
-            elif raw_value is NO_VALUE:
-                continue
-            else:
-                value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values)
-                if quals is not None and quality == GOOD:
-                    q = quals[i]
-                    if q is not None and q is not Quality.GOOD:
-                        quality = q.value
-                        if q is Quality.BAD:
-                            value = None
-                            error = error or "device flags the value as faulty"
-            b_index.append(i)
-            b_values.append(value)
-            b_quality.append(quality)
-            b_errors.append(error)
-            if stamps is None:
-                b_stamps.append(now_ms)
-            else:
-                ts = stamps[i]
-                b_stamps.append(ts if ts is not None else now_ms)
-        for i, raw_value, ts in raw.series:
-            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
-                continue
-            value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values)
-            b_index.append(i)
-            b_values.append(value)
-            b_quality.append(quality)
-            b_errors.append(error)
-            b_stamps.append(ts)
-        return batch
-
-    def normalize_pushed(self, pushed: Sequence[Pushed], now_ms: int, last: Sequence[RawValue] | None) -> Batch:
-        """Values a device pushed (COV); `last` supplies exponent registers from the last poll."""
-        batch = Batch(self.device_id, now_ms)
-        for item in pushed:
-            i, raw_value, ts = item[0], item[1], item[2]
-            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
-                continue
-            value, quality, error = self._one(i, raw_value, None, last)
-            q = item[3] if len(item) > 3 else None
-            if q is not None and q is not Quality.GOOD and quality == GOOD:
-                quality = q.value
-                if q is Quality.BAD:
-                    value, error = None, "device flags the value as faulty"
-            batch.index.append(i)
-            batch.values.append(value)
-            batch.qualities.append(quality)
-            batch.errors.append(error)
-            batch.stamps.append(ts if ts is not None else now_ms)
-        return batch
-
-    def failed(self, message: str, now_ms: int) -> Batch:
-        """Every published point bad: the device did not answer."""
-        batch = Batch(self.device_id, now_ms)
-        for i in self._publish:
-            batch.index.append(i)
-            batch.values.append(None)
-            batch.qualities.append(BAD)
-            batch.errors.append(message)
-            batch.stamps.append(now_ms)
-        return batch
+        self._ids = [p.id for p in points]
+        self._units = [p.unit for p in points]
+        self._prefix = ['{"point":' + json.dumps(p.id) + ',"value":' for p in points]
+        self._unit_json = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"') for p in points]
+        self._good_tail = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"good","ts":') for p in points]
+        # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094)
+        # and repr() of those costs three times as much: 9 significant digits are exact for float32.
+        self._float_fmt = [_float_format(p.float_digits()) for p in points]
 
     def encode(self, batch: Batch, seq: int) -> bytes:
-        """The data message of the MQTT contract (docs/mqtt.md)."""
         prefix, good_tail, unit, float_fmt = self._prefix, self._good_tail, self._unit_json, self._float_fmt
         batch_ts = batch.ts
         batch_tss = str(batch_ts)
@@ -272,17 +144,223 @@ class Normalizer:
         return "".join(out).encode()
 
     def as_dicts(self, batch: Batch) -> list[dict[str, object]]:
-        """The readings as dicts (for `edgegw read` and per-point topics)."""
         out: list[dict[str, object]] = []
         for i, value, quality, error, ts in zip(
             batch.index, batch.values, batch.qualities, batch.errors, batch.stamps, strict=True
         ):
-            p = self.points[i]
-            item: dict[str, object] = {"point": p.id, "value": value, "unit": p.unit, "quality": quality, "ts": ts}
+            item: dict[str, object] = {
+                "point": self._ids[i],
+                "value": value,
+                "unit": self._units[i],
+                "quality": quality,
+                "ts": ts,
+            }
             if error is not None:
                 item["error"] = error
             out.append(item)
         return out
+
+
+_RATE_PER = {"per_second": 1000, "per_minute": 60_000, "per_hour": 3_600_000}
+
+
+def counter_delta(previous: int, current: int, bits: int, last_rate: float | None, elapsed_ms: int) -> int | None:
+    """How much a counter advanced between two samples; None when it was reset, not advanced.
+
+    A counter that went down either wrapped (once, modulo 2**bits) or restarted from zero (a
+    device reboot). The wrapped difference must be plausible to count as growth: at most four
+    times the last known rate, or under half the range when there is no rate yet. A restarted
+    counter fails that test (for a 64-bit one, always), so it never publishes a spike that did
+    not happen.
+    """
+    if current >= previous:
+        return current - previous
+    wrapped = current + (1 << bits) - previous
+    if last_rate is None:
+        return wrapped if wrapped < 1 << (bits - 1) else None
+    return wrapped if wrapped <= 4 * last_rate * elapsed_ms + 1 else None
+
+
+@dataclass(slots=True)
+class _RateState:
+    raw: int
+    ts: int
+    rate: float | None = None  # counts per ms between the last two samples
+
+
+class Normalizer:
+    """A device's points compiled for normalisation and encoding."""
+
+    def __init__(self, device_id: str, points: Sequence[PointConfig]) -> None:
+        self.device_id = device_id
+        self.points = list(points)
+        self.encoder = Encoder(device_id, self.points)
+        ids = {p.id: i for i, p in enumerate(self.points)}
+        self._num: list[int] = []
+        self._den: list[int] = []
+        self._offset: list[float] = []
+        self._plain: list[bool] = []
+        self._exp_from: list[int] = []
+        self._invalid: list[frozenset[float]] = []
+        self._nan_invalid: list[bool] = []
+        self._publish: list[int] = []
+        self._fast: list[bool] = []
+        # Counters published as rates: ms per rate unit and wrap width, per point (0: not a rate).
+        self._rate_per: list[int] = []
+        self._rate_bits: list[int] = []
+        self._rates: dict[int, _RateState] = {}
+        for i, p in enumerate(self.points):
+            num, den = _ratio(p.scale)
+            self._num.append(num)
+            self._den.append(den)
+            self._offset.append(p.offset)
+            self._exp_from.append(ids[p.exponent_point] if p.exponent_point in ids else -1)  # noqa: SIM401
+            self._rate_per.append(_RATE_PER[p.rate] if p.rate is not None else 0)
+            self._rate_bits.append(p.counter_width() or 0 if p.rate is not None else 0)
+            plain = num == 1 and den == 1 and p.offset == 0 and p.exponent_point is None and p.rate is None
+            self._plain.append(plain)
+            self._invalid.append(_shared(frozenset(x for x in p.invalid if not math.isnan(x))))
+            self._nan_invalid.append(any(math.isnan(x) for x in p.invalid))
+            if p.publish:
+                self._publish.append(i)
+            # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
+            self._fast.append(plain and not self._invalid[i])
+
+    def _one(
+        self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None, ts: int
+    ) -> tuple[Value, str, str | None]:
+        if raw is None:
+            return None, BAD, "no value"
+        if isinstance(raw, PointError):
+            return None, raw.quality.value, raw.message
+        if isinstance(raw, bool | str):
+            return raw, GOOD, None
+        if isinstance(raw, NoValue):
+            return None, UNCERTAIN, "no value"
+        if raw in self._invalid[i] or (raw != raw and self._nan_invalid[i]):  # noqa: PLR0124 - NaN test
+            return None, BAD, "device reports no data"
+        if isinstance(raw, float) and not math.isfinite(raw):
+            return None, BAD, "not a finite number"
+        if self._rate_per[i]:
+            rated = self._rate(i, raw, ts)
+            if not isinstance(rated, float):
+                return rated
+            raw = rated
+        if self._plain[i] and exponent is None:
+            return raw, GOOD, None
+        exp = exponent or 0
+        src = self._exp_from[i]
+        if src >= 0:
+            ex = ex_values[src] if ex_values is not None else None
+            if not isinstance(ex, int) or isinstance(ex, bool) or not -30 <= ex <= 30:
+                return None, BAD, "scale register unavailable"
+            exp += ex
+        try:
+            value = scale_exact(raw, self._num[i], self._den[i], exp)
+            off = self._offset[i]
+            if off:
+                value = value + off
+        except OverflowError:
+            return None, BAD, "value out of range after scaling"
+        if isinstance(value, float) and not -_INF < value < _INF:
+            return None, BAD, "value out of range after scaling"
+        return value, GOOD, None
+
+    def _rate(self, i: int, raw: int | float, ts: int) -> float | tuple[Value, str, str | None]:
+        """The rate of counter point i from its previous sample, in counts per rate unit."""
+        if not isinstance(raw, int):
+            return None, BAD, "a rate needs an integer counter"
+        state = self._rates.get(i)
+        if state is None:
+            self._rates[i] = _RateState(raw, ts)
+            return None, UNCERTAIN, "first sample: the rate is known from the next poll"
+        elapsed = ts - state.ts
+        if elapsed <= 0:
+            return None, UNCERTAIN, "no time between two samples"
+        delta = counter_delta(state.raw, raw, self._rate_bits[i], state.rate, elapsed)
+        if delta is None:
+            self._rates[i] = _RateState(raw, ts)
+            return None, UNCERTAIN, "counter reset (device restart?): the rate restarts"
+        per_ms = delta / elapsed
+        self._rates[i] = _RateState(raw, ts, per_ms)
+        return per_ms * self._rate_per[i]
+
+    def normalize(self, raw: RawReadings, now_ms: int) -> Batch:
+        """A whole poll's readings, plus any time-stamped series entries."""
+        batch = Batch(self.device_id, now_ms, self.encoder)
+        values = raw.values
+        if len(values) < len(self.points):
+            values = [*values, *[PointError("driver returned no value")] * (len(self.points) - len(values))]
+        exps = raw.exponents
+        stamps = raw.timestamps
+        quals = raw.qualities
+        b_index, b_values, b_quality, b_errors, b_stamps = (
+            batch.index,
+            batch.values,
+            batch.qualities,
+            batch.errors,
+            batch.stamps,
+        )
+        fast = self._fast
+        one = self._one
+        simple = exps is None and stamps is None and quals is None
+        value: Value
+        for i in self._publish:
+            raw_value = values[i]
+            stamp = stamps[i] if stamps is not None else None
+            ts = now_ms if stamp is None else stamp
+            if simple and fast[i] and type(raw_value) is float and -_INF < raw_value < _INF:
+                value, quality, error = raw_value, GOOD, None
+            elif raw_value is NO_VALUE:
+                continue
+            else:
+                value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values, ts)
+                if quals is not None and quality == GOOD:
+                    q = quals[i]
+                    if q is not None and q is not Quality.GOOD:
+                        quality = q.value
+                        if q is Quality.BAD:
+                            value = None
+                            error = error or "device flags the value as faulty"
+            b_index.append(i)
+            b_values.append(value)
+            b_quality.append(quality)
+            b_errors.append(error)
+            b_stamps.append(ts)
+        for i, raw_value, ts in raw.series:
+            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
+                continue
+            value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values, ts)
+            b_index.append(i)
+            b_values.append(value)
+            b_quality.append(quality)
+            b_errors.append(error)
+            b_stamps.append(ts)
+        return batch
+
+    def normalize_pushed(self, pushed: Sequence[Pushed], now_ms: int, last: Sequence[RawValue] | None) -> Batch:
+        """Values a device pushed (COV); `last` supplies exponent registers from the last poll."""
+        batch = Batch(self.device_id, now_ms, self.encoder)
+        for item in pushed:
+            i, raw_value = item.index, item.value
+            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
+                continue
+            ts = item.ts if item.ts is not None else now_ms
+            value, quality, error = self._one(i, raw_value, None, last, ts)
+            q = item.quality
+            if q is not None and q is not Quality.GOOD and quality == GOOD:
+                quality = q.value
+                if q is Quality.BAD:
+                    value, error = None, "device flags the value as faulty"
+            batch.add(i, value, quality, error, ts)
+        return batch
+
+    def failed(self, message: str, now_ms: int) -> Batch:
+        """Every published point bad: the device did not answer."""
+        batch = Batch(self.device_id, now_ms, self.encoder)
+        for i in self._publish:
+            batch.add(i, None, BAD, message, now_ms)
+        return batch
 
 
 def _json_value(value: Value, float_fmt: Callable[[float], str] = float.__repr__) -> str:

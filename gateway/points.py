@@ -121,6 +121,7 @@ class PointDef:
     kind: Kind = Kind.GAUGE
     description: str = ""
     address: dict[str, Any] = field(default_factory=dict)
+    rate: str | None = None  # "per_second" ...: a counter published as its rate
 
     def meta(self) -> dict[str, Any]:
         """The JSON-ready form used in the meta topic."""
@@ -137,4 +138,6 @@ class PointDef:
             out["description"] = self.description
         if self.address:
             out["address"] = self.address
+        if self.rate is not None:
+            out["rate"] = self.rate
         return out

@@ -33,7 +33,7 @@ import aiomqtt
 import structlog
 
 from gateway.config import BufferConfig, MqttConfig
-from gateway.normalize import Batch, Normalizer
+from gateway.normalize import Batch
 from gateway.state import atomic_write
 
 # How many seq numbers a device may use before the reservation on disk is moved forward.
@@ -48,6 +48,9 @@ class Outgoing:
     retain: bool = False
     buffer_id: int | None = None
     order: int = 0  # when it was queued: returned messages go back in this order
+    # Called once when the message is safe (acknowledged, or handed to the disk buffer) or dropped
+    # (counted): the core commits driver state such as profile cursors from it.
+    on_done: Callable[[], None] | None = None
 
     def __lt__(self, other: Outgoing) -> bool:
         return self.order < other.order
@@ -170,15 +173,15 @@ class Publisher:
     def topic(self, device: str, leaf: str) -> str:
         return f"{self.base}/{device}/{leaf}"
 
-    def submit_batch(self, normalizer: Normalizer, batch: Batch) -> None:
+    def submit_batch(self, batch: Batch, on_done: Callable[[], None] | None = None) -> None:
+        """A device's readings as one data message; `on_done` once it is safe (or dropped)."""
         seq = self._seq.next(batch.device)
         if self._seq.error is not None and self._seq.error != self._seq_error_logged:
             self._seq_error_logged = self._seq.error
             self.log.error("seq numbers may repeat after a crash", error=self._seq.error)
-        payload = normalizer.encode(batch, seq)
-        self._enqueue(Outgoing(self.topic(batch.device, "data"), payload, self.cfg.qos))
+        self._enqueue(Outgoing(self.topic(batch.device, "data"), batch.encode(seq), self.cfg.qos, on_done=on_done))
         if self.cfg.per_point_topics:
-            for item in normalizer.as_dicts(batch):
+            for item in batch.as_dicts():
                 leaf = f"points/{item['point']}"
                 self._enqueue(Outgoing(self.topic(batch.device, leaf), json.dumps(item).encode(), self.cfg.qos))
 
@@ -204,7 +207,7 @@ class Publisher:
         msg.order = self._order
         disk = self._disk
         if disk is not None and (not self.connected or self._buffer_cfg.write_through):
-            disk.append(msg.topic, msg.payload, msg.qos, msg.retain)
+            self._to_disk(msg)
             self.stats.spilled += 1
             self._unsynced = True
             if self._buffer_cfg.sync_interval == 0 and not self.connected:
@@ -216,16 +219,20 @@ class Publisher:
         q.append(msg)
         if disk is not None and len(q) > self.cfg.queue_size:
             # The broker is slower than the devices: keep the overflow on disk instead of dropping it.
-            old = q.popleft()
-            disk.append(old.topic, old.payload, old.qos, old.retain)
+            self._to_disk(q.popleft())
             self.stats.spilled += 1
             self._unsynced = True
         elif len(q) > self._limit:
-            q.popleft()
+            _done(q.popleft())
             self.stats.dropped_queue += 1
             self._log_drop("queue full: dropped the oldest message", self.stats.dropped_queue)
         self._idle.clear()
         self._wake.set()
+
+    def _to_disk(self, msg: Outgoing) -> None:
+        assert self._disk is not None
+        self._disk.append(msg.topic, msg.payload, msg.qos, msg.retain)
+        _done(msg)
 
     def _log_drop(self, what: str, total: int) -> None:
         now = time.monotonic()
@@ -294,6 +301,7 @@ class Publisher:
                 and not self._retry
                 and not self._inflight
                 and (self._disk is None or not self._disk.stats.records)
+                and (not self._retained_dirty or not self.connected)
             ):
                 return True
             remaining = deadline - time.monotonic()
@@ -462,6 +470,7 @@ class Publisher:
             self._wake.set()
 
     def _delivered(self, msg: Outgoing) -> None:
+        _done(msg)
         self.stats.published += 1
         self.stats.published_bytes += len(msg.payload)
         self.stats.last_progress = time.monotonic()
@@ -504,9 +513,16 @@ class Publisher:
             return
         n = len(self._queue) + len(self._retry)
         while (m := self._next_live()) is not None:
-            disk.append(m.topic, m.payload, m.qos, m.retain)
+            self._to_disk(m)
         if n:
             self.stats.spilled += n
             self._unsynced = True
             if self._buffer_cfg.sync_interval == 0:
                 self._sync()
+
+
+def _done(msg: Outgoing) -> None:
+    """Tell the producer once that a message is out of memory's hands (safe, or dropped)."""
+    callback, msg.on_done = msg.on_done, None
+    if callback is not None:
+        callback()

@@ -8,16 +8,22 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import structlog
 
+from gateway.discovery import DriverFactory, discover_points, rebuild
 from gateway.driver import DeviceError, DeviceTimeout, Driver, Pushed, RawReadings
-from gateway.models import DeviceConfig
+from gateway.models import DeviceConfig, PointConfig
 from gateway.normalize import Batch, Normalizer
+from gateway.state import StateStore
+
+# Hands a batch to the publisher, with a callback for when its message is safe (or dropped).
+Sink = Callable[[Batch, Callable[[], None] | None], None]
 
 
 class Availability(StrEnum):
@@ -76,24 +82,41 @@ def backoff_delay(interval: float, failures: int, max_backoff: float, rng: rando
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 
 
+@dataclass(slots=True)
+class _Commit:
+    state: dict[str, Any]
+    done: bool = False
+
+
 class DeviceRunner:
-    """Polls one device on its schedule and hands each poll's batch to `sink`."""
+    """Polls one device on its schedule and hands each poll's batch to `sink`.
+
+    The runner builds its driver with `build` (again after discovery), wires the driver's push
+    callbacks, and commits the driver state each poll carries (`RawReadings.commit`) to `state`
+    once the poll's message is safe, in poll order.
+    """
 
     def __init__(
         self,
         device: DeviceConfig,
-        driver: Driver[Any],
-        normalizer: Normalizer,
-        sink: Callable[[Batch], None],
+        build: DriverFactory,
+        sink: Sink,
         on_status: Callable[[DeviceConfig, DeviceStats], None],
         log: structlog.typing.FilteringBoundLogger,
+        state: StateStore | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.device = device
-        self.driver = driver
-        self.normalizer = normalizer
+        self._build = build
         self.sink = sink
         self.on_status = on_status
+        self.on_event = on_event
         self.log = log
+        self.state = state
+        self._commits: deque[_Commit] = deque()
+        self._state_error: str | None = None
+        self.driver = self._wired(build(device.resolved_points))
+        self.normalizer = Normalizer(device.id, self.driver.ctx.points)
         self.stats = DeviceStats()
         self._rng = random.Random(hash(device.id))
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +125,16 @@ class DeviceRunner:
         self._last_values: list[Any] | None = None
         self._started = False
         self._bug_logged = False
+
+    def _wired(self, driver: Driver[Any, Any]) -> Driver[Any, Any]:
+        driver.ctx.emit = self.pushed
+        if self.on_event is not None:
+            driver.ctx.emit_event = self.on_event
+        return driver
+
+    @property
+    def points(self) -> Sequence[PointConfig]:
+        return self.driver.ctx.points
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -178,14 +211,15 @@ class DeviceRunner:
     async def _discover(self) -> None:
         try:
             async with asyncio.timeout(max(self.device.timeout * 20, 30.0)):
-                found = await self.driver.discover()
+                _found, points = await discover_points(self.driver)
         except NotImplementedError:
             return
-        model = type(self.device).point_model
-        points = [model.model_validate(p) for p in found]
-        self.driver.ctx.points = points
-        self.normalizer.__init__(self.device.id, points)  # type: ignore[misc]
-        await self.driver.replan()
+        # The discovering driver goes; a new driver and normaliser are built for the points.
+        driver = self.driver
+        self._started = False
+        self.driver = self._wired(await rebuild(driver, points, self._build))
+        self._started = True
+        self.normalizer = Normalizer(self.device.id, points)
         self.log.info("points discovered from the device", points=len(points))
         self.on_status(self.device, self.stats)
 
@@ -220,24 +254,52 @@ class DeviceRunner:
         self.stats.last_duration = duration
         self.stats.duration_sum += duration
         self.stats.last_progress = time.monotonic()
+        commit = None
         if raw is not None:
             batch = self.normalizer.normalize(raw, now_ms)
             self._last_values = raw.values
+            commit = raw.commit
             self._succeeded(now_ms)
         else:
             batch = self.normalizer.failed(error or "poll failed", now_ms)
             self._failed(error or "poll failed", now_ms)
         self.stats.readings += len(batch)
-        self._hand_over(batch)
+        self._hand_over(batch, commit)
         return batch
 
-    def _hand_over(self, batch: Batch) -> None:
+    def _hand_over(self, batch: Batch, commit: dict[str, Any] | None = None) -> None:
+        on_done = None
+        if commit is not None and self.state is not None:
+            entry = _Commit(commit)
+            self._commits.append(entry)
+
+            def on_done() -> None:
+                entry.done = True
+                self._commit_ready()
+
         try:
-            self.sink(batch)
+            self.sink(batch, on_done)
         except Exception as exc:
             if not self._bug_logged:
                 self._bug_logged = True
                 self.log.error("could not hand the readings to the publisher", error=_describe(exc), exc_info=exc)
+
+    def _commit_ready(self) -> None:
+        """Store the newest state whose poll and every earlier one are safe (a hole is never skipped)."""
+        latest: dict[str, Any] | None = None
+        while self._commits and self._commits[0].done:
+            latest = self._commits.popleft().state
+        if latest is None or self.state is None:
+            return
+        try:
+            self.state.commit(latest)
+            self._state_error = None
+        except OSError as exc:
+            # The state stays applied in memory and goes out with the next commit; the worst a
+            # crash before then causes is a re-read.
+            if str(exc) != self._state_error:
+                self._state_error = str(exc)
+                self.log.warning("cannot write device state", error=str(exc), path=str(self.state.path))
 
     # -- availability ----------------------------------------------------------------------
 

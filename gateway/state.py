@@ -28,8 +28,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class StateStore:
-    """A JSON object in one file; `flush()` writes it atomically and durably when it changed.
+    """A JSON object in one file; `commit()` changes it and writes it atomically and durably.
 
+    The core owns when state becomes durable (gateway/driver.py, "State a driver must keep").
     In-memory when `path` is None (tests, `edgegw read`).
     """
 
@@ -54,6 +55,12 @@ class StateStore:
         if self._data.get(key) != value:
             self._data[key] = value
             self._dirty = True
+
+    def commit(self, updates: dict[str, Any]) -> None:
+        """Apply `updates` and make them durable now (an OSError leaves them applied in memory)."""
+        for key, value in updates.items():
+            self.set(key, value)
+        self.flush()
 
     def flush(self) -> None:
         if not self._dirty or self.path is None:

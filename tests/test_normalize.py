@@ -8,9 +8,9 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.driver import PointError, RawReadings
+from gateway.driver import PointError, Pushed, RawReadings
 from gateway.models import PointConfig
-from gateway.normalize import Normalizer, scale_exact
+from gateway.normalize import Normalizer, counter_delta, scale_exact
 from gateway.points import Quality
 
 
@@ -49,7 +49,7 @@ def test_sentinels_become_bad_never_a_number() -> None:
     batch = n.normalize(RawReadings([-32768, math.nan, math.inf]), 1)
     assert batch.values == [None, None, None]
     assert batch.qualities == ["bad", "bad", "bad"]
-    payload = json.loads(n.encode(batch, 7))
+    payload = json.loads(batch.encode(7))
     assert [r["value"] for r in payload["readings"]] == [None, None, None]
 
 
@@ -69,7 +69,7 @@ def test_point_error_and_device_quality() -> None:
 
 def test_unpublished_points_are_not_in_the_message() -> None:
     n = Normalizer("d", [pt("hidden", publish=False), pt("shown")])
-    msg = json.loads(n.encode(n.normalize(RawReadings([1, 2]), 3), 1))
+    msg = json.loads(n.normalize(RawReadings([1, 2]), 3).encode(1))
     assert [r["point"] for r in msg["readings"]] == ["shown"]
 
 
@@ -78,13 +78,13 @@ def test_series_entries_carry_their_own_timestamps() -> None:
     batch = n.normalize(
         RawReadings([PointError("profile column", Quality.BAD)], series=[(0, 10, 1000), (0, 20, 2000)]), 5
     )
-    msg = json.loads(n.encode(batch, 1))
+    msg = json.loads(batch.encode(1))
     assert [(r["value"], r["ts"]) for r in msg["readings"][1:]] == [(10, 1000), (20, 2000)]
 
 
 def test_encoding_matches_the_contract() -> None:
     n = Normalizer("dev-1", [pt("a.b", unit="V", quantity="voltage"), pt("s", quantity="status", unit="")])
-    msg = json.loads(n.encode(n.normalize(RawReadings([230.5, 'ok"\n']), 1700000000000), 42))
+    msg = json.loads(n.normalize(RawReadings([230.5, 'ok"\n']), 1700000000000).encode(42))
     assert msg == {
         "device": "dev-1",
         "seq": 42,
@@ -113,7 +113,7 @@ def test_encoding_matches_the_contract() -> None:
 def test_any_raw_value_encodes_to_valid_json(values: list[object], scale: float) -> None:
     n = Normalizer("d", [pt("a", scale=scale), pt("b", invalid=["nan"]), pt("c", offset=1.5)])
     batch = n.normalize(RawReadings(values), 0)  # type: ignore[arg-type]
-    msg = json.loads(n.encode(batch, 1))
+    msg = json.loads(batch.encode(1))
     assert len(msg["readings"]) == 3
     for r in msg["readings"]:
         assert r["quality"] in ("good", "bad", "uncertain")
@@ -123,7 +123,7 @@ def test_any_raw_value_encodes_to_valid_json(values: list[object], scale: float)
 
 def test_pushed_values_carry_the_device_quality() -> None:
     n = Normalizer("d", [pt("a"), pt("b")])
-    batch = n.normalize_pushed([(0, 1.5, 1000, Quality.UNCERTAIN), (1, 2.5, None)], 2000, None)
+    batch = n.normalize_pushed([Pushed(0, 1.5, 1000, Quality.UNCERTAIN), Pushed(1, 2.5)], 2000, None)
     assert batch.qualities == ["uncertain", "good"]
     assert batch.values == [1.5, 2.5]
     assert batch.stamps == [1000, 2000]
@@ -135,3 +135,72 @@ def test_no_value_publishes_nothing() -> None:
     n = Normalizer("d", [pt("a"), pt("b")])
     batch = n.normalize(RawReadings([NO_VALUE, 2.0], series=[(0, NO_VALUE, 5)]), 1)
     assert batch.index == [1] and batch.values == [2.0]
+
+
+def rate_point(bits: int, **kw: object) -> PointConfig:
+    return PointConfig.model_validate(
+        {"id": "r", "quantity": "traffic", "unit": "", "rate": "per_second", "counter_bits": bits, **kw}
+    )
+
+
+def rates(n: Normalizer, samples: list[tuple[int, int]]) -> list[tuple[object, str]]:
+    """(value, quality) of each (raw counter, ts ms) sample in turn."""
+    out = []
+    for raw, ts in samples:
+        b = n.normalize(RawReadings([raw]), ts)
+        out.append((b.values[0], b.qualities[0]))
+    return out
+
+
+def test_rate_of_a_32_bit_counter_across_a_wrap() -> None:
+    n = Normalizer("d", [rate_point(32)])
+    got = rates(n, [(2**32 - 1000, 0), (2**32 - 500, 1000), (100, 2000)])
+    assert got[0] == (None, "uncertain")  # first sample: no rate yet
+    assert got[1] == (500.0, "good")
+    assert got[2] == (600.0, "good")  # wrapped once: 500 to the top, 100 after it
+
+
+def test_a_counter_reset_gives_no_spike_and_the_rate_restarts() -> None:
+    for bits in (32, 64):
+        n = Normalizer("d", [rate_point(bits)])
+        top = 2**bits - 10_000 if bits == 32 else 3 * 10**12
+        got = rates(n, [(top - 2000, 0), (top - 1000, 1000), (50, 2000), (150, 3000)])
+        assert got[1] == (1000.0, "good")
+        assert got[2] == (None, "uncertain"), bits  # a device restart, not 4 billion counts
+        assert got[3] == (100.0, "good")
+
+
+def test_rate_scales_and_has_units() -> None:
+    n = Normalizer("d", [rate_point(64, scale=8, rate="per_minute")])  # octets -> bits per minute
+    got = rates(n, [(0, 0), (1000, 60_000)])
+    assert got[1] == (8000.0, "good")
+
+
+def test_rate_needs_a_counter_of_known_width() -> None:
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="known width"):
+        PointConfig.model_validate({"id": "r", "quantity": "traffic", "rate": "per_second"})
+    with pytest.raises(pydantic.ValidationError, match="a rate is a gauge"):
+        PointConfig.model_validate(
+            {"id": "r", "quantity": "traffic", "rate": True, "counter_bits": 32, "kind": "counter"}
+        )
+
+
+@given(st.sampled_from([16, 32, 64]), st.data())
+def test_counter_delta_is_exact_for_plausible_growth(bits: int, data: st.DataObject) -> None:
+    previous = data.draw(st.integers(0, 2**bits - 1))
+    delta = data.draw(st.integers(0, 2 ** (bits - 1) - 1))
+    # With no rate known yet, anything under half the range is growth, wrapped or not.
+    assert counter_delta(previous, (previous + delta) % 2**bits, bits, None, 1000) == delta
+    # With a rate known, growth up to four times that rate is growth.
+    assert counter_delta(previous, (previous + delta) % 2**bits, bits, delta / 1000, 1000) == delta
+
+
+@given(st.sampled_from([32, 64]), st.integers(1, 10**6), st.data())
+def test_counter_delta_calls_an_implausible_drop_a_reset(bits: int, rate: int, data: st.DataObject) -> None:
+    previous = data.draw(st.integers(10 * rate + 1, 2**bits - 4 * rate - 1))
+    current = data.draw(st.integers(0, previous - 1))
+    # Falling back and then climbing past the top within one second needs more than 4x the rate.
+    assert counter_delta(previous, current, bits, rate / 1000, 1000) is None

@@ -65,7 +65,7 @@ def test_per_point_topics_add_one_message_per_reading() -> None:
     pub = Publisher(MqttConfig(per_point_topics=True), "s", BufferConfig(), None, structlog.get_logger("t"))
     points = [PointConfig.model_validate({"id": f"p{i}", "quantity": "current", "unit": "A"}) for i in range(3)]
     normalizer = Normalizer("dev", points)
-    pub.submit_batch(normalizer, normalizer.normalize(RawReadings([1.0, 2.0, 3.0]), 1000))
+    pub.submit_batch(normalizer.normalize(RawReadings([1.0, 2.0, 3.0]), 1000))
     topics = [m.topic for m in pub._queue]
     assert topics == ["edgegw/s/dev/data", "edgegw/s/dev/points/p0", "edgegw/s/dev/points/p1", "edgegw/s/dev/points/p2"]
     assert json.loads(pub._queue[2].payload) == {
@@ -75,3 +75,29 @@ def test_per_point_topics_add_one_message_per_reading() -> None:
         "quality": "good",
         "ts": 1000,
     }
+
+
+def test_on_done_fires_once_when_a_message_is_safe_or_dropped(tmp_path: Path) -> None:
+    from gateway.publish import _done
+
+    done: list[str] = []
+    # Queued, then dropped at the bound: done (the loss is counted, not waited for).
+    pub = publisher()
+    names = [f"m{i}" for i in range(pub._limit + 1)]
+    for name in names:
+        pub._enqueue(Outgoing(name, b"", 1, on_done=lambda n=name: done.append(n)))
+    assert done == ["m0"] and pub.stats.dropped_queue == 1
+    # Acknowledged: done once, however often the ack path runs.
+    msg = pub._next_live()
+    assert msg is not None
+    pub._delivered(msg)
+    _done(msg)
+    assert done == ["m0", "m1"]
+    # The broker is away and a disk buffer takes it: done when it is on disk.
+    disk_pub = Publisher(MqttConfig(), "s", BufferConfig(path=tmp_path / "buf"), None, structlog.get_logger("t"))
+    disk_pub.open_buffer()
+    try:
+        disk_pub._enqueue(Outgoing("x", b"payload", 1, on_done=lambda: done.append("x")))
+        assert done[-1] == "x" and disk_pub.buffer_stats().records == 1
+    finally:
+        disk_pub._disk.close()

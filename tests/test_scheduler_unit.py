@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from gateway.scheduler import backoff_delay, next_deadline, poll_offset
 
@@ -40,11 +41,10 @@ async def test_the_schedule_turns_while_an_unreachable_device_backs_off() -> Non
     from gateway.buses import Bus
     from gateway.driver import DeviceError, Driver, DriverContext, RawReadings
     from gateway.models import DeviceConfig
-    from gateway.normalize import Normalizer
     from gateway.scheduler import DeviceRunner
     from gateway.state import StateStore
 
-    class Unreachable(Driver[DeviceConfig]):
+    class Unreachable(Driver[DeviceConfig, None]):
         reads = 0
 
         async def read(self) -> RawReadings:
@@ -56,7 +56,7 @@ async def test_the_schedule_turns_while_an_unreachable_device_backs_off() -> Non
     )
     ctx = DriverContext(device=device, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=StateStore(None))
     statuses: list[str] = []
-    runner = DeviceRunner(device, Unreachable(ctx), Normalizer("d", []), lambda _b: None,
+    runner = DeviceRunner(device, lambda _p: Unreachable(ctx), lambda _b, _done: None,
                           lambda _d, st: statuses.append(st.state.value), structlog.get_logger("t"))  # fmt: skip
     runner._started = True
     runner.start()
@@ -84,21 +84,19 @@ async def test_a_failing_hand_over_does_not_stop_the_schedule() -> None:
     from gateway.buses import Bus
     from gateway.driver import Driver, DriverContext, RawReadings
     from gateway.models import DeviceConfig
-    from gateway.normalize import Normalizer
     from gateway.scheduler import DeviceRunner
     from gateway.state import StateStore
 
-    class Fine(Driver[DeviceConfig]):
+    class Fine(Driver[DeviceConfig, None]):
         async def read(self) -> RawReadings:
             return RawReadings([])
 
-    def broken_sink(_batch: object) -> None:
+    def broken_sink(_batch: object, _done: object) -> None:
         raise OSError("disk full")
 
     device = DeviceConfig.model_validate({"id": "d", "driver": "x", "interval": 0.02})
     ctx = DriverContext(device=device, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=StateStore(None))
-    runner = DeviceRunner(device, Fine(ctx), Normalizer("d", []), broken_sink, lambda _d, _s: None,
-                          structlog.get_logger("t"))  # fmt: skip
+    runner = DeviceRunner(device, lambda _p: Fine(ctx), broken_sink, lambda _d, _s: None, structlog.get_logger("t"))
     runner.start()
     try:
         async with asyncio.timeout(5):
@@ -107,3 +105,48 @@ async def test_a_failing_hand_over_does_not_stop_the_schedule() -> None:
         assert runner.stats.state.value == "online"
     finally:
         await runner.stop()
+
+
+async def test_driver_state_is_committed_in_poll_order_once_each_message_is_safe(tmp_path: Path) -> None:
+    """A later poll acknowledged first must not move the cursor past an earlier one still in flight."""
+    import asyncio
+    import json
+    from collections.abc import Callable
+
+    import structlog
+
+    from gateway.buses import Bus
+    from gateway.driver import Driver, DriverContext, RawReadings
+    from gateway.models import DeviceConfig
+    from gateway.normalize import Batch
+    from gateway.scheduler import DeviceRunner
+    from gateway.state import StateStore
+
+    class Cursor(Driver[DeviceConfig, None]):
+        n = 0
+
+        async def read(self) -> RawReadings:
+            Cursor.n += 1
+            return RawReadings([], commit={"cursor": Cursor.n})
+
+    pending: list[Callable[[], None]] = []
+
+    def sink(_batch: Batch, on_done: Callable[[], None] | None) -> None:
+        assert on_done is not None
+        pending.append(on_done)
+
+    path = tmp_path / "d.json"
+    state = StateStore(path)
+    device = DeviceConfig.model_validate({"id": "d", "driver": "x", "interval": 60})
+    ctx = DriverContext(device=device, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=state)
+    runner = DeviceRunner(device, lambda _p: Cursor(ctx), sink, lambda _d, _s: None, structlog.get_logger("t"), state)
+    for _ in range(3):
+        await runner.poll_once()
+    assert len(pending) == 3 and not path.exists()  # nothing is safe yet: nothing on disk
+    pending[1]()  # poll 2 acknowledged before poll 1
+    assert not path.exists()
+    pending[0]()
+    assert json.loads(path.read_text())["cursor"] == 2
+    pending[2]()
+    assert json.loads(path.read_text())["cursor"] == 3
+    await asyncio.sleep(0)

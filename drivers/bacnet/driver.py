@@ -26,7 +26,16 @@ from drivers.bacnet.codec import (
 )
 from drivers.bacnet.config import BacnetDevice, BacnetPoint, BacnetSection
 from drivers.bacnet.runtime import BacnetRuntime
-from gateway.driver import DeviceError, DeviceTimeout, Driver, DriverContext, PointError, RawReadings, RawValue
+from gateway.driver import (
+    DeviceError,
+    DeviceTimeout,
+    Driver,
+    DriverContext,
+    PointError,
+    Pushed,
+    RawReadings,
+    RawValue,
+)
 from gateway.points import Quality
 
 PRESENT_VALUE = "present-value"
@@ -69,12 +78,13 @@ def build_plan(points: Sequence[BacnetPoint], device_cov: bool) -> _Plan:
     return plan
 
 
-class BacnetDriver(Driver[BacnetDevice]):
+class BacnetDriver(Driver[BacnetDevice, BacnetRuntime]):
     """One BACnet device (local or routed) on the gateway's shared BACnet/IP stack."""
 
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
-        self._runtime: BacnetRuntime | None = ctx.runtime if isinstance(ctx.runtime, BacnetRuntime) else None
+        # None only for a driver built outside the core (a one-off read in a test): start() makes one.
+        self._runtime: BacnetRuntime | None = self.runtime
         self._own_runtime = False
         self._address: Address = make_address(self.config.bacnet_address())
         self._plan = build_plan(self._points(), self.config.cov)
@@ -458,8 +468,9 @@ class BacnetDriver(Driver[BacnetDevice]):
                 st.flags = [int(b) for b in value]
         if not st.received:
             return
-        raw, _quality = self._from_flags(st.value, st.flags)
-        self.ctx.emit([(i, raw, None) for i in st.points])
+        # The notification's status flags count as much as a poll's: out of service is uncertain.
+        raw, quality = self._from_flags(st.value, st.flags)
+        self.ctx.emit([Pushed(i, raw, quality=quality) for i in st.points])
 
     # -- discovery -------------------------------------------------------------------------------
 

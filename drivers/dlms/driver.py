@@ -85,7 +85,7 @@ class _ProfileInfo:
     unix_clock: bool = False
 
 
-class DlmsDriver(Driver[DlmsDevice]):
+class DlmsDriver(Driver[DlmsDevice, None]):
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
         self._client: CosemClient | None = None
@@ -99,7 +99,6 @@ class DlmsDriver(Driver[DlmsDevice]):
         self._unit_warned: set[int] = set()
         self._device_error: str | None = None
         self._cursors: dict[str, int] = {}
-        self._unflushed = False
         self._last_sync = 0.0
         self._gap_logged: set[str] = set()
         self._plan()
@@ -193,8 +192,7 @@ class DlmsDriver(Driver[DlmsDevice]):
 
     def _ic_reserve(self, limit: int) -> None:
         # Durable before any counter of the new block is used: a crash skips counters, never reuses one.
-        self.ctx.state.set("invocation_counter", limit)
-        self.ctx.state.flush()
+        self.ctx.state.commit({"invocation_counter": limit})
 
     @property
     def client(self) -> CosemClient:
@@ -209,21 +207,13 @@ class DlmsDriver(Driver[DlmsDevice]):
             self._cursors = {str(k): int(v) for k, v in cursors.items() if isinstance(v, int)}
 
     async def stop(self) -> None:
-        self._flush_cursors()
         if self._client is not None and self._client.associated:
             with contextlib.suppress(Exception):
                 await self._client.release(min(self.config.timeout, 2.0))
 
     # -- polling ---------------------------------------------------------------------------------
 
-    def _flush_cursors(self) -> None:
-        """Entries returned by the last read() are with the core now: make their cursor durable."""
-        if self._unflushed:
-            self.ctx.state.flush()
-            self._unflushed = False
-
     async def read(self) -> RawReadings:
-        self._flush_cursors()
         cfg = self.config
         attempts = cfg.retries + 1
         for attempt in range(attempts):
@@ -237,9 +227,10 @@ class DlmsDriver(Driver[DlmsDevice]):
                         await self.client.release(cfg.timeout)
                 self._device_ok()
                 if cursors:
+                    # The next poll reads on from here; on disk the cursor moves only once the core
+                    # has these entries safe (RawReadings.commit), so a crash re-reads, never skips.
                     self._cursors.update(cursors)
-                    self.ctx.state.set("profile_cursors", dict(self._cursors))
-                    self._unflushed = True
+                    result.commit = {"profile_cursors": dict(self._cursors)}
                 return result
             except LinkCorrupt as exc:
                 self._forget()

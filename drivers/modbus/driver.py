@@ -68,7 +68,7 @@ def compile_plan(points: Sequence[ModbusPoint], device: ModbusDevice) -> _Compil
     return _Compiled(plan, tuple(reads), template, frozenset(r.unit for r in plan.reads))
 
 
-class ModbusDriver(Driver[ModbusDevice]):
+class ModbusDriver(Driver[ModbusDevice, None]):
     """Modbus TCP, RTU over TCP and RTU on a serial bus; function codes 1-4."""
 
     def __init__(self, ctx: DriverContext) -> None:

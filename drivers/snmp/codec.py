@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.driver import PointError, RawValue
-from gateway.points import Quality
 
 Oid = tuple[int, ...]
 
@@ -254,45 +253,6 @@ def _ticks_text(ticks: int) -> str:
 
 
 # --- counters -------------------------------------------------------------------------------
-
-
-def counter_delta(previous: int, current: int, bits: int) -> int | None:
-    """How much a counter advanced, across at most one wrap; None when it looks like a reset.
-
-    The difference is taken modulo 2**bits, so one wrap between two samples is handled. A
-    difference of half the range or more is far more likely a counter that restarted from zero
-    (an agent reboot) than real growth, and is reported as a discontinuity.
-    """
-    delta = (current - previous) % (1 << bits)
-    if delta >= 1 << (bits - 1):
-        return None
-    return delta
-
-
-@dataclass(slots=True)
-class RateState:
-    """The previous sample of a `rate: true` point."""
-
-    raw: int
-    at: float
-    bits: int
-
-
-def counter_rate(state: RateState | None, value: Value, at: float) -> tuple[RawValue, RateState | None]:
-    """The per-second rate of a counter between two samples, and the new state."""
-    bits = COUNTER_BITS.get(value.syntax)
-    if bits is None or not isinstance(value.raw, int):
-        return PointError(f"a rate needs a Counter32 or Counter64, the agent answered {value.syntax}"), state
-    new = RateState(value.raw, at, bits)
-    if state is None or state.bits != bits:
-        return PointError("first sample: the rate is known from the next poll", Quality.UNCERTAIN), new
-    elapsed = at - state.at
-    if elapsed <= 0:
-        return PointError("no time between two samples", Quality.UNCERTAIN), state
-    delta = counter_delta(state.raw, value.raw, bits)
-    if delta is None:
-        return PointError("counter discontinuity (agent restart?): rate restarts", Quality.UNCERTAIN), new
-    return delta / elapsed, new
 
 
 # --- read planning --------------------------------------------------------------------------

@@ -106,7 +106,6 @@ class SnmpPoint(PointConfig):
     oid: str
     type: SnmpType | None = Field(default=None, description="the SNMP type the agent must answer with")
     format: Format = "auto"
-    rate: bool = Field(default=False, description="publish a counter as its per-second rate")
 
     @model_validator(mode="before")
     @classmethod
@@ -132,13 +131,13 @@ class SnmpPoint(PointConfig):
             return TYPE_ALIASES.get(key, key)
         return v
 
+    def counter_width(self) -> int | None:
+        if self.type in COUNTER_TYPES:
+            return 64 if self.type == "counter64" else 32
+        return self.counter_bits if self.type is None else None
+
     @model_validator(mode="after")
     def _consistent(self) -> SnmpPoint:
-        if self.rate:
-            if self.type is not None and self.type not in COUNTER_TYPES:
-                raise ValueError("`rate: true` is for counter32/counter64 points")
-            if self.kind is Kind.COUNTER:
-                raise ValueError("a rate is a gauge: drop `kind: counter` or `rate: true`")
         if self.format == "seconds" and self.type not in (None, "timeticks"):
             raise ValueError("`format: seconds` is for timeticks points")
         if self.format in ("text", "hex", "number") and self.type not in (None, "octets", "opaque"):
@@ -149,8 +148,6 @@ class SnmpPoint(PointConfig):
         out: dict[str, Any] = {"oid": self.oid}
         if self.type is not None:
             out["type"] = self.type
-        if self.rate:
-            out["rate"] = True
         return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,6 @@ from drivers.snmp.codec import (
     TOO_BIG,
     Oid,
     Plan,
-    RateState,
     RunCursor,
     Value,
     error_status_name,
@@ -41,7 +39,7 @@ Result = Value | PointError
 _RESOLVE_IN_START = 3.0  # seconds start() waits for MIB symbols before leaving the rest to the first poll
 
 
-class SnmpDriver(Driver[SnmpDevice]):
+class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
     """Polls one SNMP agent (v1, v2c or v3) and receives its notifications through the runtime."""
 
     def __init__(self, ctx: DriverContext) -> None:
@@ -53,7 +51,6 @@ class SnmpDriver(Driver[SnmpDevice]):
         self._oids: list[Oid | None] = []
         self._plan = Plan()
         self._max_varbinds = self.config.max_varbinds
-        self._rates: dict[int, RateState] = {}
         self._unroute: Callable[[], None] | None = None
         self._progress = False
         self._resolving: asyncio.Task[None] | None = None
@@ -62,8 +59,8 @@ class SnmpDriver(Driver[SnmpDevice]):
 
     async def start(self) -> None:
         cfg = self.config
-        runtime = self.ctx.runtime if isinstance(self.ctx.runtime, SnmpRuntime) else None
-        if runtime is None:
+        runtime: SnmpRuntime | None = self.runtime
+        if runtime is None:  # a driver built outside the core (a one-off read in a test)
             runtime = SnmpRuntime(None, self.ctx.log)
             await runtime.start()
             self._own_runtime = True
@@ -113,7 +110,6 @@ class SnmpDriver(Driver[SnmpDevice]):
         await self._symbols_ready()
         self._replan()
         await self._resolve_symbols()
-        self._rates.clear()
 
     async def _connect(self) -> Agent:
         agent = self._agent
@@ -179,23 +175,22 @@ class SnmpDriver(Driver[SnmpDevice]):
         await self._symbols_ready()
         agent = await self._connect()
         results: dict[Oid, Result] = {}
-        arrival: dict[Oid, float] = {}
         self._progress = False
         interrupted: str | None = None
         try:
             pending = list(self._plan.gets)
             while pending:
                 chunk, pending = pending[: self._max_varbinds], pending[self._max_varbinds :]
-                await self._get(agent, chunk, results, arrival)
+                await self._get(agent, chunk, results)
             if self._plan.runs:
-                await self._bulk(agent, results, arrival)
+                await self._bulk(agent, results)
         except DeviceTimeout as exc:
             if not self._progress:
                 raise
             interrupted = f"{exc} (the agent stopped answering during this poll)"
-        return RawReadings(self._values(results, arrival, interrupted))
+        return RawReadings(self._values(results, interrupted))
 
-    def _values(self, results: dict[Oid, Result], arrival: dict[Oid, float], interrupted: str | None) -> list[RawValue]:
+    def _values(self, results: dict[Oid, Result], interrupted: str | None) -> list[RawValue]:
         values: list[RawValue] = []
         for i, point in enumerate(self.ctx.points):
             oid = self._oids[i] if i < len(self._oids) else None
@@ -210,28 +205,21 @@ class SnmpDriver(Driver[SnmpDevice]):
             if isinstance(got, PointError):
                 values.append(got)
                 continue
-            value = codec.decode(got, point.type, point.format)
-            if point.rate and not isinstance(value, PointError):
-                value, state = codec.counter_rate(self._rates.get(i), got, arrival.get(oid, time.monotonic()))
-                if state is not None:
-                    self._rates[i] = state
-            values.append(value)
+            values.append(codec.decode(got, point.type, point.format))
         return values
 
-    async def _get(self, agent: Agent, oids: list[Oid], results: dict[Oid, Result], arrival: dict[Oid, float]) -> None:
+    async def _get(self, agent: Agent, oids: list[Oid], results: dict[Oid, Result]) -> None:
         pending = [oids]
         while pending:
             request = pending.pop()
             async with self.ctx.bus.transaction():
                 resp = await agent.get(request)
             self._progress = True
-            now = time.monotonic()
             if resp.status == 0:
                 answered = dict(resp.varbinds)
                 for oid in request:
                     got = answered.get(oid)
                     results[oid] = got if got is not None else PointError("the agent's answer left this OID out")
-                    arrival[oid] = now
                 continue
             if resp.status == TOO_BIG:
                 if len(request) == 1:
@@ -256,7 +244,7 @@ class SnmpDriver(Driver[SnmpDevice]):
                 for oid in request:
                     results[oid] = PointError(f"the agent answered {text}")
 
-    async def _bulk(self, agent: Agent, results: dict[Oid, Result], arrival: dict[Oid, float]) -> None:
+    async def _bulk(self, agent: Agent, results: dict[Oid, Result]) -> None:
         runs = self._plan.runs
         cursors = [RunCursor(run) for run in runs]
         active = list(cursors)
@@ -276,7 +264,6 @@ class SnmpDriver(Driver[SnmpDevice]):
                 async with self.ctx.bus.transaction():
                     resp = await agent.bulk([c.cursor for c in batch], m)
                 self._progress = True
-                now = time.monotonic()
                 if resp.status == TOO_BIG:
                     if m > 1:
                         repetitions = max(1, m // 2)
@@ -292,8 +279,6 @@ class SnmpDriver(Driver[SnmpDevice]):
                         c.finish("the agent answered GETBULK with no values")
                 else:
                     progressed = spread_bulk(batch, resp.varbinds)
-                    for oid, _ in resp.varbinds:
-                        arrival[oid] = now
                     # Columns left out of a truncated answer go first next time.
                     stalled = [c for j, c in enumerate(batch) if j not in progressed and not c.done]
                     moved = [c for j, c in enumerate(batch) if j in progressed and not c.done]

@@ -20,7 +20,6 @@ from drivers.snmp import codec
 from drivers.snmp.client import Response
 from drivers.snmp.codec import (
     COUNTER32,
-    COUNTER64,
     END_OF_MIB_VIEW,
     GAUGE32,
     INTEGER,
@@ -29,12 +28,9 @@ from drivers.snmp.codec import (
     OPAQUE,
     TIMETICKS,
     Oid,
-    RateState,
     Run,
     RunCursor,
     Value,
-    counter_delta,
-    counter_rate,
     decode,
     plan_reads,
     spread_bulk,
@@ -43,7 +39,6 @@ from drivers.snmp.config import SnmpPoint
 from drivers.snmp.driver import SnmpDriver
 from gateway.buses import Bus
 from gateway.driver import DriverContext, PointError
-from gateway.points import Quality
 from gateway.state import StateStore
 from tests.snmp.util import device
 
@@ -97,29 +92,6 @@ def test_decode_octets_never_raises(data: bytes, fmt: str) -> None:
     decode(Value(OPAQUE, data), fmt=fmt)
     codec.json_value(Value(OCTETS, data))
     codec.display(Value(OCTETS, data))
-
-
-@given(st.integers(0, 2**64 - 1), st.integers(0, 2**63 - 1))
-def test_counter64_delta_across_a_wrap(previous: int, delta: int) -> None:
-    assert counter_delta(previous, (previous + delta) % 2**64, 64) == delta
-
-
-@given(st.integers(0, 2**32 - 1), st.integers(2**31, 2**32 - 1))
-def test_counter32_large_jump_is_a_discontinuity(previous: int, delta: int) -> None:
-    assert counter_delta(previous, (previous + delta) % 2**32, 32) is None
-
-
-def test_counter_rate() -> None:
-    value, state = counter_rate(None, Value(COUNTER32, 2**32 - 100), 10.0)
-    assert isinstance(value, PointError) and value.quality is Quality.UNCERTAIN
-    value, state = counter_rate(state, Value(COUNTER32, 300), 12.0)
-    assert value == 200.0 and state == RateState(300, 12.0, 32)
-    value, same = counter_rate(state, Value(COUNTER32, 400), 12.0)
-    assert isinstance(value, PointError) and same is state
-    value, _ = counter_rate(state, Value(GAUGE32, 400), 13.0)
-    assert isinstance(value, PointError) and "Counter32 or Counter64" in value.message
-    value, state = counter_rate(state, Value(COUNTER64, 10), 13.0)  # width changed: start over
-    assert isinstance(value, PointError) and state is not None and state.bits == 64
 
 
 def test_planner_groups_table_columns() -> None:
