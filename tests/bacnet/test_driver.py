@@ -230,18 +230,21 @@ async def test_cov_change_is_pushed_without_a_poll(drivers: Drivers, twin: Bacne
     )
     pushed = drivers.pushed_by(d)
     await wait_for(lambda: twin.requests(50001)["subscribe-cov"] >= 1)
-    await wait_for(lambda: any(i == 0 for i, _, _ in pushed))  # the initial notification
+    await wait_for(lambda: any(p.index == 0 for p in pushed))  # the initial notification
     twin.set_value(50001, "analog-value,3", 11.5)
-    await wait_for(lambda: any(i == 0 and v == pytest.approx(11.5) for i, v, _ in pushed))
-    assert all(i == 0 for i, _, _ in pushed)  # only the subscribed point
+    await wait_for(lambda: any(p.index == 0 and p.value == pytest.approx(11.5) for p in pushed))
+    assert all(p.index == 0 for p in pushed)  # only the subscribed point
     reads_before = twin.requests(50001)["read-property-multiple"]
     raw = await d.read()
     assert raw.values[0] == pytest.approx(11.5)  # from the subscription
     assert raw.values[1] == 3  # amperes, polled
     assert isinstance(raw.values[2], float)  # polled
     assert twin.requests(50001)["read-property-multiple"] == reads_before + 1
+    twin.set_flags(50001, "analog-value,3", [0, 0, 0, 1])  # out of service: the value is not the process's
+    await wait_for(lambda: pushed[-1].quality is Quality.UNCERTAIN)
+    assert pushed[-1].value == pytest.approx(11.5)
     twin.set_flags(50001, "analog-value,3", [0, 1, 0, 0])
-    await wait_for(lambda: isinstance(pushed[-1][1], PointError))
+    await wait_for(lambda: isinstance(pushed[-1].value, PointError))
 
 
 async def test_cov_refused_falls_back_to_polling(drivers: Drivers, twin: BacnetTwin) -> None:

@@ -86,16 +86,14 @@ def test_points() -> None:
     rate = SnmpPoint.model_validate(
         {"id": "r", "oid": "1.3.6.1.9", "type": "counter64", "rate": True, "quantity": "traffic"}
     )
-    assert rate.kind is Kind.GAUGE and rate.protocol_address() == {
-        "oid": "1.3.6.1.9",
-        "type": "counter64",
-        "rate": True,
-    }
+    assert rate.kind is Kind.GAUGE and rate.rate == "per_second" and rate.counter_width() == 64
+    assert rate.protocol_address() == {"oid": "1.3.6.1.9", "type": "counter64"}
+    assert rate.to_def().meta()["rate"] == "per_second"
     named = SnmpPoint.model_validate({"id": "n", "oid": "BCPME-MIB::branchCurrent.12", "quantity": "current"})
     assert named.oid == "BCPME-MIB::branchCurrent.12"
     cases: list[tuple[dict[str, Any], str]] = [
         ({"oid": "branchCurrent.1"}, "not an OID"),
-        ({"oid": "1.3.6.1", "rate": True, "type": "gauge32"}, "counter32/counter64"),
+        ({"oid": "1.3.6.1", "rate": True, "type": "gauge32"}, "counter of known width"),
         ({"oid": "1.3.6.1", "rate": True, "kind": "counter"}, "a rate is a gauge"),
         ({"oid": "1.3.6.1", "format": "seconds", "type": "gauge32"}, "timeticks"),
         ({"oid": "1.3.6.1", "format": "hex", "type": "integer"}, "octets"),

@@ -17,8 +17,8 @@ import pytest
 
 from drivers.snmp import scan
 from drivers.snmp.config import SnmpPoint
-from gateway.driver import DeviceError, DeviceTimeout, PointError
-from gateway.points import Quality
+from gateway.driver import DeviceError, DeviceTimeout
+from gateway.normalize import Normalizer
 from tests.snmp.util import AUTH_KEY, COMMUNITY, PRIV_KEY, by_id, device, driver, free_udp_port, profiled, v3
 
 SNMPD = shutil.which("snmpd") or ("/usr/sbin/snmpd" if Path("/usr/sbin/snmpd").exists() else None)
@@ -118,14 +118,15 @@ async def test_v2c_system_group_and_interface_tables(snmpd: Snmpd) -> None:
     assert ids["if1.in_octets"]["type"] == "counter64" and ids["if1.in_rate"]["rate"] is True
     d.ctx.points = [SnmpPoint.model_validate(p) for p in found]
     await d.replan()
-    first = by_id(d.ctx.points, (await d.read()).values)
+    norm = Normalizer("ifaces", d.ctx.points)
+    raw = await d.read()
+    first = by_id(d.ctx.points, raw.values)
     assert first["if1.descr"] == "lo" and first["if1.oper_status"] == 1
-    assert isinstance(first["if1.in_octets"], int)
-    rate = first["if1.in_rate"]
-    assert isinstance(rate, PointError) and rate.quality is Quality.UNCERTAIN
-    await asyncio.sleep(0.05)
-    second = by_id(d.ctx.points, (await d.read()).values)
-    assert isinstance(second["if1.in_rate"], float) and second["if1.in_rate"] >= 0
+    assert isinstance(first["if1.in_octets"], int) and isinstance(first["if1.in_rate"], int)
+    rates = {r["point"]: r for r in norm.normalize(raw, 1000).as_dicts()}
+    assert rates["if1.in_rate"]["quality"] == "uncertain"  # the rate is known from the next poll
+    second = {r["point"]: r for r in norm.normalize(await d.read(), 2000).as_dicts()}
+    assert second["if1.in_rate"]["quality"] == "good" and second["if1.in_rate"]["value"] >= 0
     await d.stop()
 
 
