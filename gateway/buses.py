@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from gateway.models import Duration, Identifier, Strict
+from gateway.models import Duration, Identifier, Port, Strict
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ class SerialSettings(Strict):
 
 class TcpSettings(Strict):
     host: str
-    port: int = 502
+    port: Port = 502
 
 
 class BusConfig(Strict):

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, create_model, field_vali
 from gateway.buses import BusConfig
 from gateway.models import (
     CONFIG_DIR,
+    PORT_RANGE,
     ByteSize,
     DeviceConfig,
     Duration,
@@ -23,6 +24,7 @@ from gateway.models import (
     PointConfig,
     Strict,
     config_path,
+    port_number,
     read_secret,
 )
 from gateway.profiles import ProfileError, expand, load_profile, resolve_profile_path
@@ -112,9 +114,11 @@ class MqttConfig(Strict):
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise ValueError("use mqtt://host[:port] or mqtts://host[:port]")
         try:
-            parts.port  # noqa: B018 - validates the port
-        except ValueError as exc:
-            raise ValueError(f"bad port in url: {exc}") from None
+            if parts.port is not None:
+                port_number(parts.port)
+        except ValueError:
+            # urllib accepts port 0 and rejects -1 or 99999 with texts that name no range.
+            raise ValueError(f"bad port in url ({PORT_RANGE})") from None
         return v
 
     @field_validator("topic_prefix")
@@ -188,6 +192,7 @@ class HealthConfig(Strict):
         host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise ValueError("use host:port, e.g. 127.0.0.1:9108")
+        port_number(port)
         return v
 
 

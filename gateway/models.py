@@ -75,6 +75,33 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
 
+PORT_RANGE = "a port is 1-65535"
+
+
+def port_number(value: Any) -> int:
+    """A TCP/UDP port as configured (a number, or the digits of a `host:port`): 1-65535.
+
+    Port 0 would mean "any free port", which nothing can be configured to reach; `true` is not 1.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a port: {value!r} ({PORT_RANGE})")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f"not a port: {value!r} ({PORT_RANGE})")
+        value = int(text)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError(f"not a port: {value!r} ({PORT_RANGE})")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} is out of range ({PORT_RANGE})")
+    return value
+
+
+#: Every port field of every config model; `host:port` strings go through :func:`port_number`.
+Port = Annotated[int, BeforeValidator(port_number)]
+
 
 # Relative file names in a config are relative to the config file's folder, not to the
 # working directory (which is / under systemd).

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.bacnet.codec import canonical_object, canonical_property
-from gateway.models import DeviceConfig, Duration, PointConfig, Strict
+from gateway.models import DeviceConfig, Duration, PointConfig, Strict, port_number
 
 Segmentation = Literal["segmented-both", "segmented-transmit", "segmented-receive", "no-segmentation"]
 
@@ -27,9 +27,10 @@ def ipv4_port(value: str, what: str, default_port: int = 47808) -> str:
     if not m:
         raise ValueError(f"{what} must be an IPv4 address with an optional port, e.g. 10.0.0.5:47808")
     ipaddress.IPv4Address(m.group("host"))
-    port = int(m.group("port") or default_port)
-    if not 0 < port < 65536:
-        raise ValueError(f"{what}: port {port} out of range")
+    try:
+        port = port_number(m.group("port") or default_port)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
     return f"{m.group('host')}:{port}"
 
 
@@ -73,11 +74,12 @@ class BacnetSection(Strict):
             raise ValueError("local_address is address[/prefix][:port], e.g. 10.0.0.2/24:47808")
         ipaddress.IPv4Address(m.group("host"))
         prefix = int(m.group("prefix") or 32)
-        port = int(m.group("port") or 47808)
         if not 0 <= prefix <= 32:
             raise ValueError("local_address: prefix length must be 0..32")
-        if not 0 <= port < 65536:
-            raise ValueError("local_address: port out of range")
+        try:
+            port = port_number(m.group("port") or 47808)
+        except ValueError as exc:
+            raise ValueError(f"local_address: {exc}") from None
         return f"{m.group('host')}/{prefix}:{port}"
 
     @field_validator("apdu_timeout")

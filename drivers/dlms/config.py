@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from gateway.models import DeviceConfig, Duration, PointConfig, Strict, config_path, read_secret
+from gateway.models import DeviceConfig, Duration, PointConfig, Port, Strict, config_path, read_secret
 
 # Interface classes the driver reads; anything else is refused at config time rather than at
 # the first poll.
@@ -89,7 +89,7 @@ class DlmsPoint(PointConfig):
 
 class DlmsTcp(Strict):
     host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 4059
+    port: Port = 4059
 
 
 class OpticalSettings(Strict):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from gateway.models import DeviceConfig, PointConfig, Strict, config_path, read_secret
+from gateway.models import DeviceConfig, PointConfig, Port, Strict, config_path, port_number, read_secret
 from gateway.points import Kind
 from gateway.profiles import substitute
 
@@ -240,7 +240,7 @@ class SnmpDevice(DeviceConfig, UsmKeys):
 
     driver: Literal["snmp"]
     host: Annotated[str, Field(min_length=1, max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 161
+    port: Port = 161
     version: Version = "2c"
     community_file: Path | None = None
     community_env: str | None = None
@@ -409,9 +409,9 @@ def split_listen(value: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port)."""
     host, sep, port = value.strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit():
         raise ValueError(f"use host:port, e.g. 127.0.0.1:10162 (got {value!r})")
-    return host, int(port)
+    return host, port_number(port)
 
 
 class SnmpSection(Strict):

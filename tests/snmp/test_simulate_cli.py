@@ -21,7 +21,7 @@ pytestmark = pytest.mark.asyncio
 
 async def test_simulate_serves_and_sends_informs() -> None:
     section = SnmpSection.model_validate(
-        {"traps": {"listen": "127.0.0.1:0", "communities_env": "EDGEGW_TEST_SNMP_COMMUNITY"}}
+        {"traps": {"listen": f"127.0.0.1:{free_udp_port()}", "communities_env": "EDGEGW_TEST_SNMP_COMMUNITY"}}
     )
     runtime = SnmpRuntime(section, structlog.get_logger("test"))
     await runtime.start()
