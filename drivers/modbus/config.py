@@ -59,6 +59,11 @@ class ModbusPoint(PointConfig):
     def float_digits(self) -> int | None:
         return 9 if self.type == "float32" else None
 
+    def counter_width(self) -> int | None:
+        if self.counter_bits is not None:
+            return self.counter_bits
+        return {"uint16": 16, "uint32": 32, "uint64": 64}.get(self.type)
+
     def words(self) -> int:
         return self.length if self.type == "string" and self.length else TYPE_WORDS[self.type]
 
