@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -78,10 +81,12 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_
 PORT_RANGE = "a port is 1-65535"
 
 
-def port_number(value: Any) -> int:
+def port_number(value: Any, *, listen: bool = False) -> int:
     """A TCP/UDP port as configured (a number, or the digits of a `host:port`): 1-65535.
 
     Port 0 would mean "any free port", which nothing can be configured to reach; `true` is not 1.
+    A port the gateway itself binds (`listen=True`: BACnet's local address, the trap listener)
+    may be 0, for an ephemeral port nobody needs to know in advance.
     """
     if isinstance(value, bool):
         raise ValueError(f"not a port: {value!r} ({PORT_RANGE})")
@@ -94,7 +99,7 @@ def port_number(value: Any) -> int:
         value = int(value)
     if not isinstance(value, int):
         raise ValueError(f"not a port: {value!r} ({PORT_RANGE})")
-    if not 1 <= value <= 65535:
+    if not (0 if listen else 1) <= value <= 65535:
         raise ValueError(f"port {value} is out of range ({PORT_RANGE})")
     return value
 
@@ -115,20 +120,72 @@ def config_path(file: Path | str) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+# --- what the config needs of the machine it runs on -------------------------------------------
+#
+# A config can be right in itself and still name a file or an environment variable this machine
+# does not have (yet): a CA file, a password file, a secret set by systemd. Those are *environment*
+# problems, apart from shape errors: `edgegw check` reports them as warnings (errors with
+# --strict), `edgegw run` and a reload refuse to start on them. A validator reports one with
+# `missing_at_run_time()`; outside `collect_environment()` (a model built in code, a test) it is
+# a plain ValueError, as any other validation error.
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentProblem:
+    """A file or variable the config names that this machine lacks; `key`/`value` locate it in the file."""
+
+    key: str  # the config key that names it: password_file, community_env, ca_file
+    value: str  # what that key says: a path as written or made absolute, a variable name
+    message: str
+
+
+_ENVIRONMENT: ContextVar[list[EnvironmentProblem] | None] = ContextVar("_ENVIRONMENT", default=None)
+
+#: What a secret reads as while its file or variable is missing and problems are being collected:
+#: long enough and non-empty, so that the shape checks behind it (key length, empty community) pass.
+MISSING_SECRET = "<missing at run time>"
+
+
+@contextmanager
+def collect_environment() -> Iterator[list[EnvironmentProblem]]:
+    """Within: validators record environment problems in the list instead of failing."""
+    problems: list[EnvironmentProblem] = []
+    token = _ENVIRONMENT.set(problems)
+    try:
+        yield problems
+    finally:
+        _ENVIRONMENT.reset(token)
+
+
+def missing_at_run_time(key: str, value: object, message: str) -> None:
+    """Report a file or variable the config needs at run time and this machine lacks (see above)."""
+    problems = _ENVIRONMENT.get()
+    if problems is None:
+        raise ValueError(message)
+    problems.append(EnvironmentProblem(key, str(value), message))
+
+
+def read_config_file(file: Path, key: str) -> str | None:
+    """The text of a file the config names (keys, communities); None when it is missing and collected."""
+    path = config_path(file)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        missing_at_run_time(key, file, f"cannot read {key} {str(path)!r}: {exc.strerror}")
+        return None
+
+
 def read_secret(file: Path | None, env: str | None, what: str) -> SecretStr | None:
     """Resolve a secret given as a file or an environment variable; the value never reaches a log."""
     if file is not None and env is not None:
         raise ValueError(f"give {what}_file or {what}_env, not both")
     if file is not None:
-        file = config_path(file)
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot read {what}_file {str(file)!r}: {exc.strerror}") from None
-        return SecretStr(text.strip("\r\n"))
+        text = read_config_file(file, f"{what}_file")
+        return SecretStr(MISSING_SECRET if text is None else text.strip("\r\n"))
     if env is not None:
         if env not in os.environ:
-            raise ValueError(f"environment variable {env!r} ({what}_env) is not set")
+            missing_at_run_time(f"{what}_env", env, f"environment variable {env!r} ({what}_env) is not set")
+            return SecretStr(MISSING_SECRET)
         return SecretStr(os.environ[env])
     return None
 

@@ -77,7 +77,7 @@ class BacnetSection(Strict):
         if not 0 <= prefix <= 32:
             raise ValueError("local_address: prefix length must be 0..32")
         try:
-            port = port_number(m.group("port") or 47808)
+            port = port_number(m.group("port") or 47808, listen=True)
         except ValueError as exc:
             raise ValueError(f"local_address: {exc}") from None
         return f"{m.group('host')}/{prefix}:{port}"

@@ -411,7 +411,7 @@ def split_listen(value: str) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit():
         raise ValueError(f"use host:port, e.g. 127.0.0.1:10162 (got {value!r})")
-    return host, port_number(port)
+    return host, port_number(port, listen=True)
 
 
 class SnmpSection(Strict):
