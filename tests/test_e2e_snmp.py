@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.snmp.simulator import SnmpTwin
+from drivers.snmp.twin import SnmpTwin
 from tests.harness import Collector, Daemon, Mosquitto
 
 pytestmark = pytest.mark.slow
@@ -39,10 +39,10 @@ def free_udp_port() -> int:
 async def test_bcpme_over_snmp_with_a_trap(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
     trap_port = free_udp_port()
     (tmp_path / "community").write_text("s3cret-community\n", encoding="utf-8")
-    async with SnmpTwin(
-        "schneider-bcpme-snmp", port=0, community="s3cret-community", profile_vars={"panels": 1, "channels": 4}
+    async with SnmpTwin.create(
+        "schneider-bcpme-snmp", community="s3cret-community", vars={"panels": 1, "channels": 4}
     ) as twin:
-        twin.set_value("1.3.6.1.4.1.3833.1.30.1.3.1.0", 5002, "gauge32")  # 50.02 Hz, raw 0.01 Hz
+        twin.set_value("1.3.6.1.4.1.3833.1.30.1.3.1.0", 5002, syntax="gauge32")  # 50.02 Hz, raw 0.01 Hz
         cfg = tmp_path / "site.yaml"
         cfg.write_text(
             f"site: lab\nmqtt: {{url: '{broker.url}'}}\nstate_dir: {tmp_path / 'state'}\n"

@@ -11,7 +11,7 @@ import structlog
 from drivers.snmp.config import SnmpSection
 from drivers.snmp.mib import MibLibrary, index_mib_files
 from drivers.snmp.runtime import SnmpRuntime
-from drivers.snmp.simulator import SnmpTwin
+from drivers.snmp.twin import SnmpTwin
 from gateway.driver import PointError
 from tests.snmp.util import BRANCH_CURRENT, by_id, device, driver, points
 
@@ -52,7 +52,7 @@ def test_compile_resolve_and_name(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def twin() -> AsyncIterator[SnmpTwin]:
-    async with SnmpTwin("schneider-bcpme-snmp", port=0) as t:
+    async with SnmpTwin.create("schneider-bcpme-snmp") as t:
         yield t
 
 

@@ -11,8 +11,8 @@ import structlog
 from drivers.snmp.config import SnmpSection
 from drivers.snmp.driver import SnmpDriver
 from drivers.snmp.runtime import SnmpRuntime
-from drivers.snmp.simulator import DEFAULT_TRAP_OID, SnmpTwin, V3User
-from tests.snmp.util import AUTH_KEY, PRIV_KEY, Events, device, driver, points, wait_until
+from drivers.snmp.twin import DEFAULT_TRAP_OID, SnmpTwin, V3User
+from tests.snmp.util import AUTH_KEY, PRIV_KEY, Events, device, driver, free_udp_port, points, wait_until
 
 TWIN_ENGINE = "80001f8880aabbccddeeff0011"
 TRAP_OID = ".".join(str(a) for a in DEFAULT_TRAP_OID)
@@ -23,7 +23,7 @@ def section(engine_ids: list[str]) -> SnmpSection:
     return SnmpSection.model_validate(
         {
             "traps": {
-                "listen": "127.0.0.1:0",
+                "listen": f"127.0.0.1:{free_udp_port()}",  # a config names a real port, never 0
                 "communities_env": "EDGEGW_TEST_SNMP_COMMUNITY",
                 "users": [
                     {
@@ -54,7 +54,7 @@ async def runtime() -> AsyncIterator[SnmpRuntime]:
 @pytest.fixture
 async def twin() -> AsyncIterator[SnmpTwin]:
     user = V3User("edgegw", AUTH_KEY, PRIV_KEY)
-    async with SnmpTwin("schneider-bcpme-snmp", port=0, v3_users=[user], engine_id=TWIN_ENGINE) as t:
+    async with SnmpTwin.create("schneider-bcpme-snmp", users=[user], engine_id=TWIN_ENGINE) as t:
         yield t
 
 
@@ -73,7 +73,9 @@ async def test_v2c_trap_and_inform_become_events(runtime: SnmpRuntime, twin: Snm
     d, events = await device_with_events(twin.port, runtime)
     branch = "1.3.6.1.4.1.3833.1.30.1.5.1.1.2.7"
     twin.set_value(branch, 1750)
-    assert await twin.send_trap(target(runtime), varbinds=[(branch, twin.value(branch)), ("1.3.6.1.2.1.1.5.0", "x")])
+    assert await twin.send_trap(
+        target(runtime), varbinds=[(branch, twin.raw_value(branch)), ("1.3.6.1.2.1.1.5.0", "x")]
+    )
     await wait_until(lambda: len(events) == 1, what="the trap event")
     event = events[0]
     assert event["type"] == "trap" and event["version"] == "2c"
@@ -124,7 +126,7 @@ async def test_wrong_community_and_unknown_senders(runtime: SnmpRuntime, twin: S
     await twin.send_trap(target(runtime))  # arrives after the rejected one
     await wait_until(lambda: len(events) == 1, what="the accepted trap")
     assert runtime.stats.received == 1
-    async with SnmpTwin(None, host="127.0.0.3", port=0) as stranger:
+    async with SnmpTwin.create(host="127.0.0.3") as stranger:
         await stranger.send_trap(target(runtime))
         await stranger.send_trap(target(runtime))
         await wait_until(lambda: runtime.stats.unknown == 2, what="the stranger's traps counted")
@@ -134,7 +136,7 @@ async def test_wrong_community_and_unknown_senders(runtime: SnmpRuntime, twin: S
 
 async def test_routed_to_the_device_of_the_sender(runtime: SnmpRuntime, twin: SnmpTwin) -> None:
     a, events_a = await device_with_events(twin.port, runtime, id="a")
-    async with SnmpTwin(None, host="127.0.0.2", port=0) as other:
+    async with SnmpTwin.create(host="127.0.0.2") as other:
         b, events_b = await device_with_events(other.port, runtime, id="b", host="127.0.0.2")
         await other.send_trap(target(runtime), trap_oid="1.3.6.1.6.3.1.1.5.1")
         await twin.send_trap(target(runtime), trap_oid="1.3.6.1.6.3.1.1.5.3")
