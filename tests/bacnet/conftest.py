@@ -13,7 +13,7 @@ import structlog
 from drivers.bacnet.config import BacnetSection
 from drivers.bacnet.driver import BacnetDriver
 from drivers.bacnet.runtime import BacnetRuntime
-from drivers.bacnet.simulator import BacnetTwin, free_udp_port
+from drivers.bacnet.twin import BacnetTwin, free_udp_port
 from gateway.buses import Bus
 from gateway.config import parse_device
 from gateway.driver import DriverContext, Pushed
@@ -87,14 +87,14 @@ SMALL = {"channels": 4, "extra_blocks": 0}
 
 @pytest.fixture
 async def twin() -> AsyncIterator[BacnetTwin]:
-    async with BacnetTwin(port=0, panels=2, animate=False, profile_vars=SMALL) as t:
+    async with BacnetTwin.create(vars=SMALL, panels=2, animate=False) as t:
         yield t
 
 
 @pytest.fixture
 async def full_twin() -> AsyncIterator[BacnetTwin]:
     """Both panels with every object of the profile (504 each)."""
-    async with BacnetTwin(port=0, panels=2, animate=False) as t:
+    async with BacnetTwin.create(panels=2, animate=False) as t:
         yield t
 
 

@@ -18,7 +18,7 @@ from drivers.bacnet.config import BacnetPoint, BacnetSection, BbmdSettings
 from drivers.bacnet.driver import BacnetDriver
 from drivers.bacnet.runtime import BacnetRuntime
 from drivers.bacnet.scan import scan
-from drivers.bacnet.simulator import BacnetTwin, free_udp_port
+from drivers.bacnet.twin import BacnetTwin, free_udp_port
 from gateway.driver import DeviceError, DeviceTimeout, PointError
 from gateway.points import Quality
 from tests.bacnet.conftest import TIMEOUT, Drivers, wait_for
@@ -83,7 +83,7 @@ async def _read_both_panels(twin: BacnetTwin, drivers: Drivers) -> None:
 
 
 async def test_requests_fit_the_device_max_apdu() -> None:
-    async with BacnetTwin(port=0, panels=1, animate=False, max_apdu=480) as small:
+    async with BacnetTwin.create(panels=1, animate=False, max_apdu=480) as small:
         rt = BacnetRuntime(BacnetSection(local_address=f"127.0.0.1/24:{free_udp_port()}"), structlog.get_logger())
         await rt.start()
         d = Drivers(small, rt)
@@ -149,7 +149,7 @@ async def test_unknown_object_is_a_bad_point(drivers: Drivers, twin: BacnetTwin)
         points=[
             {"id": "good", "object": "analog-value,1", "quantity": "current", "unit": "A"},
             {"id": "missing", "object": "analog-value,9999", "quantity": "current", "unit": "A"},
-            {"id": "bad-prop", "object": "analog-value,1", "property": "priority-array", "quantity": "other"},
+            {"id": "bad-prop", "object": "analog-value,1", "property": "polarity", "quantity": "other"},
         ],
     )
     raw = await d.read()
@@ -384,7 +384,7 @@ async def test_driver_without_shared_runtime(twin: BacnetTwin) -> None:
 
 async def test_discover_reads_a_long_object_list_item_by_item(runtime: BacnetRuntime) -> None:
     # 206-byte APDUs, no segmentation: the object list (and many answers) must be read in pieces.
-    async with BacnetTwin(port=0, panels=1, animate=False, max_apdu=206, profile_vars={"channels": 2}) as small:
+    async with BacnetTwin.create(vars={"channels": 2}, panels=1, animate=False, max_apdu=206) as small:
         d = Drivers(small, runtime)
         try:
             driver = await d.make(1, timeout=2.0)
@@ -397,7 +397,7 @@ async def test_discover_reads_a_long_object_list_item_by_item(runtime: BacnetRun
 
 
 async def test_foreign_device_scan_through_a_bbmd() -> None:
-    async with BacnetTwin(port=0, panels=2, animate=False, bbmd=True, profile_vars={"channels": 1}) as twin:
+    async with BacnetTwin.create(vars={"channels": 1}, panels=2, animate=False, bbmd=True) as twin:
         section = BacnetSection(
             local_address=f"127.0.0.1/24:{free_udp_port()}", bbmd=BbmdSettings(address=twin.address)
         )
@@ -415,8 +415,8 @@ async def test_foreign_device_scan_through_a_bbmd() -> None:
 
 
 async def test_segmented_answers_when_both_sides_segment(runtime: BacnetRuntime) -> None:
-    async with BacnetTwin(
-        port=0, panels=1, animate=False, max_apdu=480, segmentation="segmented-both", profile_vars={"channels": 12}
+    async with BacnetTwin.create(
+        vars={"channels": 12}, panels=1, animate=False, max_apdu=480, segmentation="segmented-both"
     ) as seg:
         d = Drivers(seg, runtime)
         try:
