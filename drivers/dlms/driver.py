@@ -491,21 +491,31 @@ class DlmsDriver(Driver[DlmsDevice, None]):
 
     async def _read_profile(self, group: _ProfileGroup, meter_ms: int | None, out: RawReadings) -> int | None:
         """Read the group's new entries into `out`; returns the new cursor (not yet stored)."""
-        assert out.exponents is not None and out.timestamps is not None
         info = await self._profile_info(group.obis)
-        if isinstance(info, CosemError):
+        problem = _profile_unusable(group.obis, info, meter_ms)
+        if problem is not None:
             for i in group.points:
-                out.values[i] = self._point_failed(i, str(info))
+                out.values[i] = self._point_failed(i, problem)
             return None
-        if info.clock_column is None:
-            for i in group.points:
-                out.values[i] = self._point_failed(i, f"profile {group.obis} captures no clock column")
+        assert isinstance(info, _ProfileInfo) and meter_ms is not None
+        col_of = await self._profile_columns(group, info, out)
+        if not col_of:
             return None
-        if meter_ms is None:
-            for i in group.points:
-                out.values[i] = self._point_failed(i, "the meter clock is unreadable: profile range unknown")
+        entries: list[tuple[int, list[Any]]] = []
+        try:
+            new_cursor = await self._read_range(group.obis, info, meter_ms, entries)
+        except CosemError as exc:
+            for i in col_of:
+                out.values[i] = self._point_failed(i, f"profile buffer: {exc}")
             return None
-        # columns of the group's points, and their scalers
+        entries.sort(key=lambda e: e[0])
+        for i, col in col_of.items():
+            self._spread(i, [(ts, _raw(row[col])) for ts, row in entries], out)
+        return new_cursor
+
+    async def _profile_columns(self, group: _ProfileGroup, info: _ProfileInfo, out: RawReadings) -> dict[int, int]:
+        """The column of each of the group's points, with its scaler set in `out` (failures marked)."""
+        assert out.exponents is not None
         col_of: dict[int, int] = {}
         scaler_refs: dict[int, Ref] = {}
         for i in group.points:
@@ -521,7 +531,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             elif cid == DEMAND_REGISTER and attr in (2, 3):
                 scaler_refs[i] = Ref(cid, o, 4)
         if not col_of:
-            return None
+            return col_of
         await self._scaler_units(list(scaler_refs.values()))
         for i, ref in scaler_refs.items():
             su = self._scalers.get(ref)
@@ -531,58 +541,56 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             else:
                 out.values[i] = self._point_failed(i, f"scaler_unit of {ref} unreadable: {su}")
                 col_of.pop(i)
+        return col_of
 
+    async def _read_range(
+        self, profile: str, info: _ProfileInfo, meter_ms: int, entries: list[tuple[int, list[Any]]]
+    ) -> int | None:
+        """Read entries newer than the cursor into `entries`, in chunks; returns the new cursor."""
+        assert info.clock_column is not None
         cfg = self.config
-        cursor = self._cursors.get(group.obis)
+        cursor = self._cursors.get(profile)
         horizon = meter_ms - int(cfg.backfill * 1000)
-        if cursor is not None and cursor < horizon and group.obis not in self._gap_logged:
-            self._gap_logged.add(group.obis)
+        if cursor is not None and cursor < horizon and profile not in self._gap_logged:
+            self._gap_logged.add(profile)
             self.ctx.log.warning(
                 "dlms profile entries older than the backfill depth are skipped",
-                profile=group.obis,
+                profile=profile,
                 cursor=cursor,
                 backfill_s=cfg.backfill,
             )
         floor = cursor if cursor is not None and cursor >= horizon else None
         start = floor if floor is not None else horizon
         clock_ref = Ref(*info.columns[info.clock_column])
-        entries: list[tuple[int, list[Any]]] = []
         new_cursor = cursor
         # A profile captured on events or once a month has few entries: one request for the whole depth.
         chunk_ms = int(max(cfg.profile_chunk, info.period) * 1000) if info.period > 0 else max(meter_ms - start, 1000)
         for _ in range(cfg.profile_chunks_per_poll):
             end = min(start + chunk_ms, meter_ms)
-            try:
-                rows = await self.client.get_rows_by_range(
-                    group.obis, clock_ref, self._encode_time(start), self._encode_time(end), cfg.timeout
-                )
-            except CosemError as exc:
-                for i in col_of:
-                    out.values[i] = self._point_failed(i, f"profile buffer: {exc}")
-                return None
+            rows = await self.client.get_rows_by_range(
+                profile, clock_ref, self._encode_time(start), self._encode_time(end), cfg.timeout
+            )
             last_ts = self._rows(info, rows, floor, start, end, entries)
             reached = max(
                 x for x in (last_ts, min(end, meter_ms - CAPTURE_MARGIN_MS), new_cursor, floor) if x is not None
             )
-            new_cursor = reached
-            floor = reached
-            start = reached
+            new_cursor = floor = start = reached
             if end >= meter_ms:
                 break
-        entries.sort(key=lambda e: e[0])
-        for i, col in col_of.items():
-            series = [(ts, _raw(row[col])) for ts, row in entries]
-            if not series:
-                out.values[i] = NO_VALUE
-                self._point_ok(i)
-                continue
-            *older, (ts_last, raw_last) = series
-            for ts, raw in older:
-                out.series.append((i, raw, ts))
-            out.values[i] = raw_last
-            out.timestamps[i] = ts_last
-            self._point_ok(i)
         return new_cursor
+
+    def _spread(self, i: int, series: list[tuple[int, RawValue]], out: RawReadings) -> None:
+        """A point's new entries: the newest as its value (with its stamp), the rest as series."""
+        assert out.timestamps is not None
+        self._point_ok(i)
+        if not series:
+            out.values[i] = NO_VALUE
+            return
+        *older, (ts_last, raw_last) = series
+        for ts, raw in older:
+            out.series.append((i, raw, ts))
+        out.values[i] = raw_last
+        out.timestamps[i] = ts_last
 
     def _rows(
         self,
@@ -636,16 +644,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         if not self.client.associated:
             await self.client.associate(cfg.timeout)
         listing = await self.client.get(Ref(15, ASSOCIATION_LN, 2), cfg.timeout)
-        objects: list[tuple[int, str]] = []
-        for item in listing if isinstance(listing, list) else []:
-            if (
-                isinstance(item, list)
-                and len(item) >= 3
-                and isinstance(item[0], int)
-                and isinstance(item[2], bytes | bytearray)
-                and len(item[2]) == 6
-            ):
-                objects.append((int(item[0]), codec.obis_text(bytes(item[2]))))
+        objects = _object_list(listing)
         points: list[dict[str, Any]] = []
         used: set[str] = set()
 
@@ -661,52 +660,88 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         registers = [(c, o) for c, o in objects if c in (REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER)]
         await self._scaler_units([Ref(c, o, 4 if c == DEMAND_REGISTER else 3) for c, o in registers])
         for cid, code in objects:
-            if cid not in (DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, CLOCK):
-                continue
-            desc = obis.describe(code, cid)
-            point: dict[str, Any] = {"id": desc["id"], "obis": code, "class": cid, "attribute": 2}
-            point.update({k: desc[k] for k in ("quantity", "unit", "phase", "kind", "description") if desc.get(k)})
-            if cid in (REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER):
-                su = self._scalers.get(Ref(cid, code, 4 if cid == DEMAND_REGISTER else 3))
-                if isinstance(su, tuple):
-                    symbol = codec.unit_symbol(su[1])
-                    if symbol is not None:
-                        point["unit"] = symbol
-            if cid == CLOCK:
-                add({**point, "id": "clock_drift", "quantity": "clock_drift", "unit": "s", "kind": "gauge"})
-            add(point)
+            if cid in (DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, CLOCK):
+                for point in self._value_points(cid, code):
+                    add(point)
         for cid, code in objects:
-            if cid != PROFILE_GENERIC:
-                continue
-            info = await self._profile_info(code)
-            if isinstance(info, CosemError):
-                continue
-            name = obis.profile_name(code)
-            for col_class, col_obis, col_attr in info.columns:
-                if col_class == CLOCK or (col_class, col_obis) == (DATA, "0.0.1.1.0.255"):
-                    continue
-                desc = obis.describe(col_obis, col_class)
-                point = {
-                    "id": f"{name}.{desc['id']}",
-                    "obis": code,
-                    "class": PROFILE_GENERIC,
-                    "column": col_obis,
-                    "quantity": desc["quantity"],
-                    "unit": desc["unit"],
-                    "phase": desc["phase"],
-                    "kind": desc["kind"],
-                }
-                if col_attr != 2:
-                    point["column_attribute"] = col_attr
-                add(point)
-        valid: list[dict[str, Any]] = []
-        for p in points:
-            try:
-                DlmsPoint.model_validate(p)
-            except ValueError:
-                continue
-            valid.append(p)
-        return valid
+            if cid == PROFILE_GENERIC:
+                info = await self._profile_info(code)
+                if not isinstance(info, CosemError):
+                    for point in _column_points(code, info):
+                        add(point)
+        return [p for p in points if _valid_point(p)]
+
+    def _value_points(self, cid: int, code: str) -> list[dict[str, Any]]:
+        """The discovered point(s) of one value object: a register with its unit, a clock's drift."""
+        desc = obis.describe(code, cid)
+        point: dict[str, Any] = {"id": desc["id"], "obis": code, "class": cid, "attribute": 2}
+        point.update({k: desc[k] for k in ("quantity", "unit", "phase", "kind", "description") if desc.get(k)})
+        if cid in (REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER):
+            su = self._scalers.get(Ref(cid, code, 4 if cid == DEMAND_REGISTER else 3))
+            symbol = codec.unit_symbol(su[1]) if isinstance(su, tuple) else None
+            if symbol is not None:
+                point["unit"] = symbol
+        if cid == CLOCK:
+            return [{**point, "id": "clock_drift", "quantity": "clock_drift", "unit": "s", "kind": "gauge"}, point]
+        return [point]
+
+
+def _profile_unusable(profile: str, info: _ProfileInfo | CosemError, meter_ms: int | None) -> str | None:
+    """Why a profile's entries cannot be read this poll, or None."""
+    if isinstance(info, CosemError):
+        return str(info)
+    if info.clock_column is None:
+        return f"profile {profile} captures no clock column"
+    if meter_ms is None:
+        return "the meter clock is unreadable: profile range unknown"
+    return None
+
+
+def _object_list(listing: Any) -> list[tuple[int, str]]:
+    """(class, OBIS) of each well-formed entry of an association's object_list."""
+    objects: list[tuple[int, str]] = []
+    for item in listing if isinstance(listing, list) else []:
+        if (
+            isinstance(item, list)
+            and len(item) >= 3
+            and isinstance(item[0], int)
+            and isinstance(item[2], bytes | bytearray)
+            and len(item[2]) == 6
+        ):
+            objects.append((int(item[0]), codec.obis_text(bytes(item[2]))))
+    return objects
+
+
+def _column_points(code: str, info: _ProfileInfo) -> list[dict[str, Any]]:
+    """One discovered point per captured column of a profile (its clock columns left out)."""
+    name = obis.profile_name(code)
+    points: list[dict[str, Any]] = []
+    for col_class, col_obis, col_attr in info.columns:
+        if col_class == CLOCK or (col_class, col_obis) == (DATA, "0.0.1.1.0.255"):
+            continue
+        desc = obis.describe(col_obis, col_class)
+        point = {
+            "id": f"{name}.{desc['id']}",
+            "obis": code,
+            "class": PROFILE_GENERIC,
+            "column": col_obis,
+            "quantity": desc["quantity"],
+            "unit": desc["unit"],
+            "phase": desc["phase"],
+            "kind": desc["kind"],
+        }
+        if col_attr != 2:
+            point["column_attribute"] = col_attr
+        points.append(point)
+    return points
+
+
+def _valid_point(point: dict[str, Any]) -> bool:
+    try:
+        DlmsPoint.model_validate(point)
+    except ValueError:
+        return False
+    return True
 
 
 def _raw(value: Any) -> RawValue:

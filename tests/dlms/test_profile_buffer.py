@@ -25,6 +25,13 @@ def profile_device(twin: DlmsTwin, **kw: Any) -> Any:
     return device(PROFILE_POINTS, tcp={"host": "127.0.0.1", "port": twin.port}, **kw)
 
 
+def safe(drv: Any, raw: Any) -> Any:
+    """What the core does once a poll's message is acknowledged: store the state the poll carries."""
+    if raw.commit is not None:
+        drv.ctx.state.commit(raw.commit)
+    return raw
+
+
 def check_entries(entries: list[tuple[int, Any]], first: int, last: int) -> None:
     """Every 15-minute stamp from first to last exactly once, with the meter's values."""
     stamps = [ts for ts, _ in entries]
@@ -44,7 +51,7 @@ async def test_range_read_then_resume_from_the_cursor_across_restarts(
         dev = profile_device(twin, transport=transport, backfill="6h")
         drv = driver(dev, state=StateStore(state_file))
         await drv.start()
-        raw = await drv.read()
+        raw = safe(drv, await drv.read())
         entries = series_of(drv, raw, "load_profile.energy")
         check_entries(entries, t0_ms - 6 * 3600_000, t0_ms)
         volts = series_of(drv, raw, "load_profile.voltage")
@@ -52,11 +59,11 @@ async def test_range_read_then_resume_from_the_cursor_across_restarts(
         # the newest entry is the point's value, stamped with the meter's capture time
         assert raw.timestamps is not None and raw.timestamps[0] == t0_ms
         # nothing new: no entry again, and nothing is published for the point
-        raw = await drv.read()
+        raw = safe(drv, await drv.read())
         assert series_of(drv, raw, "load_profile.energy") == []
         assert "load_profile.energy" not in normalized(drv, raw)
         twin.advance(hours=1)
-        raw = await drv.read()
+        raw = safe(drv, await drv.read())
         check_entries(series_of(drv, raw, "load_profile.energy"), t0_ms + Q, t0_ms + 4 * Q)
         await drv.stop()
         assert StateStore(state_file).get("profile_cursors") == {"1.0.99.1.0.255": t0_ms + 4 * Q}
@@ -69,8 +76,8 @@ async def test_range_read_then_resume_from_the_cursor_across_restarts(
         await drv.ctx.bus.close()
 
 
-async def test_a_crash_before_the_next_poll_repeats_the_last_entries(tmp_path: Path) -> None:
-    """At-least-once: the cursor of entries handed over is made durable at the next poll."""
+async def test_a_crash_before_the_message_is_safe_repeats_the_entries(tmp_path: Path) -> None:
+    """At-least-once: the cursor on disk moves only when the core says the poll's message is safe."""
     state_file = tmp_path / "state.json"
     t0_ms = int(T0 * 1000)
     async with DlmsTwin(objects=meter_objects(), start=T0) as twin:
@@ -78,14 +85,17 @@ async def test_a_crash_before_the_next_poll_repeats_the_last_entries(tmp_path: P
         dev = profile_device(twin, backfill="1h")
         drv = driver(dev, state=StateStore(state_file))
         await drv.start()
-        first = series_of(drv, await drv.read(), "load_profile.energy")
-        assert len(first) == 5
-        # the process dies here: no stop(), no next poll
+        raw = await drv.read()
+        first = series_of(drv, raw, "load_profile.energy")
+        assert len(first) == 5 and raw.commit is not None
+        # the process dies here, before the broker acknowledged the message: nothing was stored
+        assert not state_file.exists()
         drv2 = driver(dev, bus=drv.ctx.bus, state=StateStore(state_file))
         await drv2.start()
-        again = series_of(drv2, await drv2.read(), "load_profile.energy")
-        assert again == first
-        # its next poll makes the cursor of the entries handed over durable
+        raw = await drv2.read()
+        assert series_of(drv2, raw, "load_profile.energy") == first
+        # this time the message is safe: the core stores the cursor
+        safe(drv2, raw)
         assert series_of(drv2, await drv2.read(), "load_profile.energy") == []
         twin.advance(minutes=15)
         # and the process dies again
