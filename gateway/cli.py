@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from gateway import logs
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, ConfigIssue, Environment, GatewayConfig, load_config
 from gateway.discovery import discover_points, rebuild
 from gateway.driver import DeviceError
 from gateway.normalize import Normalizer
@@ -44,28 +44,39 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
-def _load(path: str) -> GatewayConfig | None:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _print_warnings(warnings: list[ConfigIssue]) -> None:
+    for issue in warnings:
+        print(f"{issue} [warning: needed by edgegw run]", file=sys.stderr)
+
+
+def _load(path: str, environment: Environment = "require") -> GatewayConfig | None:
+    """The config, or None after printing every problem; environment problems as `environment` says."""
     try:
-        return load_config(path)
+        cfg = load_config(path, environment)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
-        print(
-            f"{path}: invalid configuration ({len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''})",
-            file=sys.stderr,
-        )
+        _print_warnings(exc.warnings)
+        print(f"{path}: invalid configuration ({_plural(len(exc.issues), 'error')})", file=sys.stderr)
         return None
+    _print_warnings(cfg.warnings)
+    return cfg
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.files:
-        cfg = _load(path)
+        cfg = _load(path, "require" if args.strict else "warn")
         if cfg is None:
             status = EXIT_CONFIG
             continue
         points = sum(len(d.resolved_points) for d in cfg.devices)
-        print(f"{path}: ok ({len(cfg.devices)} devices, {points} points, {len(cfg.buses)} buses)")
+        warned = f", {_plural(len(cfg.warnings), 'warning')}: errors with --strict" if cfg.warnings else ""
+        print(f"{path}: ok ({len(cfg.devices)} devices, {points} points, {len(cfg.buses)} buses{warned})")
         if args.verbose:
             for d in cfg.devices:
                 print(
@@ -226,9 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", "-c", required=True)
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
-    c = sub.add_parser("check", help="validate config files (exit 2 when invalid)")
+    c = sub.add_parser(
+        "check",
+        help="validate config files (exit 2 when invalid)",
+        description="Validate config files: exit 2 when one is invalid. Files and environment variables a "
+        "config needs at run time (secrets, CA and key files) that this machine lacks are warnings.",
+    )
     c.add_argument("files", nargs="+")
     c.add_argument("--verbose", "-v", action="store_true")
+    c.add_argument(
+        "--strict", action="store_true", help="missing run-time files and variables are errors too (as for `run`)"
+    )
 
     rd = sub.add_parser("read", help="poll one device once and print its readings")
     rd.add_argument("--config", "-c", required=True)

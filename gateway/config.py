@@ -20,10 +20,13 @@ from gateway.models import (
     ByteSize,
     DeviceConfig,
     Duration,
+    EnvironmentProblem,
     Identifier,
     PointConfig,
     Strict,
+    collect_environment,
     config_path,
+    missing_at_run_time,
     port_number,
     read_secret,
 )
@@ -49,6 +52,9 @@ class ConfigIssue:
     line: int
     path: str
     message: str
+    # True: the config is right but names a file or variable this machine lacks (gateway/models.py,
+    # "what the config needs of the machine"); a warning of `edgegw check`, an error of `run`.
+    environment: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -56,11 +62,20 @@ class ConfigIssue:
 
 
 class ConfigError(Exception):
-    """An invalid configuration; `issues` lists every problem found."""
+    """An invalid configuration; `issues` lists every problem found.
 
-    def __init__(self, issues: list[ConfigIssue]) -> None:
+    `warnings` are the environment problems found alongside when they were asked for as warnings
+    (``environment="warn"``); with ``"require"`` they are among the issues.
+    """
+
+    def __init__(self, issues: list[ConfigIssue], warnings: list[ConfigIssue] | None = None) -> None:
         super().__init__("\n".join(str(i) for i in issues))
         self.issues = issues
+        self.warnings = warnings or []
+
+
+#: How a config's environment problems count: "require" (errors: run, reload) or "warn" (check).
+Environment = Literal["require", "warn"]
 
 
 class TlsConfig(Strict):
@@ -82,7 +97,7 @@ class TlsConfig(Strict):
         for name in ("ca_file", "cert_file", "key_file"):
             value = getattr(self, name)
             if value is not None and not value.is_file():
-                raise ValueError(f"{name} {str(value)!r} does not exist")
+                missing_at_run_time(name, value, f"{name} {str(value)!r} does not exist")
         return self
 
 
@@ -209,6 +224,7 @@ class GatewayConfig(Strict):
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     _source: str = ""
+    _warnings: list[ConfigIssue] = []
 
     @field_validator("state_dir")
     @classmethod
@@ -218,6 +234,11 @@ class GatewayConfig(Strict):
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def warnings(self) -> list[ConfigIssue]:
+        """Files and variables this config needs at run time that were missing when it was loaded."""
+        return self._warnings
 
     def section(self, kind: str) -> Any:
         return getattr(self, kind, None)
@@ -414,30 +435,73 @@ def parse_device(raw: Mapping[str, Any], base_dir: Path | None = None) -> Device
     return device
 
 
-def parse_config(data: Any, source: str, base_dir: Path | None) -> GatewayConfig:
-    """Validate loaded YAML data; raises ConfigError with every issue found."""
+def parse_config(data: Any, source: str, base_dir: Path | None, environment: Environment = "require") -> GatewayConfig:
+    """Validate loaded YAML data; raises ConfigError with every issue found.
+
+    Files and variables the config names but this machine lacks are issues with ``"require"``
+    (`edgegw run`, a reload) and ``cfg.warnings`` with ``"warn"`` (`edgegw check`).
+    """
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "(top)", "the configuration is a YAML mapping")])
+    with _config_dir(base_dir), collect_environment() as problems:
+        cfg, issues = _validate(data, source, base_dir)
+        found = _environment_issues(problems, data, source)
+    if environment == "require":
+        issues, found = [*issues, *found], []
+    if issues or cfg is None:
+        raise ConfigError(issues, found)
+    cfg._warnings = found
+    return cfg
+
+
+def _validate(
+    data: dict[str, Any], source: str, base_dir: Path | None
+) -> tuple[GatewayConfig | None, list[ConfigIssue]]:
     model = _gateway_model()
-    with _config_dir(base_dir):
-        try:
-            cfg = model.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(_issues_from(exc, data, default_file=source)) from None
-        issues: list[ConfigIssue] = []
-        raw_devices = data.get("devices", [])
-        devices: list[DeviceConfig] = []
-        for i, device in enumerate(cfg.devices):
-            raw = raw_devices[i] if isinstance(raw_devices, list) else {}
-            resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir)
-            devices.append(resolved)
-            issues.extend(dev_issues)
-        issues.extend(_cross_check(cfg, devices, data, source))
-    if issues:
-        raise ConfigError(issues)
+    try:
+        cfg = model.model_validate(data)
+    except ValidationError as exc:
+        return None, _issues_from(exc, data, default_file=source)
+    issues: list[ConfigIssue] = []
+    raw_devices = data.get("devices", [])
+    devices: list[DeviceConfig] = []
+    for i, device in enumerate(cfg.devices):
+        raw = raw_devices[i] if isinstance(raw_devices, list) else {}
+        resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir)
+        devices.append(resolved)
+        issues.extend(dev_issues)
+    issues.extend(_cross_check(cfg, devices, data, source))
     object.__setattr__(cfg, "devices", devices)
     cfg._source = source
-    return cfg
+    return cfg, issues
+
+
+def _environment_issues(problems: list[EnvironmentProblem], data: Any, source: str) -> list[ConfigIssue]:
+    """Each problem at every place of the file that names it (two devices may share a variable)."""
+    out: list[ConfigIssue] = []
+    seen: set[tuple[str, int, str]] = set()
+    # dict.fromkeys: a device is validated twice when its profile sets device defaults.
+    for problem in dict.fromkeys(problems):
+        places = list(_places(data, problem, [])) or [(source, 0, problem.key)]
+        for file, line, path in places:
+            if (file, line, problem.message) not in seen:
+                seen.add((file, line, problem.message))
+                out.append(ConfigIssue(file or source, line, path, problem.message, environment=True))
+    return sorted(out, key=lambda i: (i.file, i.line))
+
+
+def _places(node: Any, problem: EnvironmentProblem, path: list[str | int]) -> Iterator[tuple[str, int, str]]:
+    """Where in loaded data a key says what the problem names (as written, or as made absolute)."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if isinstance(value, Mapping | list):
+                yield from _places(value, problem, [*path, key])
+            elif key == problem.key and problem.value in (str(value), str(config_path(str(value)))):
+                line = getattr(node, "lines", {}).get(key, getattr(node, "line", 0))
+                yield getattr(node, "file", ""), line, format_path([*path, key])
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _places(item, problem, [*path, i])
 
 
 def _line(data: Any, *path: str | int) -> int:
@@ -480,19 +544,21 @@ def _cross_check(cfg: GatewayConfig, devices: list[DeviceConfig], data: Any, sou
     return issues
 
 
-def load_config(path: Path | str) -> GatewayConfig:
-    """Load and validate a config file; raises ConfigError."""
+def load_config(path: Path | str, environment: Environment = "require") -> GatewayConfig:
+    """Load and validate a config file; raises ConfigError (see parse_config for `environment`)."""
     path = Path(path)
     try:
         data = load_file(path)
     except YamlError as exc:
         raise ConfigError([ConfigIssue(exc.file, exc.line, "(yaml)", exc.message)]) from None
-    return parse_config(data, str(path), path.resolve().parent)
+    return parse_config(data, str(path), path.resolve().parent, environment)
 
 
-def load_config_text(text: str, name: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
+def load_config_text(
+    text: str, name: str = "<config>", base_dir: Path | None = None, environment: Environment = "require"
+) -> GatewayConfig:
     try:
         data = load_text(text, name)
     except YamlError as exc:
         raise ConfigError([ConfigIssue(exc.file, exc.line, "(yaml)", exc.message)]) from None
-    return parse_config(data, name, base_dir)
+    return parse_config(data, name, base_dir, environment)

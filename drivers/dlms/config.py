@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from gateway.models import DeviceConfig, Duration, PointConfig, Port, Strict, config_path, read_secret
+from gateway.models import DeviceConfig, Duration, PointConfig, Port, Strict, read_config_file, read_secret
 
 # Interface classes the driver reads; anything else is refused at config time rather than at
 # the first poll.
@@ -289,12 +289,9 @@ class DlmsDevice(DeviceConfig):
         if self.auth == "high_gmac":
             if self.keys_file is None:
                 raise ValueError("auth high_gmac needs keys_file (authentication_key, encryption_key, system_title)")
-            path = config_path(self.keys_file)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"cannot read keys_file {str(path)!r}: {exc.strerror}") from None
-            self._keys = parse_keys(text)
+            text = read_config_file(self.keys_file, "keys_file")
+            if text is not None:  # None: missing, reported by `edgegw check` as needed at run time
+                self._keys = parse_keys(text)
         elif self.keys_file is not None:
             raise ValueError("keys_file is for auth high_gmac")
         if self.client_address is not None and self.client_address == 16 and self.auth != "none":
