@@ -381,72 +381,35 @@ def _has(text: str, *words: str) -> bool:
     return any(re.search(rf"\b{w}", text) for w in words)
 
 
+# A unit that names its quantity whatever the object's name says.
+_UNIT_QUANTITY: dict[str, tuple[str, str]] = {
+    "var": ("reactive_power", "gauge"),
+    "VA": ("apparent_power", "gauge"),
+    "V": ("voltage", "gauge"),
+    "Hz": ("frequency", "gauge"),
+    "degC": ("temperature", "gauge"),
+    "%RH": ("humidity", "gauge"),
+    "ohm": ("internal_resistance", "gauge"),
+}
+_ENERGY_UNITS = {"Wh": "active_energy", "varh": "reactive_energy", "VAh": "apparent_energy"}
+
+
 def guess_quantity(object_type: str, unit: str, text: str, bacnet_units: str | None = None) -> tuple[str, str]:
     """(quantity, kind) from the point-model unit and the object's name and description."""
-    demand = _has(text, "demand", "dmd")
-    peak = _has(text, "max", "peak", "highest")
-    export = _has(text, "export", "received", "reverse", "negative", "generated")
     if object_type in BINARY_TYPES:
-        if _has(text, "trip"):
-            return "breaker_trip", "state"
-        if _has(text, "breaker", "cb"):
-            return "breaker_state", "state"
-        if _has(text, "alarm", "fault", "fail"):
-            return "alarm", "state"
-        return "status", "state"
+        return _binary_quantity(text), "state"
     if object_type in MULTISTATE_TYPES:
         return ("alarm" if _has(text, "alarm") else "status"), "state"
-    counter_kind = "counter" if object_type in COUNTER_TYPES or unit in ("Wh", "varh", "VAh") else "gauge"
-    if unit == "W":
-        if demand:
-            return ("active_power_demand_max" if peak else "active_power_demand"), "gauge"
-        return ("active_power_max" if peak else "active_power"), "gauge"
-    if unit == "var":
-        return "reactive_power", "gauge"
-    if unit == "VA":
-        return "apparent_power", "gauge"
-    if unit == "Wh":
-        return ("active_energy_export" if export else "active_energy_import"), "counter"
-    if unit == "varh":
-        return ("reactive_energy_export" if export else "reactive_energy_import"), "counter"
-    if unit == "VAh":
-        return ("apparent_energy_export" if export else "apparent_energy_import"), "counter"
-    if unit == "V":
-        return "voltage", "gauge"
-    if unit == "A":
-        if _has(text, "leak", "residual", "earth", "ground"):
-            return "leakage_current", "gauge"
-        if demand:
-            return ("current_demand_max" if peak else "current_demand"), "gauge"
-        return ("current_max" if peak else "current"), "gauge"
-    if unit == "Hz":
-        return "frequency", "gauge"
-    if unit == "degC":
-        return "temperature", "gauge"
-    if unit == "%RH":
-        return "humidity", "gauge"
-    if unit == "ohm":
-        return "internal_resistance", "gauge"
+    counter_kind = "counter" if object_type in COUNTER_TYPES or unit in _ENERGY_UNITS else "gauge"
+    if unit in _UNIT_QUANTITY:
+        return _UNIT_QUANTITY[unit]
+    if unit in _ENERGY_UNITS:
+        export = _has(text, "export", "received", "reverse", "negative", "generated")
+        return f"{_ENERGY_UNITS[unit]}_{'export' if export else 'import'}", "counter"
+    if unit in ("W", "A"):
+        return _power_or_current(unit, text), "gauge"
     if unit == "%":
-        volt = _has(text, "volt", "v ", "u ")
-        curr = _has(text, "curr", "amp", "i ")
-        if _has(text, "thd", "distortion", "harmonic"):
-            if volt:
-                return "thd_voltage", "gauge"
-            if curr:
-                return "thd_current", "gauge"
-        if _has(text, "unbalance", "imbalance", "asymmetr"):
-            if volt:
-                return "unbalance_voltage", "gauge"
-            if curr:
-                return "unbalance_current", "gauge"
-        if _has(text, "soc", "state of charge", "charge"):
-            return "state_of_charge", "gauge"
-        if _has(text, "soh", "health"):
-            return "state_of_health", "gauge"
-        if _has(text, "humid"):
-            return "humidity", "gauge"
-        return "other", "gauge"
+        return _percent_quantity(text), "gauge"
     if unit in ("s", "ms"):
         return ("uptime" if _has(text, "uptime", "up time", "run time", "runtime") else "other"), counter_kind
     if unit == "":
@@ -454,8 +417,46 @@ def guess_quantity(object_type: str, unit: str, text: str, bacnet_units: str | N
             return "power_factor", "gauge"
         if object_type in COUNTER_TYPES:
             return "counter", "counter"
-        return "other", counter_kind
     return "other", counter_kind
+
+
+def _binary_quantity(text: str) -> str:
+    if _has(text, "trip"):
+        return "breaker_trip"
+    if _has(text, "breaker", "cb"):
+        return "breaker_state"
+    if _has(text, "alarm", "fault", "fail"):
+        return "alarm"
+    return "status"
+
+
+def _power_or_current(unit: str, text: str) -> str:
+    """W or A: demand, maximum (peak) demand, maximum, or the present value."""
+    if unit == "A" and _has(text, "leak", "residual", "earth", "ground"):
+        return "leakage_current"
+    base = "active_power" if unit == "W" else "current"
+    peak = _has(text, "max", "peak", "highest")
+    if _has(text, "demand", "dmd"):
+        return f"{base}_demand_max" if peak else f"{base}_demand"
+    return f"{base}_max" if peak else base
+
+
+def _percent_quantity(text: str) -> str:
+    volt = _has(text, "volt", "v ", "u ")
+    curr = _has(text, "curr", "amp", "i ")
+    for words, what in (
+        (("thd", "distortion", "harmonic"), "thd"),
+        (("unbalance", "imbalance", "asymmetr"), "unbalance"),
+    ):
+        if _has(text, *words) and (volt or curr):
+            return f"{what}_{'voltage' if volt else 'current'}"
+    if _has(text, "soc", "state of charge", "charge"):
+        return "state_of_charge"
+    if _has(text, "soh", "health"):
+        return "state_of_health"
+    if _has(text, "humid"):
+        return "humidity"
+    return "other"
 
 
 # Quantities that belong to a phase (or a pair, or the total); a frequency "from phase A" does not.
