@@ -38,7 +38,7 @@ from gateway.points import Kind
 from gateway.profiles import shipped_profiles
 from gateway.registry import DRIVERS, load_object
 from gateway.state import StateStore
-from gateway.twin import DemoDevice, Fault, Twin
+from gateway.twin import SIM_KEYS, DemoDevice, Fault, Twin
 
 TIMEOUT = 0.5  # the contract devices' timeout, seconds
 SLOW = 2.0  # the reply delay of the slow fault: well past TIMEOUT
@@ -184,6 +184,14 @@ async def test_shipped_profiles_load_for_a_device(kind: str) -> None:
         assert device.resolved_points or getattr(device, "tables", None), name
         for point in device.resolved_points:
             json.dumps(point.to_def().meta())
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVERS))
+def test_its_sim_hint_keys_are_documented(kind: str) -> None:
+    text = (GATEWAY.parent / "docs" / "profiles.md").read_text(encoding="utf-8")
+    section = text.split("## Sim hints for the device twins", 1)[1].split("\n## ", 1)[0]
+    missing = [k for k in sorted(SIM_KEYS | DRIVERS[kind].twin_class.sim_extras) if f"`{k}`" not in section]
+    assert missing == [], f"docs/profiles.md, sim hints: {kind} keys not described: {missing}"
 
 
 # --- reading the twin -------------------------------------------------------------------------
