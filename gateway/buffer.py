@@ -379,8 +379,8 @@ class DiskBuffer:
             prev = last
         return "ok", next_id, lwm, ranges
 
-    def _recover(self) -> RecoveryReport:
-        status, state_next, lwm, ranges = self._load_state()
+    def _segment_names(self) -> list[tuple[int, str]]:
+        """The segment files in order (a stale temporary state file is removed on the way)."""
         names: list[tuple[int, str]] = []
         try:
             entries = list(os.scandir(self.path))
@@ -393,43 +393,62 @@ class DiskBuffer:
             elif entry.name == _STATE_TMP:
                 self._unlink(self.path / entry.name)
         names.sort()
+        return names
 
+    def _read_segment(self, name: str, last_id: int, counts: dict[str, int]) -> tuple[_Segment, int, int, int] | None:
+        """(segment, file size, end of its last good record, last id) or None when unreadable."""
+        path = self.path / name
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            self._io_error("seg-open", "buffer segment unreadable, left in place", exc, file=name)
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            seg = _Segment(path, 0, sealed=True)
+            good_end = 0
+            if size > 0:
+                with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as mv:
+                    good_end, last_id = self._scan(mm, mv, size, seg, last_id, counts)
+        except (OSError, ValueError) as exc:
+            self._io_error("seg-read", "buffer segment unreadable, left in place", exc, file=name)
+            return None
+        finally:
+            os.close(fd)
+        return seg, size, good_end, last_id
+
+    @staticmethod
+    def _mark_acked(seg: _Segment, lwm: int, ranges: list[tuple[int, int]], ri: int) -> tuple[int, int]:
+        """Flag the segment's acknowledged records; (how many, the ack range index reached)."""
+        acked = 0
+        for i in range(len(seg.deltas)):
+            rid = seg.base + seg.deltas[i]
+            while ri < len(ranges) and ranges[ri][1] < rid:
+                ri += 1
+            if rid <= lwm or (ri < len(ranges) and ranges[ri][0] <= rid):
+                seg.flags[i] = _ACKED
+                acked += 1
+            else:
+                seg.live += 1
+        return acked, ri
+
+    def _recover(self) -> RecoveryReport:
+        status, state_next, lwm, ranges = self._load_state()
         counts = {"corrupt": 0, "corrupt_bytes": 0, "truncated_files": 0, "truncated_bytes": 0}
         removed = unreadable = acked_records = 0
         last_id = 0
         ri = 0
         kept: list[_Segment] = []
         empty: list[Path] = []
-        for _number, name in names:
-            path = self.path / name
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as exc:
+        for _number, name in self._segment_names():
+            read = self._read_segment(name, last_id, counts)
+            if read is None:
                 unreadable += 1
-                self._io_error("seg-open", "buffer segment unreadable, left in place", exc, file=name)
                 continue
-            try:
-                size = os.fstat(fd).st_size
-                seg = _Segment(path, 0, sealed=True)
-                good_end = 0
-                if size > 0:
-                    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as mv:
-                        good_end, last_id = self._scan(mm, mv, size, seg, last_id, counts)
-            except (OSError, ValueError) as exc:
-                unreadable += 1
-                self._io_error("seg-read", "buffer segment unreadable, left in place", exc, file=name)
-                continue
-            finally:
-                os.close(fd)
-            for i in range(len(seg.deltas)):
-                rid = seg.base + seg.deltas[i]
-                while ri < len(ranges) and ranges[ri][1] < rid:
-                    ri += 1
-                if rid <= lwm or (ri < len(ranges) and ranges[ri][0] <= rid):
-                    seg.flags[i] = _ACKED
-                    acked_records += 1
-                else:
-                    seg.live += 1
+            seg, size, good_end, last_id = read
+            path = seg.path
+            acked, ri = self._mark_acked(seg, lwm, ranges, ri)
+            acked_records += acked
             if not seg.deltas:
                 counts["truncated_bytes"] += size
                 empty.append(path)

@@ -28,7 +28,7 @@ import ast
 import functools
 import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,48 +166,83 @@ def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
 
 
 def _eval(node: ast.AST, env: Mapping[str, Any], src: str) -> Any:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str | bool):
-        return node.value
-    if isinstance(node, ast.Name):
-        if node.id not in env:
-            raise ValueError(f"unknown variable {node.id!r} in {src!r}")
-        return env[node.id]
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _eval(node.left, env, src), _eval(node.right, env, src)
-        if isinstance(node.op, ast.Pow) and isinstance(right, int | float) and abs(right) > 64:
-            raise ValueError(f"exponent too large in {src!r}")
-        try:
-            return _BINOPS[type(node.op)](left, right)
-        except (ArithmeticError, TypeError) as exc:
-            raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd | ast.Not):
-        operand = _eval(node.operand, env, src)
-        if isinstance(node.op, ast.Not):
-            return not operand
-        return -operand if isinstance(node.op, ast.USub) else +operand
-    if isinstance(node, ast.Compare) and all(type(op) in _CMPOPS for op in node.ops):
-        left = _eval(node.left, env, src)
-        for op, comp in zip(node.ops, node.comparators, strict=True):
-            right = _eval(comp, env, src)
-            if not _CMPOPS[type(op)](left, right):
-                return False
-            left = right
-        return True
-    if isinstance(node, ast.BoolOp):
-        values = [_eval(v, env, src) for v in node.values]
-        return all(values) if isinstance(node.op, ast.And) else any(values)
-    if isinstance(node, ast.IfExp):
-        return _eval(node.body if _eval(node.test, env, src) else node.orelse, env, src)
-    if isinstance(node, ast.List | ast.Tuple):
-        return [_eval(e, env, src) for e in node.elts]
-    if isinstance(node, ast.Subscript):
-        seq = _eval(node.value, env, src)
-        idx = _eval(node.slice, env, src)
-        try:
-            return seq[idx]
-        except (IndexError, TypeError, KeyError) as exc:
-            raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
-    raise ValueError(f"unsupported expression {src!r}")
+    handler = _NODES.get(type(node))
+    if handler is None:
+        raise ValueError(f"unsupported expression {src!r}")
+    return handler(node, env, src)
+
+
+def _constant(node: Any, _env: Mapping[str, Any], src: str) -> Any:
+    if not isinstance(node.value, int | float | str | bool):
+        raise ValueError(f"unsupported expression {src!r}")
+    return node.value
+
+
+def _name(node: Any, env: Mapping[str, Any], src: str) -> Any:
+    if node.id not in env:
+        raise ValueError(f"unknown variable {node.id!r} in {src!r}")
+    return env[node.id]
+
+
+def _binop(node: Any, env: Mapping[str, Any], src: str) -> Any:
+    if type(node.op) not in _BINOPS:
+        raise ValueError(f"unsupported expression {src!r}")
+    left, right = _eval(node.left, env, src), _eval(node.right, env, src)
+    if isinstance(node.op, ast.Pow) and isinstance(right, int | float) and abs(right) > 64:
+        raise ValueError(f"exponent too large in {src!r}")
+    try:
+        return _BINOPS[type(node.op)](left, right)
+    except (ArithmeticError, TypeError) as exc:
+        raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
+
+
+def _unary(node: Any, env: Mapping[str, Any], src: str) -> Any:
+    if not isinstance(node.op, ast.USub | ast.UAdd | ast.Not):
+        raise ValueError(f"unsupported expression {src!r}")
+    operand = _eval(node.operand, env, src)
+    if isinstance(node.op, ast.Not):
+        return not operand
+    return -operand if isinstance(node.op, ast.USub) else +operand
+
+
+def _compare(node: Any, env: Mapping[str, Any], src: str) -> Any:
+    if not all(type(op) in _CMPOPS for op in node.ops):
+        raise ValueError(f"unsupported expression {src!r}")
+    left = _eval(node.left, env, src)
+    for op, comp in zip(node.ops, node.comparators, strict=True):
+        right = _eval(comp, env, src)
+        if not _CMPOPS[type(op)](left, right):
+            return False
+        left = right
+    return True
+
+
+def _boolop(node: Any, env: Mapping[str, Any], src: str) -> Any:
+    values = [_eval(v, env, src) for v in node.values]
+    return all(values) if isinstance(node.op, ast.And) else any(values)
+
+
+def _subscript(node: Any, env: Mapping[str, Any], src: str) -> Any:
+    seq = _eval(node.value, env, src)
+    idx = _eval(node.slice, env, src)
+    try:
+        return seq[idx]
+    except (IndexError, TypeError, KeyError) as exc:
+        raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
+
+
+_NODES: dict[type[ast.AST], Callable[[Any, Mapping[str, Any], str], Any]] = {
+    ast.Constant: _constant,
+    ast.Name: _name,
+    ast.BinOp: _binop,
+    ast.UnaryOp: _unary,
+    ast.Compare: _compare,
+    ast.BoolOp: _boolop,
+    ast.IfExp: lambda n, env, src: _eval(n.body if _eval(n.test, env, src) else n.orelse, env, src),
+    ast.List: lambda n, env, src: [_eval(e, env, src) for e in n.elts],
+    ast.Tuple: lambda n, env, src: [_eval(e, env, src) for e in n.elts],
+    ast.Subscript: _subscript,
+}
 
 
 def substitute(value: Any, env: Mapping[str, Any]) -> Any:
