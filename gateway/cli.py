@@ -191,13 +191,15 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     if kind not in DRIVERS:
         print(f"edgegw simulate: cannot tell the driver of {ref!r}; give --driver", file=sys.stderr)
         return EXIT_CONFIG
-    spec = DRIVERS[kind]
-    if spec.simulator is None:
-        print(f"edgegw simulate: the {kind} driver has no simulator", file=sys.stderr)
+    try:
+        twin_class = DRIVERS[kind].twin_class
+    except (LookupError, ImportError) as exc:
+        print(f"edgegw simulate: the {kind} driver has no twin ({exc})", file=sys.stderr)
         return EXIT_FAIL
+    from gateway.twin import simulate
+
     logs.setup("info", "auto")
-    status: int = load_object(spec.simulator)(ref, rest)
-    return status
+    return simulate(twin_class, ref, rest)
 
 
 def cmd_scan(args: argparse.Namespace, rest: list[str]) -> int:
@@ -257,12 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--write-profile", metavar="FILE", help="write the discovered points out as a profile")
     rd.add_argument("--verbose", "-v", action="store_true")
 
-    s = sub.add_parser("simulate", help="serve a profile as a device twin (options after the profile go to the twin)")
-    s.add_argument("profile")
-    s.add_argument("--driver", choices=sorted(DRIVERS))
+    s = sub.add_parser(
+        "simulate",
+        help="serve a profile as a device twin (options after the profile go to the twin)",
+        description="Serve a profile as a device twin. `edgegw simulate PROFILE --help` lists the twin's options.",
+    )
+    s.add_argument("profile", help="a shipped profile name (edgegw profiles) or a profile file")
+    s.add_argument("--driver", choices=sorted(DRIVERS), help="the profile's driver, when it does not say")
 
-    sc = sub.add_parser("scan", help="look for devices: scan modbus|bacnet|snmp [options]")
-    sc.add_argument("kind")
+    sc = sub.add_parser(
+        "scan",
+        help="look for devices: scan modbus|bacnet|snmp [options]",
+        description="Look for devices. `edgegw scan KIND --help` lists that scanner's options.",
+    )
+    sc.add_argument("kind", help=", ".join(k for k, spec in DRIVERS.items() if spec.scanner))
 
     pr = sub.add_parser("profiles", help="list the shipped device profiles")
     pr.add_argument("--driver", choices=sorted(DRIVERS))
@@ -272,12 +282,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_tool_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`simulate PROFILE ...` / `scan KIND ...`: our part up to the positional, the tool's after it.
+
+    Everything after the positional goes to the driver's tool, `--help` included, so that
+    `edgegw scan modbus --help` shows the scanner's options; before it, `-h` is our own help.
+    `simulate`'s own `--driver` may stand on either side.
+    """
+    ours, i = [argv[0]], 1
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        ours.append(arg)
+        if arg == "--driver" and i < len(argv):
+            ours.append(argv[i])
+            i += 1
+        elif not arg.startswith("-"):
+            break
+    rest: list[str] = []
+    tail = argv[i:]
+    while tail:
+        arg = tail.pop(0)
+        if argv[0] == "simulate" and arg == "--driver" and tail:
+            ours += [arg, tail.pop(0)]
+        elif argv[0] == "simulate" and arg.startswith("--driver="):
+            ours.append(arg)
+        else:
+            rest.append(arg)
+    return ours, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # simulate and scan pass everything after their positional argument to the driver's tool.
     if argv and argv[0] in ("simulate", "scan"):
-        known, rest = parser.parse_known_args(argv)
+        ours, rest = split_tool_argv(argv)
+        known = parser.parse_args(ours)
     else:
         known, rest = parser.parse_args(argv), []
     try:
