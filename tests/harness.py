@@ -173,8 +173,10 @@ class Daemon:
 
     async def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not stop in time."""
-        if self.proc is None or self.proc.returncode is not None:
-            return self.proc.returncode if self.proc else 0
+        if self.proc is None:
+            return 0
+        if self.proc.returncode is not None:
+            return self.proc.returncode
         await self.signal(signal.SIGTERM)
         try:
             return await self.wait(timeout)

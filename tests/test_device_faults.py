@@ -73,7 +73,7 @@ async def test_misbehaving_devices_do_not_hurt_the_healthy_one(
         try:
             for dev in ("hangs", "garbage", "midframe"):
                 await collector.wait_for(
-                    lambda dev=dev: any(m.json()["state"] == "offline" for m in collector.on(f"/{dev}/status")),
+                    lambda dev=dev: any(m.json()["state"] == "offline" for m in collector.on(f"/{dev}/status")),  # type: ignore[misc]
                     what=f"{dev} offline",
                 )
                 reading = collector.latest(dev, "mains.voltage_l1")

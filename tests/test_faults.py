@@ -105,7 +105,7 @@ async def test_broker_outage_loses_nothing(
         # Drained: every seq from the first to the newest arrived (duplicates are allowed, holes are not).
         for dev in ("pdu-1", "pdu-2"):
             await collector2.wait_for(
-                lambda dev=dev: len(contiguous_runs(seqs(collector2, dev))) == 1,
+                lambda dev=dev: len(contiguous_runs(seqs(collector2, dev))) == 1,  # type: ignore[misc]
                 timeout=30,
                 what=f"no holes for {dev}: {contiguous_runs(seqs(collector2, dev))[:5]}",
             )

@@ -145,7 +145,7 @@ def rate_point(bits: int, **kw: object) -> PointConfig:
 
 def rates(n: Normalizer, samples: list[tuple[int, int]]) -> list[tuple[object, str]]:
     """(value, quality) of each (raw counter, ts ms) sample in turn."""
-    out = []
+    out: list[tuple[object, str]] = []
     for raw, ts in samples:
         b = n.normalize(RawReadings([raw]), ts)
         out.append((b.values[0], b.qualities[0]))

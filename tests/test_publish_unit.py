@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -18,8 +19,8 @@ def test_messages_returned_in_any_order_go_out_oldest_first() -> None:
     pub = publisher()
     for name in "abcde":
         pub._enqueue(Outgoing(name, b"", 1))
-    taken = [pub._next_live() for _ in range(3)]
-    assert [m.topic for m in taken if m] == ["a", "b", "c"]
+    taken = [m for _ in range(3) if (m := pub._next_live()) is not None]
+    assert [m.topic for m in taken] == ["a", "b", "c"]
     pub._return([taken[2]])  # failures arrive in any order
     pub._return([taken[0], taken[1]])
     rest = []
@@ -81,11 +82,15 @@ def test_on_done_fires_once_when_a_message_is_safe_or_dropped(tmp_path: Path) ->
     from gateway.publish import _done
 
     done: list[str] = []
+
+    def note(name: str) -> Callable[[], None]:
+        return lambda: done.append(name)
+
     # Queued, then dropped at the bound: done (the loss is counted, not waited for).
     pub = publisher()
     names = [f"m{i}" for i in range(pub._limit + 1)]
     for name in names:
-        pub._enqueue(Outgoing(name, b"", 1, on_done=lambda n=name: done.append(n)))
+        pub._enqueue(Outgoing(name, b"", 1, on_done=note(name)))
     assert done == ["m0"] and pub.stats.dropped_queue == 1
     # Acknowledged: done once, however often the ack path runs.
     msg = pub._next_live()

@@ -114,7 +114,7 @@ async def first_data(port: int, timeout: float) -> bytes | None:
         try:
             async with asyncio.timeout(timeout):
                 async for msg in client.messages:
-                    return bytes(msg.payload)  # type: ignore[arg-type]
+                    return bytes(msg.payload)
         except TimeoutError:
             return None
     return None
