@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -211,13 +212,40 @@ class HealthConfig(Strict):
         return v
 
 
+#: `state_dir: memory`: seq counters and driver state live in memory only, and restart with the process.
+MEMORY = "memory"
+
+
+def default_state_dir(site: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The `state_dir` of a config that names none, so that `seq` survives a restart out of the box.
+
+    The unit's StateDirectory= (systemd sets $STATE_DIRECTORY, /var/lib/edgegw), else the user's
+    state folder ($XDG_STATE_HOME/edgegw/<site>, ~/.local/state/edgegw/<site>), else a folder
+    beside the config file (edgegw-state/<site>). Nothing is created here: `edgegw run` does.
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]  # one path per StateDirectory= entry
+    if systemd and Path(systemd).is_absolute():
+        return Path(systemd)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative value is ignored
+        return Path(xdg) / "edgegw" / site
+    home = env.get("HOME", "")
+    if home and Path(home).is_absolute() and Path(home) != Path("/"):
+        return Path(home) / ".local" / "state" / "edgegw" / site
+    return (CONFIG_DIR.get() or Path.cwd()) / "edgegw-state" / site
+
+
 class GatewayConfig(Strict):
     """The whole file; per-driver sections (bacnet:, snmp:) are added from the registry."""
 
     site: Identifier
     mqtt: MqttConfig = MqttConfig()
     buffer: BufferConfig = BufferConfig()
-    state_dir: Path | None = Field(default=None, description="where seq counters and driver cursors live")
+    state_dir: Path | None = Field(
+        default=None,
+        description="where seq counters and driver cursors live; `memory`: nowhere (None); unset: default_state_dir()",
+    )
     log: LogConfig = LogConfig()
     health: HealthConfig = HealthConfig()
     buses: list[BusConfig] = Field(default_factory=list)
@@ -226,10 +254,27 @@ class GatewayConfig(Strict):
     _source: str = ""
     _warnings: list[ConfigIssue] = []
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if v is None:
+            # An empty `state_dir:` is null too: losing seq across restarts must be asked for in words.
+            raise ValueError(
+                "null is not a choice; write `state_dir: memory` to keep seq and driver state "
+                "in memory only (seq restarts at 1), or leave state_dir out for the default folder"
+            )
+        return None if v == MEMORY else v
+
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         return config_path(v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _default_state_dir(self) -> GatewayConfig:
+        if "state_dir" not in self.model_fields_set:
+            object.__setattr__(self, "state_dir", default_state_dir(self.site))
+        return self
 
     @property
     def source(self) -> str:
