@@ -316,8 +316,7 @@ WriteHook = Callable[["_TwinApplication", Any, int, Wire | None], None]
 
 
 class _TwinApplication(Application):  # type: ignore[misc]
-    """Counts requests, can refuse ReadPropertyMultiple and COV, keeps answers within its max APDU,
-    and serves WriteProperty to commandable present values with a real priority array."""
+    """One device's stack: counts requests, refuses RPM/COV on demand, fits its max APDU, takes writes."""
 
     rpm_supported = True
     cov_supported = True
@@ -361,7 +360,7 @@ class _TwinApplication(Application):  # type: ignore[misc]
         priority = 16 if apdu.priority is None else int(apdu.priority)
         if not 1 <= priority <= 16:
             raise ExecutionError(errorClass="services", errorCode="parameterOutOfRange")
-        if priority == 6:  # reserved for minimum on/off time (135, 19.2.3)
+        if priority == 6:  # reserved for minimum on/off times: no client may command at it
             raise PropertyError("writeAccessDenied")
         try:
             value = apdu.propertyValue.cast_out(value_type, null=True)
@@ -688,6 +687,8 @@ class BacnetTwin(Twin):
             self._task = asyncio.create_task(self._animate(), name="bacnet-twin")
 
     def _pick_ports(self) -> dict[int, int]:
+        if self.ports:  # a restart serves where the devices were
+            return dict(self.ports)
         if self.router_enabled:
             return {self.offset: self.port or free_udp_port(self.host)}
         return {
@@ -771,6 +772,7 @@ class BacnetTwin(Twin):
         for task in list(self._delayed):
             task.cancel()
         self._delayed.clear()
+        was_serving = bool(self.devices)
         for app in [self.router, *self.devices.values()]:
             if app is not None:
                 with contextlib.suppress(Exception):
@@ -782,6 +784,17 @@ class BacnetTwin(Twin):
                 served.obj = None
         self.devices.clear()
         self.router = None
+        if was_serving:
+            await self._ports_released()
+
+    async def _ports_released(self) -> None:
+        """Return once the sockets are closed (at most 2 s), so that a restart finds its ports free."""
+        # asyncio closes a datagram socket on a later turn of the loop, not in close(); there is
+        # nothing to await for it, so look at the port.
+        for _ in range(200):
+            if not any(port_problem(self.host, port) for port in self.ports.values()):
+                return
+            await asyncio.sleep(0.01)
 
     # -- faults at the datagram level -------------------------------------------------------------
 

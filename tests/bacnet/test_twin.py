@@ -323,6 +323,20 @@ async def test_without_a_router_each_panel_is_a_device_of_its_own() -> None:
             assert good((await drivers[50001].read()).values)
 
 
+@pytest.mark.parametrize("router", [True, False], ids=["router", "no-router"])
+async def test_a_restarted_twin_serves_where_it_was(router: bool) -> None:
+    twin = BacnetTwin.create(vars={"channels": 1}, panels=2, router=router, animate=False)
+    async with twin:
+        configs = [twin.device_config(i) for i in twin.panel_instances]
+        twin.set_value("panel2.mains.frequency", 49.5, target=50002)
+    assert twin.value("panel2.mains.frequency", 50002) == pytest.approx(49.5)  # pinned while stopped too
+    async with twin, gateway_side(twin) as drivers:
+        assert [twin.device_config(i) for i in twin.panel_instances] == configs
+        raw = await drivers[50002].read()
+        ids = [p.id for p in drivers[50002].ctx.points]
+        assert raw.values[ids.index("panel2.mains.frequency")] == pytest.approx(49.5)
+
+
 async def test_an_unknown_sim_key_is_refused() -> None:
     point = {"id": "x", "object": "analog-value,1", "quantity": "other", "sim": {"vlaue": 3}}
     with pytest.raises(ValueError, match="unknown key"):
