@@ -359,11 +359,12 @@ class SnmpTwin(Twin):
 
     Access: v1/v2c with ``community`` (read, default "public") and ``write_community`` (read and
     SET, default "private"; ``community=None`` turns v1/v2c off), v3 with ``users`` (a
-    :class:`V3User` may be ``read_only``; ``version="3"`` without users adds ``DEFAULT_V3_USER``). ``device_config()`` gives the version
-    asked for at create (``version``): the community through ``community_env`` (the twin sets
-    the variable ``EDGEGW_TWIN_COMMUNITY``, or ``EDGEGW_TWIN_COMMUNITY_2``... when another twin
-    of the process holds another community), or for v3 the first user with ``auth_key_env`` /
-    ``priv_key_env`` (``EDGEGW_TWIN_AUTH_KEY`` / ``EDGEGW_TWIN_PRIV_KEY``, same rule).
+    :class:`V3User` may be ``read_only``; ``version="3"`` without users adds
+    ``DEFAULT_V3_USER``). ``device_config()`` gives the version asked for at create
+    (``version``): the community through ``community_env`` (the twin sets the variable
+    ``EDGEGW_TWIN_COMMUNITY``, or ``EDGEGW_TWIN_COMMUNITY_2``... when another twin of the process
+    holds another community), or for v3 the first user with ``auth_key_env`` / ``priv_key_env``
+    (``EDGEGW_TWIN_AUTH_KEY`` / ``EDGEGW_TWIN_PRIV_KEY``, same rule).
 
     SET: OIDs in ``writable`` (point ids or OIDs; ``"all"``: every scalar point, OID ending in
     .0, that is not a counter or an uptime) accept a SET of their own type; the value is pinned
@@ -376,7 +377,8 @@ class SnmpTwin(Twin):
     Faults: ``self.faults.set(mode)`` applies to every reply datagram of the agent (silent, slow,
     garbage, disconnect = half a datagram); ``target=`` a community or a v3 user name limits it to
     the requests of that community or user. ``silence_after(n)`` answers n more requests, then
-    goes silent. ``requests`` counts requests by kind (get, getnext, getbulk, set).
+    goes silent. ``requests`` counts requests by kind (get, getnext, getbulk, set). A SET that
+    arrives under a fault is applied; only its reply suffers. Notifications are not faulted.
 
     Notifications: ``await send_trap(target, ...)`` sends a trap (or an inform, acknowledged);
     with ``trap_target`` given at create the twin sends one every ``trap_every`` itself.
