@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.bacnet.simulator import BacnetTwin
+from drivers.bacnet.twin import BacnetTwin
 from tests.harness import Collector, Daemon, Mosquitto
 from tests.test_e2e_snmp import spray_udp
 
