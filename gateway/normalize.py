@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -58,8 +59,57 @@ def _shared(value: T) -> T:
     return _SHARED.setdefault(value, value)  # type: ignore[return-value]
 
 
+#: `PointConfig.float_digits()` of a float32 source: 9 significant digits always identify one.
+FLOAT32_DIGITS = 9
+_F32 = struct.Struct("f")
+_G = tuple(f"%.{n}g".__mod__ for n in range(10))
+_G7, _G8, _G9 = _G[7], _G[8], _G[9]
+
+
+def _digits(text: str) -> int:
+    """Significant digits of a %g text (which drops trailing zeros)."""
+    return len(text.partition("e")[0].replace("-", "").replace(".", "").lstrip("0"))
+
+
+def float32_text(x: float) -> str:
+    """The shortest decimal that reads back as the same float32: 101.2, not 101.199997 (or 101.19999694824219).
+
+    A value the device made from a decimal (101.2 kW, 0.3) comes back as that decimal, any other
+    with the 7, 8 or 9 digits that identify it. Whether n digits identify x only gets truer with
+    more digits, so the search stops at the first n that fails.
+    """
+    # On the hot path of every float32 reading: the round trip is inlined, not a call.
+    pack, unpack = _F32.pack, _F32.unpack
+    try:
+        text = _G7(x)
+        if unpack(pack(float(text)))[0] == x:
+            n = _digits(text)
+            while n > 1:
+                shorter = _G[n - 1](x)
+                if unpack(pack(float(shorter)))[0] != x:
+                    break
+                text, n = shorter, _digits(shorter)
+            return text
+        text = _G8(x)
+        return text if unpack(pack(float(text)))[0] == x else _G9(x)
+    except OverflowError:  # beyond float32's range: not a float32 reading, keep every digit
+        return repr(x)
+
+
+def scale_float32(raw: float, num: int, den: int, exponent: int, offset: float) -> float:
+    """A float32 reading scaled as the decimal it stands for: 101.2 kW x 1000 is 101200 W, not 101199.997."""
+    exact = Fraction(float32_text(raw)) * num / den * Fraction(10) ** exponent
+    return float(exact + Fraction(repr(offset)) if offset else exact)
+
+
+def _scaled(p: PointConfig) -> bool:
+    return p.scale != 1 or p.offset != 0 or p.exponent_point is not None
+
+
 @functools.cache
 def _float_format(digits: int | None) -> Callable[[float], str]:
+    if digits == FLOAT32_DIGITS:
+        return float32_text
     return f"%.{digits}g".__mod__ if digits else float.__repr__
 
 
@@ -111,9 +161,10 @@ class Encoder:
         self._prefix = ['{"point":' + json.dumps(p.id) + ',"value":' for p in points]
         self._unit_json = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"') for p in points]
         self._good_tail = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"good","ts":') for p in points]
-        # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094)
-        # and repr() of those costs three times as much: 9 significant digits are exact for float32.
-        self._float_fmt = [_float_format(p.float_digits()) for p in points]
+        # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094):
+        # it is written as the shortest decimal that identifies the float32 (229.27). A scaled
+        # float32 is the exact product of that decimal (Normalizer._one): every digit of it counts.
+        self._float_fmt = [_float_format(None if _scaled(p) else p.float_digits()) for p in points]
 
     def encode(self, batch: Batch, seq: int) -> bytes:
         prefix, good_tail, unit, float_fmt = self._prefix, self._good_tail, self._unit_json, self._float_fmt
@@ -150,7 +201,7 @@ class Encoder:
         ):
             item: dict[str, object] = {
                 "point": self._ids[i],
-                "value": value,
+                "value": float(self._float_fmt[i](value)) if type(value) is float else value,  # as encode() writes it
                 "unit": self._units[i],
                 "quality": quality,
                 "ts": ts,
@@ -200,6 +251,7 @@ class Normalizer:
         self._den: list[int] = []
         self._offset: list[float] = []
         self._plain: list[bool] = []
+        self._f32: list[bool] = []
         self._exp_from: list[int] = []
         self._invalid: list[frozenset[float]] = []
         self._nan_invalid: list[bool] = []
@@ -214,6 +266,7 @@ class Normalizer:
             self._num.append(num)
             self._den.append(den)
             self._offset.append(p.offset)
+            self._f32.append(p.float_digits() == FLOAT32_DIGITS)
             self._exp_from.append(ids[p.exponent_point] if p.exponent_point in ids else -1)  # noqa: SIM401
             self._rate_per.append(_RATE_PER[p.rate] if p.rate is not None else 0)
             self._rate_bits.append(p.counter_width() or 0 if p.rate is not None else 0)
@@ -256,15 +309,19 @@ class Normalizer:
                 return None, BAD, "scale register unavailable"
             exp += ex
         try:
-            value = scale_exact(raw, self._num[i], self._den[i], exp)
-            off = self._offset[i]
-            if off:
-                value = value + off
+            value = self._scale(i, raw, exp)
         except OverflowError:
             return None, BAD, "value out of range after scaling"
         if isinstance(value, float) and not -_INF < value < _INF:
             return None, BAD, "value out of range after scaling"
         return value, GOOD, None
+
+    def _scale(self, i: int, raw: int | float, exp: int) -> int | float:
+        if self._f32[i] and type(raw) is float:
+            return scale_float32(raw, self._num[i], self._den[i], exp, self._offset[i])
+        value = scale_exact(raw, self._num[i], self._den[i], exp)
+        off = self._offset[i]
+        return value + off if off else value
 
     def _rate(self, i: int, raw: int | float, ts: int) -> float | tuple[Value, str, str | None]:
         """The rate of counter point i from its previous sample, in counts per rate unit."""
