@@ -13,7 +13,12 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
-    """Configure structlog and route the libraries' stdlib logging through it."""
+    """Configure structlog and route the libraries' stdlib logging through it.
+
+    Every line on the stream has one shape, ours or a library's (paho/aiomqtt, pysnmp,
+    bacpypes3, pymodbus, asyncio, gurux, Python warnings): the same renderer and the same keys
+    (`event`, `level`, `timestamp`), plus `logger` (the library's logger name) for a library's.
+    """
     stream = stream or sys.stderr
     json_lines = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [
@@ -24,15 +29,22 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    tail: list[Any] = [structlog.processors.format_exc_info, renderer] if json_lines else [renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer] if json_lines else [*shared, renderer],
+        processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through stdlib logging: keep their warnings, drop their chatter.
+    # Libraries log through stdlib logging: keep their warnings, drop their chatter, and render
+    # them as ours, so that a journal of JSON lines has no plain-text line in the middle.
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
     if level != "debug":
         handler.addFilter(LibraryNoise())
     root = logging.getLogger()
@@ -40,6 +52,8 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     root.setLevel(logging.WARNING if level != "debug" else logging.INFO)
     for noisy in ("pymodbus", "bacpypes3", "pysnmp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.ERROR if level != "debug" else logging.WARNING)
+    # A library's warnings.warn() (a deprecation in pysnmp, say) would otherwise print plain text.
+    logging.captureWarnings(True)
 
 
 class LibraryNoise(logging.Filter):
