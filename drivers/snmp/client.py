@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +176,28 @@ def _v3_problem(indication: Any, user: str | None) -> str | None:
     return None
 
 
+def route_source(host: str, port: int, family: int) -> str:
+    """The local address the kernel sends from to host:port: connecting a UDP socket sends nothing."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))
+        return str(probe.getsockname()[0])
+
+
+# Per engine: (base transport domain, source address) -> the transport domain of its socket.
+_DOMAINS: weakref.WeakKeyDictionary[SnmpEngine, dict[tuple[tuple[int, ...], str], tuple[int, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _domain_for(engine: SnmpEngine, base: tuple[int, ...], source: str) -> tuple[int, ...]:
+    """A transport domain of its own per source address: pysnmp opens one client socket per domain."""
+    domains = _DOMAINS.setdefault(engine, {})
+    key = (tuple(base), source)
+    if key not in domains:
+        domains[key] = (*base, len(domains) + 1)
+    return domains[key]
+
+
 class Agent:
     """One SNMP agent as seen from the gateway: where it is, who we are to it, and its requests."""
 
@@ -198,6 +222,8 @@ class Agent:
         self.retries = retries
         self.context = context.encode()
         self.address: tuple[str, int] | None = None
+        self.source: str | None = None  # the local address requests leave from
+        self._domain: tuple[int, ...] | None = None
         self._target_name: str | None = None
         self._user = auth.userName if isinstance(auth, UsmUserData) else None
 
@@ -206,19 +232,35 @@ class Agent:
         if self.address is not None:
             return self.address
         cls: Any = UdpTransportTarget
+        family = socket.AF_INET
         try:
             if ipaddress.ip_address(self.host).version == 6:
-                cls = Udp6TransportTarget
+                cls, family = Udp6TransportTarget, socket.AF_INET6
         except ValueError:
             pass  # a host name: resolved as IPv4
         try:
             target = await cls.create((self.host, self.port), timeout=self.timeout, retries=self.retries)
+            addr = target.transport_address
+            # pysnmp's client socket binds the wildcard (every interface) unless told otherwise:
+            # bind the address the kernel would send from to this agent (127.0.0.1 for a
+            # loopback agent), one socket per source address of the engine.
+            self.source = route_source(str(addr[0]), int(addr[1]), family)
+            target.TRANSPORT_DOMAIN = _domain_for(self.engine, cls.TRANSPORT_DOMAIN, self.source)
+            target.set_local_address((self.source, 0))
             self._target_name, _ = _LCD.configure(self.engine, self.auth, target, self.context)
         except (PySnmpError, OSError) as exc:
             raise DeviceError(f"cannot use {self.host}:{self.port}: {exc}") from None
-        addr = target.transport_address
+        self._domain = target.TRANSPORT_DOMAIN
         self.address = (str(addr[0]), int(addr[1]))
         return self.address
+
+    def local_address(self) -> tuple[str, int] | None:
+        """Where the socket that talks to this agent is bound (after the first request), or None."""
+        if self._domain is None:
+            return None
+        transport = self.engine.transport_dispatcher.get_transport(self._domain)
+        sock = getattr(getattr(transport, "transport", None), "get_extra_info", lambda _name: None)("sockname")
+        return (str(sock[0]), int(sock[1])) if sock else None
 
     async def get(self, oids: Sequence[Oid]) -> Response:
         return await self._request(cmdgen.GetCommandGenerator(), oids)
