@@ -62,33 +62,39 @@ def _shared(value: T) -> T:
 #: `PointConfig.float_digits()` of a float32 source: 9 significant digits always identify one.
 FLOAT32_DIGITS = 9
 _F32 = struct.Struct("f")
-_G = tuple(f"%.{n}g".__mod__ for n in range(10))
-_G7, _G8, _G9 = _G[7], _G[8], _G[9]
+_G7, _G8, _G9 = "%.7g".__mod__, "%.8g".__mod__, "%.9g".__mod__
+_SHORTER = tuple(f"%.{n}g".__mod__ for n in range(6, 0, -1))
+_F32_MIN_NORMAL = 2.0**-126  # below it a float32 has fewer digits than %.7g assumes
 
 
-def _digits(text: str) -> int:
-    """Significant digits of a %g text (which drops trailing zeros)."""
-    return len(text.partition("e")[0].replace("-", "").replace(".", "").lstrip("0"))
+def _significant(text: str) -> int:
+    """Significant digits of a %g text (trailing zeros of an integer part are not: "50000" is 1)."""
+    return len(text.partition("e")[0].replace("-", "").replace(".", "").strip("0"))
 
 
 def float32_text(x: float) -> str:
     """The shortest decimal that reads back as the same float32: 101.2, not 101.199997 (or 101.19999694824219).
 
     A value the device made from a decimal (101.2 kW, 0.3) comes back as that decimal, any other
-    with the 7, 8 or 9 digits that identify it. Whether n digits identify x only gets truer with
-    more digits, so the search stops at the first n that fails.
+    with the 8 or 9 digits that identify it. `%g` drops trailing zeros, so the 7-digit text of a
+    float32 that stands for a shorter decimal is that decimal already ("90", not "9e+01"). Only a
+    text of all 7 digits (1e28 reads back as 9.999999e+27 at the top of a decade) or a subnormal
+    tries fewer.
     """
-    # On the hot path of every float32 reading: the round trip is inlined, not a call.
+    # On the hot path of every float32 reading: two formats for most, the round trip inlined.
     pack, unpack = _F32.pack, _F32.unpack
     try:
         text = _G7(x)
         if unpack(pack(float(text)))[0] == x:
-            n = _digits(text)
-            while n > 1:
-                shorter = _G[n - 1](x)
+            if abs(x) >= _F32_MIN_NORMAL and _significant(text) < 7:
+                return text
+            for fmt in _SHORTER:
+                shorter = fmt(x)
+                if shorter == text:
+                    continue  # the same text with a zero fewer ("90"): try fewer digits still
                 if unpack(pack(float(shorter)))[0] != x:
                     break
-                text, n = shorter, _digits(shorter)
+                text = shorter
             return text
         text = _G8(x)
         return text if unpack(pack(float(text)))[0] == x else _G9(x)
