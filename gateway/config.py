@@ -31,7 +31,7 @@ from gateway.models import (
     port_number,
     read_secret,
 )
-from gateway.profiles import ProfileError, expand, load_profile, resolve_profile_path
+from gateway.profiles import Profile, ProfileError, expand, load_profile, resolve_profile_path
 from gateway.registry import DRIVERS, DriverSpec
 from gateway.yamlload import MISSING, LineDict, YamlError, child_of, format_path, load_file, load_text, locate
 
@@ -364,54 +364,87 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> LineDict:
     return out
 
 
+# Point id -> (the point's mapping, file, line, where it was written), in definition order.
+_Points = dict[str, tuple[dict[str, Any], str, int, str]]
+
+
 def _resolve_device(
     raw: Mapping[str, Any], device: DeviceConfig, path: str, base_dir: Path | None
 ) -> tuple[DeviceConfig, list[ConfigIssue]]:
     """Merge the device's profile and inline points and validate each point; returns the device and issues."""
     issues: list[ConfigIssue] = []
-    file = getattr(raw, "file", "")
-    model = type(device)
-    point_model = model.point_model
-    points: dict[str, tuple[dict[str, Any], str, int, str]] = {}
+    points: _Points = {}
     profile_meta: dict[str, Any] = {}
     profile_vars: dict[str, Any] = {}
-
     if device.profile is not None:
-        try:
-            ppath = resolve_profile_path(device.profile, device.driver, base_dir)
-            profile = load_profile(ppath)
-        except (ValueError, ProfileError, YamlError) as exc:
-            line = getattr(raw, "lines", {}).get("profile", getattr(raw, "line", 0))
-            return device, [ConfigIssue(file, line, f"{path}.profile", str(exc))]
-        if profile.driver and profile.driver != device.driver:
-            line = getattr(raw, "lines", {}).get("profile", 0)
-            msg = f"profile {profile.name!r} is for driver {profile.driver!r}, not {device.driver!r}"
-            return device, [ConfigIssue(file, line, f"{path}.profile", msg)]
-        profile_meta = profile.meta()
-        if profile.device:
-            # The profile's device defaults apply where the device does not set the key itself.
-            merged = _merge(profile.device, raw)
-            try:
-                device = model.model_validate(merged)
-            except ValidationError as exc:
-                return device, _issues_from(exc, merged, f"{path}.", file)
-        unknown = set(device.profile_vars) - set(profile.vars)
-        if unknown:
-            line = getattr(raw, "lines", {}).get("profile_vars", 0)
-            known = ", ".join(sorted(profile.vars)) or "none"
-            msg = f"unknown profile variable(s) {sorted(unknown)}; {profile.name} has: {known}"
-            issues.append(ConfigIssue(file, line, f"{path}.profile_vars", msg))
-        profile_vars = profile.vars
-        env = {**_device_env(device), **profile.vars, **device.profile_vars}
-        try:
-            for point, pfile, pline in expand(profile.points, env):
-                pid = str(point.get("id", ""))
-                if pid in points:
-                    issues.append(ConfigIssue(pfile, pline, f"profile {profile.name}: {pid}", "duplicate point id"))
-                points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
-        except ProfileError as exc:
-            issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
+        applied = _apply_profile(raw, device, path, base_dir, points, issues)
+        if isinstance(applied, list):
+            return device, applied
+        device, profile = applied
+        profile_meta, profile_vars = profile.meta(), profile.vars
+    _merge_inline(raw, device, path, profile_vars, points, issues)
+    resolved = _validated_points(type(device).point_model, points, issues)
+    device._resolved = tuple(resolved)
+    device._profile_meta = profile_meta
+    return device, issues
 
+
+def _apply_profile(
+    raw: Mapping[str, Any],
+    device: DeviceConfig,
+    path: str,
+    base_dir: Path | None,
+    points: _Points,
+    issues: list[ConfigIssue],
+) -> tuple[DeviceConfig, Profile] | list[ConfigIssue]:
+    """The device with its profile's defaults, and the profile's points added to `points`.
+
+    A profile that cannot be used at all is the device's only issue (returned as the list).
+    """
+    file = getattr(raw, "file", "")
+    lines = getattr(raw, "lines", {})
+    assert device.profile is not None
+    try:
+        profile = load_profile(resolve_profile_path(device.profile, device.driver, base_dir))
+    except (ValueError, ProfileError, YamlError) as exc:
+        return [ConfigIssue(file, lines.get("profile", getattr(raw, "line", 0)), f"{path}.profile", str(exc))]
+    if profile.driver and profile.driver != device.driver:
+        msg = f"profile {profile.name!r} is for driver {profile.driver!r}, not {device.driver!r}"
+        return [ConfigIssue(file, lines.get("profile", 0), f"{path}.profile", msg)]
+    if profile.device:
+        # The profile's device defaults apply where the device does not set the key itself.
+        merged = _merge(profile.device, raw)
+        try:
+            device = type(device).model_validate(merged)
+        except ValidationError as exc:
+            return _issues_from(exc, merged, f"{path}.", file)
+    unknown = set(device.profile_vars) - set(profile.vars)
+    if unknown:
+        known = ", ".join(sorted(profile.vars)) or "none"
+        msg = f"unknown profile variable(s) {sorted(unknown)}; {profile.name} has: {known}"
+        issues.append(ConfigIssue(file, lines.get("profile_vars", 0), f"{path}.profile_vars", msg))
+    env = {**_device_env(device), **profile.vars, **device.profile_vars}
+    try:
+        for point, pfile, pline in expand(profile.points, env):
+            pid = str(point.get("id", ""))
+            if pid in points:
+                issues.append(ConfigIssue(pfile, pline, f"profile {profile.name}: {pid}", "duplicate point id"))
+            points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
+    except ProfileError as exc:
+        issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
+    return device, profile
+
+
+def _merge_inline(
+    raw: Mapping[str, Any],
+    device: DeviceConfig,
+    path: str,
+    profile_vars: Mapping[str, Any],
+    points: _Points,
+    issues: list[ConfigIssue],
+) -> None:
+    """The device's own points: new ones added, ones that name a profile point merged over it."""
+    file = getattr(raw, "file", "")
     inline = raw.get("points", [])
     env = {**_device_env(device), **profile_vars, **device.profile_vars}
     try:
@@ -425,12 +458,12 @@ def _resolve_device(
         if pid in seen_inline:
             issues.append(ConfigIssue(pfile or file, pline, f"{path}.points[{i}]", f"duplicate point id {pid!r}"))
         seen_inline.add(pid)
-        if pid in points:
-            merged_point = _merge(points[pid][0], point)
-            points[pid] = (merged_point, pfile or file, pline, f"{path}.points[{i}]")
-        else:
-            points[pid] = (point, pfile or file, pline, f"{path}.points[{i}]")
+        merged = _merge(points[pid][0], point) if pid in points else point
+        points[pid] = (merged, pfile or file, pline, f"{path}.points[{i}]")
 
+
+def _validated_points(point_model: type[PointConfig], points: _Points, issues: list[ConfigIssue]) -> list[PointConfig]:
+    """Each point through the driver's point model; references between points checked."""
     resolved: list[PointConfig] = []
     for point, pfile, pline, where in points.values():
         try:
@@ -445,9 +478,7 @@ def _resolve_device(
             issues.append(
                 ConfigIssue(pfile, pline, f"{where}.exponent_point", f"no point {p.exponent_point!r} in this device")
             )
-    device._resolved = tuple(resolved)
-    device._profile_meta = profile_meta
-    return device, issues
+    return resolved
 
 
 _NO_FIELDS_SET: set[str] = set()
