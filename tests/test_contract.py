@@ -224,6 +224,7 @@ def _pinnable(points: Sequence[PointConfig], result: RawReadings, values: dict[i
             point.kind is Kind.GAUGE
             and point.publish
             and point.exponent_point is None
+            and point.quantity != "clock_drift"  # measured against the reader's own clock: never exact
             and getattr(point, "rate", None) is None
             and isinstance(value, int | float)
             and not isinstance(value, bool)

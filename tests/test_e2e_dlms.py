@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.dlms.simulator import DlmsTwin
+from drivers.dlms.twin import DlmsTwin
 from tests.harness import Collector, Daemon, Mosquitto
 
 pytestmark = pytest.mark.slow

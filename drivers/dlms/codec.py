@@ -1,17 +1,19 @@
-"""Pure COSEM encoding: A-XDR data, date-time, OBIS, the xDLMS/ACSE APDUs a server parses and
-builds, and security suite 0 (AES-GCM-128) protection.
+"""COSEM encoding shared by the client and the twin: A-XDR data, date-time, OBIS, units, security
+suite 0 (AES-GCM-128), and the client's side of ACSE and xDLMS (AARQ, AARE parsing, the
+conformance block, GET requests with selective access, data-access-results).
 
 Every decoder here raises :class:`CodecError` (a ValueError) and nothing else on malformed
-input; the fuzz tests hold it to that. The client side decodes replies with gurux (see
-client.py); this module is the independent implementation the twin speaks, so that a bug in
-one side's encoding shows up against the other side's decoding.
+input; the fuzz tests hold it to that. The daemon's client has gurux encode and decode its APDUs
+(client.py) and uses this module for values and selective-access parameters. What only a meter
+builds or parses (AARE, initiate response, GET/SET/ACTION requests and responses, exception
+responses) lives with the twin, in ``drivers/dlms/twin/server.py``.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any
@@ -267,6 +269,13 @@ def decode_data(buf: bytes, pos: int = 0, depth: int = 0) -> tuple[Data, int]:
             item, pos = decode_data(buf, pos, depth + 1)
             items.append(item)
         return Data(t, items), pos
+    if t in (DataType.OCTET_STRING, DataType.VISIBLE_STRING, DataType.UTF8_STRING, DataType.BIT_STRING):
+        return _decode_string(t, buf, pos)
+    return _decode_fixed(t, buf, pos)
+
+
+def _decode_fixed(t: DataType, buf: bytes, pos: int) -> tuple[Data, int]:
+    """A value of fixed size: boolean, integers, floats, date/time octets."""
     if t == DataType.BOOLEAN:
         _need(buf, pos, 1)
         return Data(t, buf[pos] != 0), pos + 1
@@ -285,23 +294,26 @@ def decode_data(buf: bytes, pos: int = 0, depth: int = 0) -> tuple[Data, int]:
         size = _FIXED_OCTETS[t]
         _need(buf, pos, size)
         return Data(t, bytes(buf[pos : pos + size])), pos + size
-    if t in (DataType.OCTET_STRING, DataType.VISIBLE_STRING, DataType.UTF8_STRING):
-        n, pos = decode_length(buf, pos)
-        _need(buf, pos, n)
-        raw = bytes(buf[pos : pos + n])
-        if t == DataType.OCTET_STRING:
-            return Data(t, raw), pos + n
-        try:
-            return Data(t, raw.decode("utf-8" if t == DataType.UTF8_STRING else "latin-1")), pos + n
-        except UnicodeDecodeError:
-            raise CodecError("bad UTF-8 string") from None
+    raise CodecError(f"unsupported data type {t.name}")
+
+
+def _decode_string(t: DataType, buf: bytes, pos: int) -> tuple[Data, int]:
+    """A length-prefixed value: octet, visible and UTF-8 strings, bit strings."""
     if t == DataType.BIT_STRING:
         nbits, pos = decode_length(buf, pos)
         nbytes = (nbits + 7) // 8
         _need(buf, pos, nbytes)
         bits = "".join(f"{b:08b}" for b in buf[pos : pos + nbytes])[:nbits]
         return Data(t, bits), pos + nbytes
-    raise CodecError(f"unsupported data type {t.name}")
+    n, pos = decode_length(buf, pos)
+    _need(buf, pos, n)
+    raw = bytes(buf[pos : pos + n])
+    if t == DataType.OCTET_STRING:
+        return Data(t, raw), pos + n
+    try:
+        return Data(t, raw.decode("utf-8" if t == DataType.UTF8_STRING else "latin-1")), pos + n
+    except UnicodeDecodeError:
+        raise CodecError("bad UTF-8 string") from None
 
 
 def _need(buf: bytes, pos: int, n: int) -> None:
@@ -544,8 +556,8 @@ def split_glo(apdu: bytes) -> tuple[int, bytes]:
 
 # --- ACSE (AARQ / AARE / RLRQ / RLRE) ------------------------------------------------------------
 
-_CONTEXT_OID = bytes([0x60, 0x85, 0x74, 0x05, 0x08, 0x01])  # joint-iso-ctt ... application-context-name
-_MECHANISM_OID = bytes([0x60, 0x85, 0x74, 0x05, 0x08, 0x02])  # ... mechanism-name
+CONTEXT_OID = bytes([0x60, 0x85, 0x74, 0x05, 0x08, 0x01])  # joint-iso-ctt ... application-context-name
+MECHANISM_OID = bytes([0x60, 0x85, 0x74, 0x05, 0x08, 0x02])  # ... mechanism-name
 
 CONTEXT_LN = 1
 CONTEXT_SN = 2
@@ -570,7 +582,8 @@ DIAG_AUTHENTICATION_FAILURE = 13
 DIAG_AUTHENTICATION_REQUIRED = 14
 
 
-def _ber_items(buf: bytes) -> list[tuple[int, bytes]]:
+def ber_items(buf: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, body) items of a BER-encoded sequence of components."""
     items = []
     pos = 0
     while pos < len(buf):
@@ -583,56 +596,26 @@ def _ber_items(buf: bytes) -> list[tuple[int, bytes]]:
     return items
 
 
-def _ber(tag: int, body: bytes) -> bytes:
+def ber(tag: int, body: bytes) -> bytes:
     return bytes([tag]) + encode_length(len(body)) + body
 
 
-@dataclass(slots=True)
-class Aarq:
-    context: int = CONTEXT_LN
-    calling_ap_title: bytes | None = None
-    mechanism: int = MECH_NONE
-    auth_value: bytes | None = None
-    user_information: bytes | None = None
-
-
-def _acse_fields(apdu: bytes, tag: int, name: str) -> list[tuple[int, bytes]]:
-    """The tagged fields of an AARQ (0x60) or AARE (0x61), after checking its header and length."""
+def acse_fields(apdu: bytes, tag: int, name: str) -> list[tuple[int, bytes]]:
+    """The tagged fields of an ACSE APDU (AARQ 0x60, AARE 0x61), after checking its header and length."""
     if len(apdu) < 2 or apdu[0] != tag:
         raise CodecError(f"not an {name}")
     n, pos = decode_length(apdu, 1)
     if pos + n != len(apdu):
         raise CodecError(f"{name} length mismatch")
-    return _ber_items(apdu[pos:])
+    return ber_items(apdu[pos:])
 
 
-def _single(body: bytes, what: str, tags: tuple[int, ...] | None = None) -> bytes:
+def ber_single(body: bytes, what: str, tags: tuple[int, ...] | None = None) -> bytes:
     """The one inner item of a constructed field (optionally of an expected tag)."""
-    inner = _ber_items(body)
+    inner = ber_items(body)
     if len(inner) != 1 or (tags is not None and inner[0][0] not in tags):
         raise CodecError(f"bad {what}")
     return inner[0][1]
-
-
-def parse_aarq(apdu: bytes) -> Aarq:
-    out = Aarq()
-    for tag, body in _acse_fields(apdu, 0x60, "AARQ"):
-        if tag == 0xA1:
-            if len(body) != 9 or body[0] != 0x06 or body[1] != 7 or body[2:8] != _CONTEXT_OID:
-                raise CodecError("bad application-context-name")
-            out.context = body[8]
-        elif tag == 0xA6:
-            out.calling_ap_title = _single(body, "calling-AP-title", (0x04,))
-        elif tag == 0x8B:
-            if len(body) != 7 or body[:6] != _MECHANISM_OID:
-                raise CodecError("bad mechanism-name")
-            out.mechanism = body[6]
-        elif tag == 0xAC:
-            out.auth_value = _single(body, "calling-authentication-value", (0x80, 0x81))
-        elif tag == 0xBE:
-            out.user_information = _single(body, "user-information", (0x04,))
-        # protocol-version, called-AP-title, sender-acse-requirements ...: not needed by a server
-    return out
 
 
 def build_aarq(
@@ -643,41 +626,17 @@ def build_aarq(
     auth_value: bytes | None = None,
     user_information: bytes,
 ) -> bytes:
-    """An AARQ (used by tests and by a twin-side client check)."""
-    body = _ber(0xA1, bytes([0x06, 0x07]) + _CONTEXT_OID + bytes([context]))
+    """An AARQ, as a client sends it (the daemon's client is gurux's; this one serves the tests)."""
+    body = ber(0xA1, bytes([0x06, 0x07]) + CONTEXT_OID + bytes([context]))
     if calling_ap_title is not None:
-        body += _ber(0xA6, _ber(0x04, calling_ap_title))
+        body += ber(0xA6, ber(0x04, calling_ap_title))
     if mechanism != MECH_NONE:
         body += bytes([0x8A, 0x02, 0x07, 0x80])
-        body += _ber(0x8B, _MECHANISM_OID + bytes([mechanism]))
+        body += ber(0x8B, MECHANISM_OID + bytes([mechanism]))
         if auth_value is not None:
-            body += _ber(0xAC, _ber(0x80, auth_value))
-    body += _ber(0xBE, _ber(0x04, user_information))
-    return _ber(0x60, body)
-
-
-def build_aare(
-    *,
-    context: int,
-    result: int,
-    diagnostic: int,
-    responding_ap_title: bytes | None = None,
-    mechanism: int = MECH_NONE,
-    stoc: bytes | None = None,
-    user_information: bytes | None = None,
-) -> bytes:
-    body = _ber(0xA1, bytes([0x06, 0x07]) + _CONTEXT_OID + bytes([context]))
-    body += _ber(0xA2, bytes([0x02, 0x01, result]))
-    body += _ber(0xA3, _ber(0xA1, bytes([0x02, 0x01, diagnostic])))
-    if responding_ap_title is not None:
-        body += _ber(0xA4, _ber(0x04, responding_ap_title))
-    if mechanism != MECH_NONE and stoc is not None:
-        body += bytes([0x88, 0x02, 0x07, 0x80])
-        body += _ber(0x89, _MECHANISM_OID + bytes([mechanism]))
-        body += _ber(0xAA, _ber(0x80, stoc))
-    if user_information is not None:
-        body += _ber(0xBE, _ber(0x04, user_information))
-    return _ber(0x61, body)
+            body += ber(0xAC, ber(0x80, auth_value))
+    body += ber(0xBE, ber(0x04, user_information))
+    return ber(0x60, body)
 
 
 @dataclass(slots=True)
@@ -693,9 +652,9 @@ class Aare:
 
 def parse_aare(apdu: bytes) -> Aare:
     out = Aare()
-    for tag, body in _acse_fields(apdu, 0x61, "AARE"):
+    for tag, body in acse_fields(apdu, 0x61, "AARE"):
         if tag == 0xA1:
-            if len(body) != 9 or body[2:8] != _CONTEXT_OID:
+            if len(body) != 9 or body[2:8] != CONTEXT_OID:
                 raise CodecError("bad application-context-name")
             out.context = body[8]
         elif tag == 0xA2:
@@ -703,24 +662,21 @@ def parse_aare(apdu: bytes) -> Aare:
                 raise CodecError("bad result")
             out.result = body[2]
         elif tag == 0xA3:
-            diagnostic = _single(body, "result-source-diagnostic")
+            diagnostic = ber_single(body, "result-source-diagnostic")
             if len(diagnostic) != 3:
                 raise CodecError("bad result-source-diagnostic")
             out.diagnostic = diagnostic[2]
         elif tag == 0xA4:
-            out.responding_ap_title = _single(body, "responding-AP-title")
+            out.responding_ap_title = ber_single(body, "responding-AP-title")
         elif tag == 0x89:
             if len(body) != 7:
                 raise CodecError("bad mechanism-name")
             out.mechanism = body[6]
         elif tag == 0xAA:
-            out.stoc = _single(body, "responding-authentication-value")
+            out.stoc = ber_single(body, "responding-authentication-value")
         elif tag == 0xBE:
-            out.user_information = _single(body, "user-information", (0x04,))
+            out.user_information = ber_single(body, "user-information", (0x04,))
     return out
-
-
-RLRE = bytes([0x63, 0x03, 0x80, 0x01, 0x00])
 
 
 def build_rlrq() -> bytes:
@@ -752,61 +708,12 @@ def has_conformance(value: int, bit: int) -> bool:
     return bool(value & (1 << (23 - bit)))
 
 
-@dataclass(slots=True)
-class InitiateRequest:
-    dedicated_key: bytes | None
-    version: int
-    conformance: int
-    max_pdu: int
-
-
-def parse_initiate_request(buf: bytes) -> InitiateRequest:
-    if not buf or buf[0] != 0x01:
-        raise CodecError("not an InitiateRequest")
-    pos = 1
-    _need(buf, pos, 1)
-    key: bytes | None = None
-    if buf[pos]:
-        n, pos = decode_length(buf, pos + 1)
-        _need(buf, pos, n)
-        key = bytes(buf[pos : pos + n])
-        pos += n
-    else:
-        pos += 1
-    for _ in range(2):  # response-allowed, proposed-quality-of-service: flag (+ one byte)
-        _need(buf, pos, 1)
-        pos += 2 if buf[pos] else 1
-    _need(buf, pos, 1 + 7 + 2)
-    version = buf[pos]
-    pos += 1
-    if buf[pos : pos + 4] != bytes([0x5F, 0x1F, 0x04, 0x00]):
-        raise CodecError("bad conformance block")
-    conf = int.from_bytes(buf[pos + 4 : pos + 7], "big")
-    pos += 7
-    max_pdu = int.from_bytes(buf[pos : pos + 2], "big")
-    return InitiateRequest(key, version, conf, max_pdu)
-
-
 def build_initiate_request(conf: int, max_pdu: int) -> bytes:
     return (
         bytes([0x01, 0x00, 0x00, 0x00, 0x06, 0x5F, 0x1F, 0x04, 0x00])
         + conf.to_bytes(3, "big")
         + max_pdu.to_bytes(2, "big")
     )
-
-
-def build_initiate_response(conf: int, max_pdu: int) -> bytes:
-    return (
-        bytes([0x08, 0x00, 0x06, 0x5F, 0x1F, 0x04, 0x00])
-        + conf.to_bytes(3, "big")
-        + max_pdu.to_bytes(2, "big")
-        + bytes([0x00, 0x07])
-    )
-
-
-def build_initiate_error(error: int = 1) -> bytes:
-    """confirmed-service-error: initiate-error, service error 6 (initiate), value `error`."""
-    return bytes([0x0E, 0x01, 0x06, error])
 
 
 # --- xDLMS services ------------------------------------------------------------------------------
@@ -859,87 +766,10 @@ class AttributeRef:
 
 @dataclass(frozen=True, slots=True)
 class Access:
+    """Selective access: selector 1 range_descriptor, 2 entry_descriptor, and its parameters."""
+
     selector: int
     parameters: Data
-
-
-@dataclass(slots=True)
-class Request:
-    """A parsed xDLMS request (GET/SET/ACTION), what a server acts on."""
-
-    service: int  # GET_REQUEST, SET_REQUEST or ACTION_REQUEST
-    kind: int  # 1 normal, 2 next (GET) / first block (SET), 3 with-list
-    invoke: int
-    items: list[tuple[AttributeRef, Access | None]] = field(default_factory=list)
-    block: int = 0
-    value: Data | None = None  # SET value / ACTION parameter
-
-
-def _descriptor(buf: bytes, pos: int) -> tuple[AttributeRef, int]:
-    _need(buf, pos, 9)
-    class_id = int.from_bytes(buf[pos : pos + 2], "big")
-    obis = bytes(buf[pos + 2 : pos + 8])
-    attr = struct.unpack_from(">b", buf, pos + 8)[0]
-    return AttributeRef(class_id, obis, attr), pos + 9
-
-
-def _access(buf: bytes, pos: int) -> tuple[Access | None, int]:
-    _need(buf, pos, 1)
-    if buf[pos] == 0:
-        return None, pos + 1
-    _need(buf, pos, 2)
-    selector = buf[pos + 1]
-    params, pos = decode_data(buf, pos + 2)
-    return Access(selector, params), pos
-
-
-def parse_request(apdu: bytes) -> Request:
-    if len(apdu) < 3:
-        raise CodecError("request too short")
-    service, kind, invoke = apdu[0], apdu[1], apdu[2]
-    pos = 3
-    req = Request(service, kind, invoke)
-    if service == GET_REQUEST:
-        if kind == 1:
-            ref, pos = _descriptor(apdu, pos)
-            acc, pos = _access(apdu, pos)
-            req.items.append((ref, acc))
-        elif kind == 2:
-            _need(apdu, pos, 4)
-            req.block = int.from_bytes(apdu[pos : pos + 4], "big")
-            pos += 4
-        elif kind == 3:
-            count, pos = decode_length(apdu, pos)
-            if count == 0 or count * 10 > len(apdu) - pos:
-                raise CodecError("bad GET-with-list count")
-            for _ in range(count):
-                ref, pos = _descriptor(apdu, pos)
-                acc, pos = _access(apdu, pos)
-                req.items.append((ref, acc))
-        else:
-            raise CodecError(f"unsupported GET request type {kind}")
-    elif service == SET_REQUEST:
-        if kind != 1:
-            raise CodecError(f"unsupported SET request type {kind}")
-        ref, pos = _descriptor(apdu, pos)
-        acc, pos = _access(apdu, pos)
-        req.items.append((ref, acc))
-        req.value, pos = decode_data(apdu, pos)
-    elif service == ACTION_REQUEST:
-        if kind != 1:
-            raise CodecError(f"unsupported ACTION request type {kind}")
-        ref, pos = _descriptor(apdu, pos)
-        req.items.append((ref, None))
-        _need(apdu, pos, 1)
-        if apdu[pos]:
-            req.value, pos = decode_data(apdu, pos + 1)
-        else:
-            pos += 1
-    else:
-        raise CodecError(f"unsupported service {service:#x}")
-    if pos != len(apdu):
-        raise CodecError("trailing bytes after the request")
-    return req
 
 
 def build_get_request(invoke: int, ref: AttributeRef, access: Access | None = None) -> bytes:
@@ -949,55 +779,3 @@ def build_get_request(invoke: int, ref: AttributeRef, access: Access | None = No
     if access is None:
         return out + b"\x00"
     return out + bytes([1, access.selector]) + encode_data(access.parameters)
-
-
-Result = Data | int  # a value, or a data-access-result code
-
-
-def build_get_response_normal(invoke: int, result: Result) -> bytes:
-    if isinstance(result, Data):
-        return bytes([GET_RESPONSE, 1, invoke, 0]) + encode_data(result)
-    return bytes([GET_RESPONSE, 1, invoke, 1, result])
-
-
-def build_get_response_list(invoke: int, results: Sequence[Result]) -> bytes:
-    out = bytearray([GET_RESPONSE, 3, invoke])
-    out += encode_length(len(results))
-    for r in results:
-        if isinstance(r, Data):
-            out.append(0)
-            out += encode_data(r)
-        else:
-            out += bytes([1, r])
-    return bytes(out)
-
-
-def build_get_response_block(invoke: int, last: bool, block: int, raw: bytes) -> bytes:
-    return (
-        bytes([GET_RESPONSE, 2, invoke, 1 if last else 0])
-        + block.to_bytes(4, "big")
-        + b"\x00"
-        + encode_length(len(raw))
-        + raw
-    )
-
-
-def build_get_response_block_error(invoke: int, block: int, dar: int) -> bytes:
-    return bytes([GET_RESPONSE, 2, invoke, 1]) + block.to_bytes(4, "big") + bytes([1, dar])
-
-
-def build_set_response(invoke: int, dar: int) -> bytes:
-    return bytes([SET_RESPONSE, 1, invoke, dar])
-
-
-def build_action_response(invoke: int, dar: int, value: Data | None = None) -> bytes:
-    out = bytes([ACTION_RESPONSE, 1, invoke, dar])
-    if value is None:
-        return out + b"\x00"
-    return out + b"\x01\x00" + encode_data(value)
-
-
-def build_exception_response(state_error: int = 1, service_error: int = 2) -> bytes:
-    """state-error 1 service-not-allowed / 2 service-unknown; service-error 1 operation-not-possible,
-    2 service-not-supported, 3 other-reason."""
-    return bytes([EXCEPTION_RESPONSE, state_error, service_error])

@@ -1,13 +1,15 @@
-"""Pure encoding: OBIS, A-XDR data, date-time, security suite 0, ACSE and xDLMS APDUs, keys files."""
+"""Shared encoding: OBIS, A-XDR data, date-time, security suite 0, the client-side APDUs, keys files.
+
+What only the meter parses and builds is tested in test_server.py.
+"""
 
 from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
 import pytest
-from gurux_dlms import GXByteBuffer
-from gurux_dlms.enums import Authentication, Conformance, InterfaceType, Security
-from gurux_dlms.objects import GXDLMSProfileGeneric, GXDLMSRegister
+from gurux_dlms.enums import Authentication, InterfaceType, Security
+from gurux_dlms.objects import GXDLMSRegister
 from gurux_dlms.secure import GXDLMSSecureClient
 
 from drivers.dlms import codec
@@ -116,25 +118,14 @@ def test_security_suite_0_matches_gurux() -> None:
     c.ciphering.blockCipherKey = bytearray(KEYS.encryption_key)
     c.ciphering.authenticationKey = bytearray(KEYS.authentication_key)
     c.ciphering.invocationCounter = 41
-    aarq = bytes(c.aarqRequest()[0])
-    req = codec.parse_aarq(aarq)
-    assert req.mechanism == codec.MECH_HIGH_GMAC and req.context == codec.CONTEXT_LN_CIPHERED
-    assert req.calling_ap_title == KEYS.system_title and req.auth_value is not None
-    assert req.user_information is not None
-    _, body = codec.split_glo(req.user_information)
-    sc, ic, plain = codec.unprotect(KEYS.system_title, KEYS.encryption_key, KEYS.authentication_key, body)
-    assert (sc, ic) == (0x30, 41)
-    init = codec.parse_initiate_request(plain)
-    assert init.version == 6 and init.max_pdu == 0xFFFF
-    assert codec.has_conformance(init.conformance, codec.CONF_GET)
-    # a ciphered GET
+    c.aarqRequest()  # uses counter 41
     get = bytes(c.read(GXDLMSRegister("1.0.1.8.0.255"), 2)[0])
     tag, body = codec.split_glo(get)
     assert tag == codec.GET_REQUEST
-    _, ic, plain = codec.unprotect(KEYS.system_title, KEYS.encryption_key, KEYS.authentication_key, body)
-    assert ic == 42
-    request = codec.parse_request(plain)
-    assert request.items[0][0].name == "3/1.0.1.8.0.255/2"
+    sc, ic, plain = codec.unprotect(KEYS.system_title, KEYS.encryption_key, KEYS.authentication_key, body)
+    assert (sc, ic) == (0x30, 42)
+    # the plain request is the GET gurux sends unciphered (invoke-id byte aside)
+    assert plain[:2] == bytes([codec.GET_REQUEST, 1]) and plain[3:] == bytes.fromhex("00030100010800ff0200")
     # tampering is caught
     with pytest.raises(codec.SecurityError):
         codec.unprotect(KEYS.system_title, KEYS.encryption_key, KEYS.authentication_key, body[:-1] + b"\x00")
@@ -152,32 +143,31 @@ def test_security_suite_0_matches_gurux() -> None:
     assert ours == bytes(c.ciphering.generateGmacPassword(challenge))
 
 
-def test_gurux_requests_parse() -> None:
-    c = GXDLMSSecureClient(True, 16, 1, Authentication.NONE, None, InterfaceType.PDU)
-    req = codec.parse_request(bytes(c.read(GXDLMSRegister("1.0.32.7.0.255"), 3)[0]))
-    assert (req.service, req.kind, req.items[0][0].attribute, req.items[0][1]) == (codec.GET_REQUEST, 1, 3, None)
-    pg = GXDLMSProfileGeneric("1.0.99.1.0.255")
-    import datetime as dt
-
-    rng = bytes(c.readRowsByRange(pg, dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 2))[0])
-    req = codec.parse_request(rng)
-    access = req.items[0][1]
-    assert access is not None and access.selector == 1
-    restricting, lo, hi, _cols = access.parameters.value
-    assert codec.obis_text(restricting.value[1].value) == "0.0.1.0.0.255"
-    assert codec.decode_datetime(lo.value).day == 1 and codec.decode_datetime(hi.value).day == 2
-    items = [(GXDLMSRegister(f"1.0.{c_}.7.0.255"), 2) for c_ in (32, 52, 72)]
-    c.negotiatedConformance = Conformance.MULTIPLE_REFERENCES
-    (msgs,) = c.readList(items)
-    req = codec.parse_request(bytes(msgs[0]))
-    assert req.kind == 3 and [r.name for r, _ in req.items] == [f"3/1.0.{c_}.7.0.255/2" for c_ in (32, 52, 72)]
-    # and the AARE we build is what gurux accepts
-    aare = codec.build_aare(
-        context=1, result=0, diagnostic=0, user_information=codec.build_initiate_response(0x1E1D, 512)
+def test_client_side_apdus_are_gurux_apdus() -> None:
+    """The codec's client-side encoders say, byte for byte, what gurux's client says."""
+    public = GXDLMSSecureClient(True, 16, 1, Authentication.NONE, None, InterfaceType.PDU)
+    theirs = bytes(public.read(GXDLMSRegister("1.0.32.7.0.255"), 3)[0])
+    ours = codec.build_get_request(theirs[2], codec.AttributeRef(3, codec.obis_bytes("1.0.32.7.0.255"), 3))
+    assert ours == theirs
+    # gurux's default proposal: general-protection, block transfer with get/set/action, multiple
+    # references, attribute-0 with get, get, set, selective access, action (Green Book bits)
+    conf = codec.conformance(
+        codec.CONF_GENERAL_PROTECTION,
+        codec.CONF_BLOCK_TRANSFER_GET,
+        codec.CONF_BLOCK_TRANSFER_SET,
+        13,
+        codec.CONF_MULTIPLE_REFERENCES,
+        17,
+        codec.CONF_GET,
+        codec.CONF_SET,
+        codec.CONF_SELECTIVE_ACCESS,
+        codec.CONF_ACTION,
     )
-    c.aarqRequest()
-    c.parseAareResponse(GXByteBuffer(aare))
-    assert c.settings.maxPduSize == 512
+    initiate = codec.build_initiate_request(conf, 0xFFFF)
+    assert codec.build_aarq(user_information=initiate) == bytes(public.aarqRequest()[0])
+    lls = GXDLMSSecureClient(True, 1, 1, Authentication.LOW, "12345678", InterfaceType.PDU)
+    aarq = codec.build_aarq(mechanism=codec.MECH_LOW, auth_value=b"12345678", user_information=initiate)
+    assert aarq == bytes(lls.aarqRequest()[0])
 
 
 def test_keys_file() -> None:

@@ -16,9 +16,10 @@ from drivers.dlms.client import AssociationLost, CosemClient, CosemError, Protoc
 from drivers.dlms.codec import CodecError, Data, DataType
 from drivers.dlms.driver import _raw
 from drivers.dlms.hdlc import FrameReader, HdlcError
-from drivers.dlms.simulator import Association, Meter, SimClock
 from drivers.dlms.transport import TcpChannel, WrapperLink
+from drivers.dlms.twin import Association, Meter, server
 from gateway.driver import PointError
+from gateway.twin import TwinClock
 from tests.dlms.util import KEYS, meter_objects
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -111,10 +112,10 @@ def test_axdr_round_trip(value: Data) -> None:
 def test_cosem_decoders_raise_only_codec_errors(raw: bytes) -> None:
     for fn in (
         codec.decode_data,
-        codec.parse_aarq,
+        server.parse_aarq,
         codec.parse_aare,
-        codec.parse_request,
-        codec.parse_initiate_request,
+        server.parse_request,
+        server.parse_initiate_request,
         codec.split_glo,
     ):
         with contextlib.suppress(CodecError):
@@ -126,7 +127,7 @@ def test_cosem_decoders_raise_only_codec_errors(raw: bytes) -> None:
 
 
 def _association(state: str) -> Association:
-    meter = Meter(meter_objects(), SimClock(1773144000.0), keys=KEYS, password="12345678")
+    meter = Meter(meter_objects(), TwinClock(1773144000.0), keys=KEYS, password="12345678")
     assoc = Association(meter, 1)
     assoc.state = state  # type: ignore[assignment]
     return assoc

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
-from drivers.dlms.simulator import EPOCH_2024, DlmsTwin
+from drivers.dlms.twin import EPOCH_2024, DlmsTwin
 from gateway.state import StateStore
 from tests.dlms.util import PROFILE_POINTS, T0, device, driver, meter_objects, normalized, series_of
 
@@ -17,8 +16,8 @@ Q = 900_000  # 15 minutes in ms
 
 
 def counter_at(ts_ms: int) -> int:
-    """The twin's 1.0.1.8.1.255: 1 000 000 Wh + 1000 Wh per hour since 2024."""
-    return math.floor(1_000_000 + 1000 * (ts_ms / 1000 - EPOCH_2024) / 3600)
+    """The twin's 1.0.1.8.1.255: 1 000 000 Wh + 1000 Wh per hour since 2024 (exact integers)."""
+    return 1_000_000 + (ts_ms - int(EPOCH_2024 * 1000)) * 1000 // 3_600_000
 
 
 def profile_device(twin: DlmsTwin, **kw: Any) -> Any:

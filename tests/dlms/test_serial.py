@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.dlms.simulator import DlmsTwin
 from drivers.dlms.transport import OpticalChannel
+from drivers.dlms.twin import DlmsTwin
 from gateway.buses import Bus, BusConfig
 from gateway.driver import DeviceTimeout
 from tests.dlms.util import (
@@ -44,7 +44,7 @@ async def test_two_meters_on_one_bus_one_dead(line: tuple[str, str]) -> None:
         assert normalized(d1, r1)["energy.import"] == (123456.7, "good")
         assert normalized(d2, r2)["voltage.l1"] == (230.1, "good")
         assert d1.client.link.channel is d2.client.link.channel
-        twin.set_value("1.0.32.7.0.255", 2288, address=4321)
+        twin.set_value("1.0.32.7.0.255", 228.8, target=4321)
         # the second meter dies: it costs one timeout per poll, the first one goes on
         twin.kill(4321)
         for _ in range(2):

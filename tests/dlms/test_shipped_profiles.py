@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.dlms.simulator import DlmsTwin
+from drivers.dlms.twin import DlmsTwin
 from gateway.profiles import load_profile, shipped_profiles
 from tests.dlms.util import T0, device, driver, normalized, series_of
 
@@ -47,8 +47,8 @@ async def test_profile_against_its_twin(name: str) -> None:
         await drv.ctx.bus.close()
 
 
-async def test_edgegw_simulate_entry_point(tmp_path: Path) -> None:
-    """`edgegw simulate sensemi-sed302 --port N` as a process, read by the driver."""
+async def test_edgegw_simulate_entry_point() -> None:
+    """`edgegw simulate sensemi-sed302 --port N` as a process, read by the driver, stopped by SIGTERM."""
     import socket
 
     with socket.socket() as s:
@@ -56,8 +56,14 @@ async def test_edgegw_simulate_entry_point(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-c",
-        f"import sys; from drivers.dlms.simulator import main; sys.exit(main('sensemi-sed302', ['--port', '{port}']))",
+        "-m",
+        "gateway.cli",
+        "simulate",
+        "sensemi-sed302",
+        "--port",
+        str(port),
+        "--start",
+        "2026-03-10T12:00:00",
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -65,10 +71,12 @@ async def test_edgegw_simulate_entry_point(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        assert b"dlms twin (wrapper)" in line
+        assert b"DLMS meter twin of sensemi-sed302 (wrapper) on 127.0.0.1:" in line, line
         drv = driver(device([], profile="sensemi-sed302", tcp={"host": "127.0.0.1", "port": port}, timeout=2.0))
         got = normalized(drv, await asyncio.wait_for(drv.read(), 15))
         assert got["energy.active_import"][1] == "good"
+        drift, quality = got["clock.drift"]
+        assert quality == "good" and drift < -86400  # the meter clock started in the past (--start)
         await drv.stop()
         await drv.ctx.bus.close()
     finally:

@@ -12,7 +12,7 @@ from gurux_dlms.enums import Authentication, InterfaceType, Security
 from gurux_dlms.objects import GXDLMSClock, GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
 from gurux_dlms.secure import GXDLMSSecureClient
 
-from drivers.dlms.simulator import DlmsTwin
+from drivers.dlms.twin import DlmsTwin
 from tests.dlms.util import KEYS, T0, meter_objects
 
 pytestmark = [pytest.mark.timeout(20)]

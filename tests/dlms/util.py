@@ -13,12 +13,13 @@ import structlog
 from drivers.dlms.codec import DataType
 from drivers.dlms.config import DlmsDevice, DlmsKeys
 from drivers.dlms.driver import DlmsDriver
-from drivers.dlms.simulator import Signal, TwinObject
+from drivers.dlms.twin import TwinObject
 from gateway.buses import Bus, BusConfig
 from gateway.config import parse_device
 from gateway.driver import DriverContext, RawReadings
 from gateway.normalize import Normalizer
 from gateway.state import StateStore
+from gateway.twin import Signal
 
 # 2026-03-10 12:00:00 UTC, a fixed "now" for the twin's clock
 T0 = 1773144000.0
@@ -36,17 +37,18 @@ KEYS_TEXT = (
 
 
 def meter_objects() -> list[TwinObject]:
-    """Registers with exact raw values and scalers, a data object, demand, profiles."""
+    """Registers with exact values and scalers (engineering units), a data object, demand, profiles."""
     return [
-        TwinObject(3, "1.0.1.8.0.255", Signal(value=1234567), scaler=-1, unit=30),  # 123456.7 Wh
-        TwinObject(3, "1.0.2.8.0.255", Signal(value=5), scaler=3, unit=30),  # 5000 Wh
-        TwinObject(3, "1.0.32.7.0.255", Signal(value=2301), dtype=DataType.UINT16, scaler=-1, unit=35),  # 230.1 V
-        TwinObject(3, "1.0.31.7.0.255", Signal(value=-1234), dtype=DataType.INT32, scaler=-3, unit=33),  # -1.234 A
-        TwinObject(3, "1.0.14.7.0.255", Signal(value=4999), dtype=DataType.UINT16, scaler=-2, unit=44),  # 49.99 Hz
-        TwinObject(4, "1.0.1.6.0.255", Signal(value=2500), scaler=0, unit=27),  # max demand with capture time
-        TwinObject(5, "1.0.1.4.0.255", Signal(value=800), scaler=0, unit=27),  # demand register
+        TwinObject(3, "1.0.1.8.0.255", Signal(value=123456.7), scaler=-1, unit=30),  # raw 1234567
+        TwinObject(3, "1.0.2.8.0.255", Signal(value=5000), scaler=3, unit=30),  # raw 5
+        TwinObject(3, "1.0.32.7.0.255", Signal(value=230.1), dtype=DataType.UINT16, scaler=-1, unit=35),
+        TwinObject(3, "1.0.31.7.0.255", Signal(value=-1.234), dtype=DataType.INT32, scaler=-3, unit=33),
+        TwinObject(3, "1.0.14.7.0.255", Signal(value=49.99), dtype=DataType.UINT16, scaler=-2, unit=44),
+        # max demand with its capture time, and a demand register: what a billing script resets
+        TwinObject(4, "1.0.1.6.0.255", Signal(value=2500), unit=27, quantity="active_power_demand_max"),
+        TwinObject(5, "1.0.1.4.0.255", Signal(value=800), unit=27, quantity="active_power_demand"),
         TwinObject(1, "0.0.96.1.0.255", text="SED3020001234", dtype=DataType.OCTET_STRING),
-        TwinObject(3, "1.0.1.8.1.255", Signal(value=1_000_000, rate=1000), scaler=0, unit=30),  # a counter
+        TwinObject(3, "1.0.1.8.1.255", Signal(value=1_000_000, rate=1000 / 3600), unit=30),  # 1 kWh per hour
         TwinObject(
             7,
             "1.0.99.1.0.255",
