@@ -4,77 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
-from gurux_dlms import GXByteBuffer, GXDateTime, GXDLMSClient, GXReplyData
-from gurux_dlms.enums import Authentication, InterfaceType, Security
+from gurux_dlms import GXDateTime, GXReplyData
 from gurux_dlms.objects import GXDLMSClock, GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
-from gurux_dlms.secure import GXDLMSSecureClient
 
 from drivers.dlms.twin import DlmsTwin
+from tests.dlms.gurux_peer import GuruxSession, gurux_client
 from tests.dlms.util import KEYS, T0, meter_objects
 
 pytestmark = [pytest.mark.timeout(20)]
-
-
-class GuruxSession:
-    """gurux's client driven over a socket, the way its examples do it."""
-
-    def __init__(self, client: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.c = client
-        self.r = reader
-        self.w = writer
-
-    async def _rt(self, msg: Any, reply: Any) -> None:
-        self.w.write(bytes(msg))
-        await self.w.drain()
-        buf = GXByteBuffer()
-        while not self.c.getData(buf, reply, None):
-            buf.set(await asyncio.wait_for(self.r.read(4096), 3))
-
-    async def request(self, msgs: Any) -> Any:
-        reply = GXReplyData()
-        if isinstance(msgs, bytes | bytearray):
-            msgs = [msgs]
-        for m in msgs:
-            await self._rt(m, reply)
-        while reply.isMoreData():
-            await self._rt(self.c.receiverReady(reply), reply)
-        return reply
-
-    async def open(self, hdlc: bool) -> None:
-        if hdlc:
-            reply = GXReplyData()
-            await self._rt(self.c.snrmRequest(), reply)
-            self.c.parseUAResponse(reply.data)
-        reply = await self.request(self.c.aarqRequest())
-        self.c.parseAareResponse(reply.data)
-        if self.c.getIsAuthenticationRequired():
-            reply = await self.request(self.c.getApplicationAssociationRequest())
-            self.c.parseApplicationAssociationResponse(reply.data)
-
-    async def close(self, hdlc: bool) -> None:
-        await self.request(self.c.releaseRequest())
-        if hdlc:
-            reply = GXReplyData()
-            await self._rt(self.c.disconnectRequest(), reply)
-        self.w.close()
-
-
-def gurux_client(transport: Literal["wrapper", "hdlc"], auth: str) -> Any:
-    it = InterfaceType.HDLC if transport == "hdlc" else InterfaceType.WRAPPER
-    server = GXDLMSClient.getServerAddress(1, 17) if transport == "hdlc" else 1
-    if auth == "none":
-        return GXDLMSSecureClient(True, 16, server, Authentication.NONE, None, it)
-    if auth == "low":
-        return GXDLMSSecureClient(True, 1, server, Authentication.LOW, "12345678", it)
-    c = GXDLMSSecureClient(True, 1, server, Authentication.HIGH_GMAC, None, it)
-    c.ciphering.security = Security.AUTHENTICATION_ENCRYPTION
-    c.ciphering.systemTitle = bytearray(KEYS.system_title)
-    c.ciphering.blockCipherKey = bytearray(KEYS.encryption_key)
-    c.ciphering.authenticationKey = bytearray(KEYS.authentication_key)
-    return c
 
 
 @pytest.mark.parametrize("auth", ["none", "low", "high_gmac"])

@@ -202,11 +202,11 @@ class Meter:
         start = t // DEMAND_PERIOD * DEMAND_PERIOD
         by_attr: dict[int, Callable[[], Data]] = {
             2: lambda: obj.typed(t),  # current average
-            3: lambda: obj.typed(start),  # last average: the period that just ended
+            3: lambda: obj.typed(t if obj.zeroed(t) else start),  # last average: the period that just ended
             4: lambda: self._scaler_unit(obj),
             5: lambda: codec.u8(0),
             6: lambda: codec.octets(self._capture_time(obj, t)),
-            7: lambda: codec.octets(self.datetime_octets(int(start * 1000))),
+            7: lambda: codec.octets(self._capture_time(obj, t)),  # start_time_current
             8: lambda: codec.u32(DEMAND_PERIOD),
             9: lambda: codec.u16(1),
         }
@@ -510,7 +510,7 @@ class Meter:
         """What a point on this attribute shows now, in engineering units (None: nothing)."""
         if obj.class_id == 8:
             return t
-        if obj.class_id == 5 and attr == 3:
+        if obj.class_id == 5 and attr == 3 and not obj.zeroed(t):
             t = t // DEMAND_PERIOD * DEMAND_PERIOD
         data = obj.typed(t)
         if data.type in TEXT_TYPES:

@@ -132,7 +132,7 @@ class TwinObject:
         return self.class_id in (3, 4) and ("max" in self.quantity or "demand" in self.quantity)
 
     def reset(self, at: float) -> None:
-        self.reset_at = at
+        self.reset_at = math.floor(at * 1000) / 1000  # the meter's clock counts milliseconds
         self.zeroed_until = (math.floor(at / DEMAND_PERIOD) + 1) * DEMAND_PERIOD
 
     def zeroed(self, t: float) -> bool:
