@@ -123,9 +123,14 @@ def test_values_in_engineering_units() -> None:
     assert tariff == 300000 + (T0 - EPOCH_2024) * (1150 // 4) // 3600
     twin.advance(hours=1)
     assert twin.value("energy.active_import.t1") - tariff == 1150 // 4  # Wh per hour, as before
+    # the household magnitudes the twin served before its hints were in engineering units
+    assert twin.value("energy.active_import") == 1_000_000 + (T0 + 3600 - EPOCH_2024) * 1150 // 3600
     for _ in range(20):
         twin.advance(minutes=7)
         assert 0 <= twin.value("current.n") <= 0.5
+        assert 2 <= twin.value("current.l1") <= 8 and 500 <= twin.value("power.active_import") <= 1800
+        assert 0.9 <= twin.value("power_factor.l2") <= 0.99 and 800 <= twin.value("demand.active_import") <= 1500
+    assert twin.value("demand.active_import.max") == 2500
     assert twin.value("power.active_export") == 0
     assert twin.value("serial_number") == "12345678" and twin.value("firmware") == "SEN-1.0.0"
     # pinned in engineering units, served on the raw grid of the scaler (voltage: 0.1 V)
