@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from tests.harness import Collector, Daemon, Mosquitto
 from tests.test_e2e_modbus import device_yaml, twin_points
 from tests.test_faults import write_config
@@ -61,7 +61,7 @@ async def test_misbehaving_devices_do_not_hurt_the_healthy_one(
         tcp_peer(garbage) as garbage_port,
         tcp_peer(mid_frame) as mid_frame_port,
     ):
-        hanging.set_delay(1, 60.0)
+        hanging.faults.set("slow", delay=60.0, target=1)
         devices = (
             device_yaml("healthy", healthy.port, 1)
             + device_yaml("hangs", hanging.port, 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus.config import ModbusPoint
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from tests.harness import Collector, Daemon, Mosquitto
 
 pytestmark = pytest.mark.slow
@@ -81,11 +81,11 @@ def config(tmp: Path, broker: Mosquitto, devices: str, extra: str = "") -> Path:
 @pytest.fixture
 async def twin() -> AsyncIterator[ModbusTwin]:
     async with ModbusTwin(twin_points(), units=[1, 2], port=0, update_interval=0.1) as t:
-        t.set_value(1, "mains.voltage_l1", 231.5)
-        t.set_value(1, "mains.frequency", 50.01)
-        t.set_value(1, "ch1.current", 12.3)
-        t.set_value(1, "ch1.energy", 45000.0)
-        t.set_value(1, "breaker.closed", True)
+        t.set_value("mains.voltage_l1", 231.5, 1)
+        t.set_value("mains.frequency", 50.01, 1)
+        t.set_value("ch1.current", 12.3, 1)
+        t.set_value("ch1.energy", 45000.0, 1)
+        t.set_value("breaker.closed", True, 1)
         yield t
 
 
@@ -144,7 +144,7 @@ async def test_readings_reach_consumers_normalised(
         assert collector.on("/gateway/status")[0].json()["state"] == "online"
 
         # The device's "no data" sentinel becomes bad quality, never a number.
-        twin.set_raw(1, "holding", 3, [0x8000])
+        twin.set_raw("holding", 3, [0x8000], target=1)
         await collector.wait_for(
             lambda: (r := collector.latest("pdu-1", "ch1.current")) and r["quality"] == "bad", what="sentinel -> bad"
         )
@@ -175,7 +175,7 @@ async def test_seq_continues_after_restart(
 async def test_dead_unit_on_shared_endpoint_does_not_stall_the_other(
     tmp_path: Path, broker: Mosquitto, collector: Collector, twin: ModbusTwin
 ) -> None:
-    twin.kill_unit(2)
+    twin.faults.set("silent", target=2)
     devices = device_yaml("live", twin.port, 1) + device_yaml("dead", twin.port, 2)
     cfg = config(tmp_path, broker, devices)
     async with daemon(cfg, tmp_path) as d:
@@ -195,7 +195,7 @@ async def test_dead_unit_on_shared_endpoint_does_not_stall_the_other(
         dead = collector.latest("dead", "mains.voltage_l1")
         assert dead is not None and dead["quality"] == "bad"
 
-        twin.revive_unit(2)
+        twin.faults.clear(2)
         await collector.wait_for(
             lambda: collector.on("/dead/status")[-1].json()["state"] == "online", timeout=10, what="dead recovers"
         )
@@ -211,8 +211,8 @@ async def test_rtu_two_units_on_one_serial_line(
 ) -> None:
     device_side, gateway_side = line
     async with ModbusTwin(twin_points(), units=[1, 2], serial=device_side, baudrate=19200, update_interval=0.1) as t:
-        t.set_value(1, "mains.voltage_l1", 230.0)
-        t.set_value(2, "mains.voltage_l1", 240.0)
+        t.set_value("mains.voltage_l1", 230.0, 1)
+        t.set_value("mains.voltage_l1", 240.0, 2)
         bus = f"buses:\n  - {{id: rs485-1, serial: {{port: {gateway_side}, baudrate: 19200}}}}\n"
         devices = ""
         for unit in (1, 2):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from tests.harness import Collector, Daemon, Mosquitto, free_port
 from tests.test_e2e_modbus import device_yaml, twin_points
 

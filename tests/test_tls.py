@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from tests.harness import Daemon, free_port, wait_port
 from tests.test_e2e_modbus import device_yaml, twin_points
 

@@ -26,7 +26,7 @@ from drivers.modbus.client import (
     TcpEndpoint,
 )
 from drivers.modbus.codec import FUNCTION_CODES
-from drivers.modbus.simulator import parse_units
+from drivers.modbus.twin import parse_units
 
 
 def _parser() -> argparse.ArgumentParser:

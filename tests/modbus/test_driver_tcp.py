@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus.config import ModbusPoint
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from gateway.buses import Bus, BusConfig
 from gateway.driver import DeviceError, DeviceTimeout, PointError
 from tests.modbus.util import METER, assert_values, bus_for, device, driver, link_of, points, wait_until
@@ -42,9 +42,9 @@ async def test_reads_every_type_and_order(twin: ModbusTwin) -> None:
         ("holding", 0, 34),
         ("holding", 200, 2),
     ]
-    twin.set_value(1, "v1", 241.5)
-    twin.set_value(1, "e", 123456000)
-    twin.set_value(1, "status.b1", True)
+    twin.set_value("v1", 241.5, 1)
+    twin.set_value("e", 123456000, 1)
+    twin.set_value("status.b1", True, 1)
     raw = await d.read()
     assert raw.values[0] == 241.5 and raw.values[4] == 123456 and raw.values[7] is True and raw.values[5] == 7
     await d.ctx.bus.close()
@@ -57,7 +57,7 @@ async def test_two_units_share_one_connection(twin: ModbusTwin) -> None:
     assert dev1.implicit_bus() == dev2.implicit_bus()
     bus = bus_for(dev1)
     d1, d2 = await driver(dev1, pts, bus), await driver(dev2, pts, bus)
-    twin.set_value(2, "i1", 42.5)
+    twin.set_value("i1", 42.5, 2)
     r1, r2 = await asyncio.gather(d1.read(), d2.read())
     assert_values(twin, 1, pts, r1.values)
     assert_values(twin, 2, pts, r2.values)
@@ -88,7 +88,7 @@ async def test_dead_unit_costs_the_others_at_most_one_timeout(twin: ModbusTwin) 
     bus = bus_for(dev1)
     d1, d2 = await driver(dev1, pts, bus), await driver(dev2, pts, bus)
     assert len(d2.plan.reads) >= 4
-    twin.kill_unit(2)
+    twin.faults.set("silent", target=2)
 
     async def timed(coro: object) -> tuple[float, object]:
         t0 = time.monotonic()
@@ -108,7 +108,7 @@ async def test_dead_unit_costs_the_others_at_most_one_timeout(twin: ModbusTwin) 
         assert_values(twin, 1, pts, r1.values)  # type: ignore[attr-defined]
     # the shared connection survived the dead unit's timeouts
     assert link_of(d1).reconnects == 1 and twin.connections == 1
-    twin.revive_unit(2)
+    twin.faults.clear(2)
     assert_values(twin, 2, pts, (await d2.read()).values)
     await bus.close()
 
@@ -118,7 +118,7 @@ async def test_never_answering_units_do_not_cost_a_reconnect() -> None:
     pts = points(raw)
     async with ModbusTwin(points(METER[:3]), units=range(1, 6), update_interval=0) as twin:
         for u in (2, 3, 4):
-            twin.kill_unit(u)
+            twin.faults.set("silent", target=u)
         d = await driver(device(twin.port, timeout=0.05), pts)
         for _ in range(3):
             values = (await d.read()).values
@@ -136,14 +136,14 @@ async def test_a_connection_where_live_units_fall_silent_is_reopened() -> None:
         for d in drivers:
             await d.read()
         for u in (1, 2, 3):
-            twin3.kill_unit(u)  # as a half-open connection looks: nobody answers any more
+            twin3.faults.set("silent", target=u)  # as a half-open connection looks: nobody answers any more
         for d in drivers:
             with pytest.raises(DeviceTimeout):
                 await d.read()
         link = link_of(drivers[0])
         assert not link.connected
         for u in (1, 2, 3):
-            twin3.revive_unit(u)
+            twin3.faults.clear(u)
         for u, d in zip((1, 2, 3), drivers, strict=True):
             assert_values(twin3, u, pts, (await d.read()).values)
         assert link.reconnects == 2
@@ -154,7 +154,7 @@ async def test_device_over_several_units_keeps_the_live_ones(twin: ModbusTwin) -
     raw = [{**p, "id": f"u{u}.{p['id']}", "unit_id": u} for u in (1, 2) for p in METER if p.get("function") != "coil"]
     pts = points(raw)
     d = await driver(device(twin.port, timeout=TIMEOUT), pts)
-    twin.kill_unit(2)
+    twin.faults.set("silent", target=2)
     t0 = time.monotonic()
     result = await d.read()
     assert time.monotonic() - t0 < 2 * TIMEOUT
@@ -163,7 +163,7 @@ async def test_device_over_several_units_keeps_the_live_ones(twin: ModbusTwin) -
             assert isinstance(v, PointError) and "unit 2 did not answer" in v.message
         else:
             assert not isinstance(v, PointError)
-    twin.kill_unit(1)
+    twin.faults.set("silent", target=1)
     with pytest.raises(DeviceTimeout, match="no unit answered"):
         await d.read()
     await d.ctx.bus.close()
@@ -184,14 +184,14 @@ async def test_gateway_exceptions_fail_the_device(twin: ModbusTwin) -> None:
 async def test_retries_and_late_replies_are_discarded(twin: ModbusTwin) -> None:
     pts = points()
     d = await driver(device(twin.port, timeout=TIMEOUT, retries=1), pts)
-    twin.set_delay(1, 0.3)
+    twin.faults.set("slow", delay=0.3, target=1)
     t0 = time.monotonic()
     with pytest.raises(DeviceTimeout):
         await d.read()
     elapsed = time.monotonic() - t0
     assert 2 * TIMEOUT * 0.9 <= elapsed < 2 * TIMEOUT + 0.2
-    twin.set_delay(1, 0.0)
-    twin.set_value(1, "v1", 230.25)
+    twin.faults.clear(1)
+    twin.set_value("v1", 230.25, 1)
     # the late replies to the timed-out requests arrive during this poll and must not be taken for its answers
     for _ in range(3):
         raw = await d.read()
@@ -276,7 +276,7 @@ async def test_rtu_over_tcp_two_units_one_connection() -> None:
         r1, r2 = await asyncio.gather(d1.read(), d2.read())
         assert_values(twin, 1, pts, r1.values)
         assert_values(twin, 2, pts, r2.values)
-        twin.kill_unit(2)
+        twin.faults.set("silent", target=2)
         with pytest.raises(DeviceTimeout):
             await d2.read()
         assert_values(twin, 1, pts, (await d1.read()).values)

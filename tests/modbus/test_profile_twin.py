@@ -10,7 +10,7 @@ import structlog
 
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from gateway.buses import Bus
 from gateway.config import load_config, parse_device
 from gateway.driver import DriverContext, PointError
@@ -23,7 +23,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "sample.ya
 @pytest.mark.asyncio
 @pytest.mark.parametrize("name", sorted(shipped_profiles("modbus")))
 async def test_shipped_profile_round_trip(name: str) -> None:
-    async with ModbusTwin.from_profile(name, update_interval=0) as twin:
+    async with ModbusTwin.create(name, update_interval=0) as twin:
         raw = {"id": "x", "driver": "modbus", "profile": name, "tcp": {"host": "127.0.0.1", "port": twin.port}}
         dev = parse_device(raw)
         assert isinstance(dev, ModbusDevice)
@@ -39,12 +39,12 @@ async def test_shipped_profile_round_trip(name: str) -> None:
         assert isinstance(p, ModbusPoint)
         assert not isinstance(got, PointError), f"{p.id}: {got}"
         unit = p.unit_id if p.unit_id is not None else dev.unit
-        want = twin.value(unit, p.id)
+        want = twin.value(p.id, unit)
         if isinstance(got, bool) or isinstance(want, str | bool):
             assert got == want, p.id
             continue
         assert isinstance(got, int | float) and isinstance(want, int | float)
-        exp = twin.value(unit, p.exponent_point) if p.exponent_point else 0
+        exp = twin.value(p.exponent_point, unit) if p.exponent_point else 0
         assert isinstance(exp, int)
         step = abs(p.scale) * 10.0**exp
         eng = got * step + p.offset

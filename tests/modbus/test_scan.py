@@ -9,7 +9,7 @@ import pytest
 
 from drivers.modbus.client import TcpEndpoint
 from drivers.modbus.scan import main, scan
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from tests.modbus.util import points
 
 pytestmark = pytest.mark.asyncio

@@ -10,7 +10,7 @@ import pytest
 
 from drivers.modbus.client import SerialEndpoint
 from drivers.modbus.scan import scan
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from gateway.buses import BusConfig
 from gateway.driver import DeviceTimeout
 from tests.modbus.util import assert_values, bus_for, device, driver, points
@@ -30,14 +30,14 @@ async def test_two_units_on_one_line(line: tuple[str, str]) -> None:
         dev2 = device(id="m2", bus="rs485-1", unit=2, timeout=0.3)
         bus = bus_for(dev1, bus_cfg)
         d1, d2 = await driver(dev1, pts, bus), await driver(dev2, pts, bus)
-        twin.set_value(2, "v1", 229.5)
+        twin.set_value("v1", 229.5, 2)
         r1, r2 = await asyncio.gather(d1.read(), d2.read())
         assert_values(twin, 1, pts, r1.values)
         assert_values(twin, 2, pts, r2.values)
         assert r2.values[0] == 229.5
         assert d1._link is d2._link
         # a dead unit on the line: one timeout for it, the other unit still answers
-        twin.kill_unit(2)
+        twin.faults.set("silent", target=2)
         t0 = time.monotonic()
         with pytest.raises(DeviceTimeout):
             await d2.read()

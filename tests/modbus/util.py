@@ -13,7 +13,7 @@ import structlog
 from drivers.modbus.client import ModbusLink
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.simulator import ModbusTwin
+from drivers.modbus.twin import ModbusTwin
 from gateway.buses import Bus, BusConfig
 from gateway.driver import DriverContext, PointError, RawValue
 from gateway.state import StateStore
@@ -75,7 +75,7 @@ def link_of(d: ModbusDriver) -> ModbusLink:
 
 def expected_raw(twin: ModbusTwin, unit: int, p: ModbusPoint) -> RawValue:
     """What the driver should decode for a point: the twin's engineering value back to raw."""
-    value = twin.value(unit, p.id)
+    value = twin.value(p.id, unit)
     if p.bit is not None or p.function in ("coil", "discrete") or p.type in ("bool", "string"):
         return value
     assert isinstance(value, int | float)
