@@ -763,7 +763,10 @@ def _raw(value: Any) -> RawValue:
         return raw.hex()
     inner = getattr(value, "value", None)
     if isinstance(inner, datetime):
-        return inner.isoformat()
+        try:
+            return inner.isoformat()
+        except ValueError:  # gurux turns a deviation of +-24 h or more into an offset datetime refuses
+            return PointError("a date-time with an impossible deviation")
     if isinstance(value, list):
         return PointError("a structured value: read one of its elements with a more specific point")
     return PointError(f"unsupported value type {type(value).__name__}")
