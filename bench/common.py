@@ -10,6 +10,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.localbroker import LocalBroker, free_port
 
@@ -18,13 +19,17 @@ __all__ = ["REPO", "LocalBroker", "Rig", "free_port", "metrics", "start_rig", "s
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start_twins(devices: int, points: int) -> tuple[subprocess.Popen[bytes], list[int]]:
-    """N Modbus TCP twins x P float32 points in their own process; returns it and the ports."""
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "twins.py"), "--devices", str(devices), "--points", str(points)],
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-    )
+def start_twins(
+    devices: int, profile: Path, profile_vars: dict[str, Any], dead_every: int = 0
+) -> tuple[subprocess.Popen[bytes], list[dict[str, Any]]]:
+    """N twins of `profile` (the registry's twin of its driver) in their own process.
+
+    Returns the process and the device config that reaches each twin; every `dead_every`-th twin
+    is stopped once started, so its address is a device nobody serves.
+    """
+    cmd = [sys.executable, str(REPO / "bench" / "twins.py"), "--devices", str(devices), "--profile", str(profile)]
+    cmd += [f"--var={k}={v}" for k, v in profile_vars.items()] + ["--dead-every", str(dead_every)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=REPO)
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())
 
@@ -61,18 +66,16 @@ class Rig:
 
     work: Path
     twins: subprocess.Popen[bytes]
-    ports: list[int]
+    configs: list[dict[str, Any]]  # what reaches each twin (Twin.device_config())
     broker: LocalBroker
     health_port: int
     profile: Path
 
-    def devices(self, interval: float, timeout: str, dead_every: int = 0) -> str:
-        """The `devices:` entries, one per twin; every `dead_every`-th points at a port nobody serves."""
+    def devices(self, interval: float, timeout: str) -> str:
+        """The `devices:` entries, one per twin (JSON is YAML's flow style)."""
         return "".join(
-            f"  - {{id: dev{i:03d}, driver: modbus, profile: {self.profile}, tcp: {{host: 127.0.0.1, "
-            f"port: {free_port() if dead_every and i % dead_every == 0 else p}}}, interval: {interval}, "
-            f"timeout: {timeout}}}\n"
-            for i, p in enumerate(self.ports)
+            f"  - {json.dumps({'id': f'dev{i:03d}', **cfg, 'interval': interval, 'timeout': timeout})}\n"
+            for i, cfg in enumerate(self.configs)
         )
 
     def start_daemon(self, config_text: str) -> subprocess.Popen[bytes]:
@@ -92,10 +95,12 @@ class Rig:
         await self.broker.stop()
 
 
-async def start_rig(prefix: str, devices: int, points: int) -> Rig:
+async def start_rig(prefix: str, devices: int, points: int, dead_every: int = 0) -> Rig:
+    """`devices` twins of the bench profile (`points` float32s); every `dead_every`-th is not served."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
+    profile = write_profile(work, points)
     # The twins take ephemeral ports: start them before picking ours, or they may take ours.
-    twins, ports = start_twins(devices, points)
+    twins, configs = start_twins(devices, profile, {"points": points}, dead_every)
     broker = LocalBroker(work, free_port())
     await broker.start()
-    return Rig(work, twins, ports, broker, free_port(), write_profile(work, points))
+    return Rig(work, twins, configs, broker, free_port(), profile)

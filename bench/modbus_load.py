@@ -62,7 +62,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             async for msg in client.messages:
                 if not counting.is_set():
                     continue
-                payload = bytes(msg.payload)  # type: ignore[arg-type]
+                payload = bytes(msg.payload)
                 received["messages"] += 1
                 received["points"] += payload.count(b'"point":')
                 # "ts" of the message is when the poll completed; the first "ts" key is the message's.

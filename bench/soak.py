@@ -22,14 +22,14 @@ from common import metrics, start_rig
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    rig = await start_rig("edgegw-soak-", args.devices, args.points)
+    # Every tenth device's twin is not served: it stays offline and backs off.
+    rig = await start_rig("edgegw-soak-", args.devices, args.points, dead_every=10)
     work, broker, health_port = rig.work, rig.broker, rig.health_port
-    # Every tenth device points at a port nobody serves: it stays offline and backs off.
     daemon = rig.start_daemon(
         f"site: soak\nmqtt: {{url: '{broker.url}', reconnect_max: 2s}}\n"
         f"health: {{listen: '127.0.0.1:{health_port}'}}\nlog: {{level: warning, format: json}}\n"
         f"state_dir: {work / 'state'}\nbuffer: {{path: {work / 'buffer'}, max_size: 256MiB}}\n"
-        f"devices:\n{rig.devices(args.interval, '500ms', dead_every=10)}"
+        f"devices:\n{rig.devices(args.interval, '500ms')}"
     )
     samples: list[dict[str, float]] = []
     started = time.monotonic()
