@@ -42,15 +42,16 @@ def restore_logging() -> Iterator[None]:
     saved = structlog.get_config()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    noisy = {name: logging.getLogger(name).level for name in ("pymodbus", "bacpypes3", "pysnmp", "asyncio")}
+    levels = {n: lg.level for n, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
     try:
         yield
     finally:
         structlog.configure(**saved)
         root.handlers[:] = handlers
         root.setLevel(level)
-        for name, lvl in noisy.items():
+        for name, lvl in levels.items():
             logging.getLogger(name).setLevel(lvl)
+        logging.captureWarnings(False)  # pytest records the warnings itself
 
 
 def _with_fault(fn: Callable[[str, Fault], Any], fault: Fault, kind: str) -> Any:
