@@ -19,7 +19,7 @@ import aiomqtt
 
 from gateway.localbroker import LocalBroker, wait_port
 
-__all__ = ["Collector", "Daemon", "Mosquitto", "free_port", "serial_line", "wait_port"]
+__all__ = ["Collector", "Daemon", "Mosquitto", "TcpProxy", "free_port", "serial_line", "wait_port"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,3 +196,80 @@ class Daemon:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+
+class TcpProxy:
+    """A loopback TCP relay the test can stall (hold every byte, both ways) or cut.
+
+    Stalled, the peers stay connected and see nothing: a broker that stopped acknowledging
+    without dropping the connection. What was held is forwarded on `resume()`, or lost with the
+    connection when a peer goes away.
+    """
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.target = (host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def cut(self) -> None:
+        """Close every relayed connection now (new ones are still accepted)."""
+        for writer in list(self._writers):
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst, (writer, up_writer)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, pair: tuple[asyncio.StreamWriter, ...]
+    ) -> None:
+        held = b""
+        try:
+            while data := await src.read(65536):
+                held += data
+                await self._flowing.wait()
+                if dst.is_closing():
+                    return  # cut while stalled: what was held is lost with the connection
+                dst.write(held)
+                held = b""
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in pair:
+                w.close()
+                self._writers.discard(w)
