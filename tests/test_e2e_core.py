@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiomqtt
 import pytest
@@ -18,6 +18,10 @@ import yaml
 
 from gateway.registry import DRIVERS
 from tests.harness import Collector, Daemon, Mosquitto
+
+if TYPE_CHECKING:
+    from drivers.bacnet.twin import BacnetTwin
+    from drivers.snmp.twin import SnmpTwin
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +39,14 @@ async def retained(broker: Mosquitto, topic: str) -> dict[str, Any]:
         await client.subscribe(topic, qos=1)
         async for msg in client.messages:
             assert msg.retain
-            body: dict[str, Any] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+            body: dict[str, Any] = json.loads(bytes(msg.payload))
             return body
     raise AssertionError("no retained message")
 
 
-async def test_a_clean_stop_leaves_every_device_stopped(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
+async def test_a_clean_stop_leaves_every_device_stopped(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
     twin_cls = DRIVERS["modbus"].twin_class
     points = [{"id": "v", "address": 0, "type": "float32", "quantity": "voltage", "unit": "V"}]
     async with twin_cls.create(points=points, units=[1, 2]) as twin:
@@ -64,7 +70,7 @@ async def test_a_clean_stop_leaves_every_device_stopped(tmp_path: Path, broker: 
 async def test_a_cov_of_an_out_of_service_object_arrives_uncertain(
     tmp_path: Path, broker: Mosquitto, collector: Collector
 ) -> None:
-    twin_cls = DRIVERS["bacnet"].twin_class
+    twin_cls = cast("type[BacnetTwin]", DRIVERS["bacnet"].twin_class)
     async with twin_cls.create("schneider-bcpme-bacnet", vars={"channels": 4}, panels=1, animate=False) as twin:
         # Polled every 30 s: anything that arrives within seconds of a change was pushed.
         device = {"id": "p1", **twin.device_config(), "interval": "30s", "timeout": "500ms", "cov": True}
@@ -106,7 +112,7 @@ async def test_counter_rates_across_a_32_bit_wrap_and_an_agent_restart(
         "unit": "bit/s",
         "sim": {"value": (2**32 - 3000) * 8, "rate": 8000},
     }
-    twin_cls = DRIVERS["snmp"].twin_class
+    twin_cls = cast("type[SnmpTwin]", DRIVERS["snmp"].twin_class)
     async with twin_cls.create(points=[rate_point]) as twin:
         device = {"id": "sw1", **twin.device_config(), "interval": "1s", "timeout": "500ms"}
         daemon = Daemon(site(tmp_path, broker, [device]), tmp_path)

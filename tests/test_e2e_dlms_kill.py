@@ -43,7 +43,7 @@ async def test_sigkill_at_random_moments_of_a_backfill_leaves_no_hole(
     proxy = TcpProxy(broker.port)
     await proxy.start()
     async with DRIVERS["dlms"].twin_class.create("sensemi-sed102", transport="wrapper", start=t0) as twin:
-        twin.freeze()  # the meter's time stands still: the backfill has a fixed end
+        twin.clock.freeze()  # the meter's time stands still: the backfill has a fixed end
         device = {
             "id": "m1",
             **twin.device_config(),
