@@ -115,7 +115,7 @@ async def test_v2c_system_group_and_interface_tables(snmpd: Snmpd) -> None:
     found = await d.discover()
     ids = {p["id"]: p for p in found}
     assert ids["if1.descr"]["oid"] == "1.3.6.1.2.1.2.2.1.2.1" and ids["if1.descr"]["circuit"] == "if1"
-    assert ids["if1.in_octets"]["type"] == "counter64" and ids["if1.in_rate"]["rate"] is True
+    assert ids["if1.in_octets"]["type"] == "counter64" and ids["if1.in_rate"]["rate"] == "per_second"
     d.ctx.points = [SnmpPoint.model_validate(p) for p in found]
     await d.replan()
     norm = Normalizer("ifaces", d.ctx.points)
