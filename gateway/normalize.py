@@ -158,7 +158,17 @@ class Batch:
 class Encoder:
     """A device's points compiled for JSON: pre-encoded fragments per point, shared by its batches."""
 
-    __slots__ = ("_device_json", "_float_fmt", "_good_tail", "_ids", "_prefix", "_unit_json", "_units")
+    __slots__ = (
+        "_device_json",
+        "_float_fmt",
+        "_good_tail",
+        "_ids",
+        "_last_text",
+        "_last_value",
+        "_prefix",
+        "_unit_json",
+        "_units",
+    )
 
     def __init__(self, device_id: str, points: Sequence[PointConfig]) -> None:
         self._device_json = json.dumps(device_id)
@@ -171,9 +181,15 @@ class Encoder:
         # it is written as the shortest decimal that identifies the float32 (229.27). A scaled
         # float32 is the exact product of that decimal (Normalizer._one): every digit of it counts.
         self._float_fmt = [_float_format(None if _scaled(p) else p.float_digits()) for p in points]
+        # The last float each point printed and its text. A device refreshes its registers at its
+        # own pace (often once a second), so a fast poll reads the same value again and again, and
+        # the shortest-decimal search (about 1 us) is then a comparison. NaN never matches.
+        self._last_value = [math.nan] * len(points)
+        self._last_text = [""] * len(points)
 
     def encode(self, batch: Batch, seq: int) -> bytes:
         prefix, good_tail, unit, float_fmt = self._prefix, self._good_tail, self._unit_json, self._float_fmt
+        last_value, last_text = self._last_value, self._last_text
         batch_ts = batch.ts
         batch_tss = str(batch_ts)
         out: list[str] = ['{"device":', self._device_json, ',"seq":', str(seq), ',"ts":', batch_tss, ',"readings":[']
@@ -184,7 +200,11 @@ class Encoder:
         ):
             kind = type(value)
             if kind is float:
-                text = float_fmt[i](value)  # type: ignore[arg-type]
+                if value == last_value[i] and value:  # zero is left out: 0.0 == -0.0
+                    text = last_text[i]
+                else:
+                    text = last_text[i] = float_fmt[i](value)  # type: ignore[arg-type]
+                    last_value[i] = value  # type: ignore[assignment]
             elif kind is int:
                 text = str(value)
             else:

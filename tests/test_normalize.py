@@ -204,3 +204,17 @@ def test_counter_delta_calls_an_implausible_drop_a_reset(bits: int, rate: int, d
     current = data.draw(st.integers(0, previous - 1))
     # Falling back and then climbing past the top within one second needs more than 4x the rate.
     assert counter_delta(previous, current, bits, rate / 1000, 1000) is None
+
+
+def test_a_repeated_float_prints_as_when_it_was_new() -> None:
+    """The encoder remembers each point's last float text; what it writes must not depend on that."""
+    from drivers.modbus.config import ModbusPoint
+
+    n = Normalizer("d", [ModbusPoint.model_validate({"id": "f", "address": 0, "type": "float32", "quantity": "other"})])
+    f32 = 101.19999694824219  # 101.2 as a float32
+    seen = []
+    for raw in (f32, f32, 0.0, -0.0, -0.0, 0.0, 7.5, f32):
+        fresh = Normalizer("d", n.points).normalize(RawReadings([raw]), 1).encode(1)
+        seen.append(n.normalize(RawReadings([raw]), 1).encode(1))
+        assert seen[-1] == fresh, raw
+    assert [json.loads(m)["readings"][0]["value"] for m in seen] == [101.2, 101.2, 0, -0.0, -0.0, 0, 7.5, 101.2]
