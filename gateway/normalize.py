@@ -390,13 +390,13 @@ class Normalizer:
         value: Value
         for i in self._publish:
             raw_value = values[i]
-            stamp = stamps[i] if stamps is not None else None
-            ts = now_ms if stamp is None else stamp
             if simple and fast[i] and type(raw_value) is float and -_INF < raw_value < _INF:
-                value, quality, error = raw_value, GOOD, None
+                value, quality, error, ts = raw_value, GOOD, None, now_ms
             elif raw_value is NO_VALUE:
                 continue
             else:
+                stamp = stamps[i] if stamps is not None else None
+                ts = now_ms if stamp is None else stamp
                 value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values, ts)
                 if quals is not None and quality == GOOD:
                     q = quals[i]
