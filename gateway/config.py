@@ -18,6 +18,7 @@ from gateway.buses import BusConfig
 from gateway.models import (
     CONFIG_DIR,
     PORT_RANGE,
+    ActionConfig,
     ByteSize,
     DeviceConfig,
     Duration,
@@ -236,6 +237,15 @@ def default_state_dir(site: str, environ: Mapping[str, str] | None = None) -> Pa
     return (CONFIG_DIR.get() or Path.cwd()) / "edgegw-state" / site
 
 
+class CommandsConfig(Strict):
+    """Writes and actions from MQTT and the CLI (docs/commands.md): off unless enabled here."""
+
+    enabled: bool = False
+    max_age: Duration = Field(default=30.0, description="a request older than this is never executed")
+    devices: list[Identifier] | None = Field(default=None, description="only these devices take commands")
+    timeout: Duration = Field(default=10.0, description="a command not done by then is answered `timeout`")
+
+
 class GatewayConfig(Strict):
     """The whole file; per-driver sections (bacnet:, snmp:) are added from the registry."""
 
@@ -250,6 +260,7 @@ class GatewayConfig(Strict):
     health: HealthConfig = HealthConfig()
     buses: list[BusConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
 
     _source: str = ""
     _warnings: list[ConfigIssue] = []
@@ -376,17 +387,38 @@ def _resolve_device(
     points: _Points = {}
     profile_meta: dict[str, Any] = {}
     profile_vars: dict[str, Any] = {}
+    actions: dict[str, tuple[Any, str]] = {}  # name -> (definition, where it was written)
     if device.profile is not None:
         applied = _apply_profile(raw, device, path, base_dir, points, issues)
         if isinstance(applied, list):
             return device, applied
         device, profile = applied
         profile_meta, profile_vars = profile.meta(), profile.vars
+        actions = {name: (spec, f"profile {profile.name}: actions.{name}") for name, spec in profile.actions.items()}
     _merge_inline(raw, device, path, profile_vars, points, issues)
+    actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
     resolved = _validated_points(type(device).point_model, points, issues)
     device._resolved = tuple(resolved)
+    device._resolved_actions = _validated_actions(type(device).action_model, actions, getattr(raw, "file", ""), issues)
     device._profile_meta = profile_meta
     return device, issues
+
+
+def _validated_actions(
+    model: type[ActionConfig], actions: Mapping[str, tuple[Any, str]], file: str, issues: list[ConfigIssue]
+) -> dict[str, ActionConfig]:
+    """Each named action through the driver's action model."""
+    out: dict[str, ActionConfig] = {}
+    for name, (spec, where) in actions.items():
+        if not isinstance(spec, Mapping):
+            issues.append(ConfigIssue(file, getattr(spec, "line", 0), where, "an action is a mapping"))
+            continue
+        try:
+            out[name] = model.model_validate(spec)
+        except ValidationError as exc:
+            for issue in _issues_from(exc, spec, f"{where}.", getattr(spec, "file", "") or file):
+                issues.append(issue)
+    return out
 
 
 def _apply_profile(

@@ -25,6 +25,10 @@ Contract (the core owns everything but the protocol):
   must be durable before it is used (a DLMS invocation counter reservation) is written with
   ``ctx.state.commit()`` at once.
 * ``await driver.stop()`` releases the device cleanly (DLMS release, COV unsubscribe, ...).
+* Commands (docs/commands.md): the core checks a request against the point's limits, converts
+  the engineering value to raw and calls ``await driver.write(WriteRequest)``, which writes and
+  reads back inside one bus transaction; named actions (``ActionConfig`` subclass of the driver)
+  go to ``await driver.action(name, spec, args)``. A refusal is ``WriteRefused``.
 * Nothing may escape ``read()`` other than :class:`DeviceError` and ``asyncio.CancelledError``;
   the core treats anything else as a driver bug, logs it once and marks the poll failed.
 """
@@ -32,7 +36,7 @@ Contract (the core owns everything but the protocol):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 
     from gateway.buses import Bus
     from gateway.config import DeviceConfig, PointConfig
+    from gateway.models import ActionConfig
     from gateway.state import StateStore
 
 
@@ -56,6 +61,10 @@ class DeviceError(DriverError):
 
 class DeviceTimeout(DeviceError):
     """The device did not answer within its timeout."""
+
+
+class WriteRefused(DeviceError):
+    """The device answered a write or an action with a refusal (exception code, error status, DAR)."""
 
 
 class PointError:
@@ -111,6 +120,15 @@ class RawReadings:
     qualities: list[Quality | None] | None = None
     series: list[tuple[int, RawValue, int]] = field(default_factory=list)
     commit: dict[str, Any] | None = None  # driver state to store once these readings are safe
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """One point write, as the core hands it to a driver."""
+
+    index: int  # the point's slot in ctx.points
+    raw: RawValue  # the protocol value; None: relinquish (BACnet NULL)
+    priority: int | None = None  # BACnet write priority (1-16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +191,24 @@ class Driver(abc.ABC, Generic[CfgT, RtT]):
 
     async def stop(self) -> None:
         """Release the device and any tasks the driver started."""
+
+    async def write(self, request: WriteRequest) -> RawValue:
+        """Write one writable point and read it back in the same bus transaction; returns the raw read-back.
+
+        ``request.raw`` is already checked and converted by the core (the inverse of the point's
+        normalisation); None means "relinquish" where the protocol has it (BACnet NULL at a
+        priority). Return the value read back (a PointError when it could not be read back).
+        Raise WriteRefused when the device refused, DeviceError/DeviceTimeout when it did not
+        answer. The core never calls this for a point that is not `writable`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot write")
+
+    async def action(self, name: str, spec: ActionConfig, args: Mapping[str, Any]) -> Any:
+        """Run a named action (``spec``: the driver's own action model, ``args`` already checked).
+
+        Returns what the device answered, JSON-ready (None when nothing). Raises like ``write``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no actions")
 
     async def discover(self) -> list[dict[str, Any]]:
         """Ask the device what it has (BACnet object list, DLMS association, SNMP walk).

@@ -223,6 +223,13 @@ class PointConfig(Strict):
         default=None, description="width of a `rate` counter, where the point's type does not tell it"
     )
     publish: bool = True
+    # Commands (docs/commands.md): nothing is writable unless the profile or config says so, and
+    # a write is checked against these limits, in engineering units, before the device sees it.
+    writable: bool = False
+    min: float | None = Field(default=None, description="lowest value a command may write")
+    max: float | None = Field(default=None, description="highest value a command may write")
+    enum: list[int | float | str | bool] | None = Field(default=None, description="the only values a command may write")
+    step: float | None = Field(default=None, description="a written value must be min (or 0) plus a multiple of this")
     # Hints for the device twins (`edgegw simulate`): {value: x} or {min: a, max: b, period: 60s}.
     sim: dict[str, Any] | None = None
 
@@ -259,6 +266,16 @@ class PointConfig(Strict):
         if v is True:
             return "per_second"
         return None if v is False else v
+
+    @model_validator(mode="after")
+    def _write_limits(self) -> PointConfig:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be > 0")
+        if self.writable and self.rate is not None:
+            raise ValueError("a rate is computed, not a register: it cannot be writable")
+        return self
 
     @model_validator(mode="after")
     def _rate_of_a_counter(self) -> PointConfig:
@@ -302,10 +319,37 @@ class PointConfig(Strict):
         )
 
 
+class ActionArg(Strict):
+    """One argument of a named action, checked before the device sees it."""
+
+    type: Literal["number", "integer", "boolean", "string", "datetime"] = "number"
+    required: bool = True
+    default: int | float | str | bool | None = None
+    min: float | None = None
+    max: float | None = None
+    enum: list[int | float | str | bool] | None = None
+
+
+class ActionConfig(Strict):
+    """A named action a profile or device config defines; each driver adds what its protocol needs."""
+
+    description: str = ""
+    args: dict[str, ActionArg] = Field(default_factory=dict)
+
+
+class DeviceCommands(Strict):
+    """Per-device limits on commands (docs/commands.md)."""
+
+    enabled: bool = True
+    rate: Annotated[float, Field(gt=0, le=100)] = Field(default=2.0, description="commands per second, sustained")
+    burst: Annotated[int, Field(ge=1, le=1000)] = Field(default=5, description="commands accepted at once")
+
+
 class DeviceConfig(Strict):
     """Fields every device has; each driver subclasses it with `driver: Literal[...]` and its own."""
 
     point_model: ClassVar[type[PointConfig]] = PointConfig
+    action_model: ClassVar[type[ActionConfig]] = ActionConfig
 
     id: Identifier
     driver: str
@@ -325,8 +369,13 @@ class DeviceConfig(Strict):
     enabled: bool = True
     bus: Identifier | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    actions: dict[Identifier, dict[str, Any]] = Field(
+        default_factory=dict, description="named actions (the driver's action model); override the profile's by name"
+    )
+    commands: DeviceCommands = Field(default_factory=DeviceCommands)
 
     _resolved: tuple[PointConfig, ...] = PrivateAttr(default=())
+    _resolved_actions: dict[str, ActionConfig] = PrivateAttr(default_factory=dict)
     _profile_meta: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("interval")
@@ -344,6 +393,11 @@ class DeviceConfig(Strict):
     @property
     def profile_meta(self) -> dict[str, Any]:
         return self._profile_meta
+
+    @property
+    def resolved_actions(self) -> dict[str, ActionConfig]:
+        """The device's actions after the profile's and its own were merged and validated."""
+        return self._resolved_actions
 
     def implicit_bus(self) -> str | None:
         """The key of the transport this device shares when no `bus` is named (e.g. one TCP endpoint)."""

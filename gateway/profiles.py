@@ -59,6 +59,7 @@ class Profile:
     vars: dict[str, Any] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     points: LineList = field(default_factory=LineList)
+    actions: dict[str, Any] = field(default_factory=dict)  # name -> the driver's action definition
 
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "source": self.source}
@@ -108,14 +109,14 @@ def _load_profile(path: Path, _mtime_ns: int, _size: int) -> Profile:
     data = load_file(path)
     if not isinstance(data, LineDict):
         raise ProfileError(str(path), 1, "a profile is a mapping with at least `driver` and `points`")
-    allowed = {"profile", "driver", "description", "status", "source", "vars", "device", "points", "notes"}
+    allowed = {"profile", "driver", "description", "status", "source", "vars", "device", "points", "actions", "notes"}
     for key in data:
         if key not in allowed:
             raise ProfileError(str(path), data.lines.get(key, data.line), f"unknown profile key {key!r}")
     points = data.get("points", LineList())
     if not isinstance(points, LineList):
         raise ProfileError(str(path), data.lines.get("points", data.line), "`points` must be a list")
-    for key in ("vars", "device"):
+    for key in ("vars", "device", "actions"):
         if not isinstance(data.get(key, {}), dict):
             raise ProfileError(str(path), data.lines.get(key, data.line), f"`{key}` must be a mapping")
     return Profile(
@@ -128,6 +129,7 @@ def _load_profile(path: Path, _mtime_ns: int, _size: int) -> Profile:
         vars=dict(data.get("vars", {})),
         device=dict(data.get("device", {})),
         points=points,
+        actions=dict(data.get("actions", {})),
     )
 
 
