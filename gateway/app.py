@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import structlog
 
 from gateway import logs
 from gateway.buses import Bus
+from gateway.commands import Commands, Rejected, Request, Result, parse_request
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.driver import Driver, DriverContext, DriverRuntime
 from gateway.health import Health, sd_notify
@@ -93,6 +95,8 @@ class Gateway:
         self.states: dict[str, StateStore] = {}
         self._meta_points: dict[str, int] = {}  # id() of the point list each device's meta describes
         self.health = Health(self, cfg.health.listen, cfg.health.watchdog_stall, self.log.bind(component="health"))
+        self.commands = commands_policy(cfg, self.log.bind(component="commands"))
+        self._commands_running: set[asyncio.Task[None]] = set()
         self.started = time.time()
 
     # -- start -----------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class Gateway:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         self.publisher.open_buffer()
+        if self.cfg.commands.enabled:
+            self.publisher.subscribe(f"{self.publisher.base}/+/command", self._on_command)
         self.publisher.start()
         for device in self.cfg.devices:
             if device.enabled:
@@ -154,6 +160,40 @@ class Gateway:
         self._publish_meta(runner)
         publisher.submit_retained(publisher.topic(device.id, "status"), runner.stats.status())
         runner.start()
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _on_command(self, msg: Any) -> None:
+        """A request on `{prefix}/{site}/{device}/command`: answered once, on its own task."""
+        device = str(msg.topic).split("/")[-2]
+        props = getattr(msg, "properties", None)
+        who = {str(k): str(v) for k, v in (getattr(props, "UserProperty", None) or []) if k in ("client_id", "user")}
+        reply_to = getattr(props, "ResponseTopic", None) or self.publisher.topic(device, "command/result")
+        correlation = getattr(props, "CorrelationData", None)
+        try:
+            req = parse_request(device, bytes(msg.payload), {"via": "mqtt", **who})
+        except Rejected as exc:
+            req = Request(device=device, id=_request_id(bytes(msg.payload)), who={"via": "mqtt", **who})
+            self._answer(Result("rejected", req, error=str(exc)), reply_to, correlation)
+            return
+        task = asyncio.create_task(self._command(req, reply_to, correlation), name=f"command:{device}")
+        self._commands_running.add(task)
+        task.add_done_callback(self._commands_running.discard)
+
+    async def _command(self, req: Request, reply_to: str, correlation: bytes | None) -> None:
+        result = await self.commands.run(req, self.runners.get(req.device))
+        self._answer(result, reply_to, correlation)
+
+    def _answer(self, result: Result, reply_to: str, correlation: bytes | None) -> None:
+        properties = None
+        if correlation is not None:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation
+        self.publisher.submit_message(reply_to, json.dumps(result.body()).encode(), properties)
+        self.publisher.submit_event(result.request.device, self.commands.audit(result))
 
     def _publish_meta(self, runner: DeviceRunner) -> None:
         topic = self.publisher.topic(runner.device.id, "meta")
@@ -236,6 +276,9 @@ class Gateway:
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         sd_notify("STOPPING=1")
+        if self._commands_running:
+            # A command under way is answered (ok, or timeout) before the devices go.
+            await asyncio.wait(set(self._commands_running), timeout=2.0)
         runners = list(self.runners.values())
         await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
         # A clean stop says so per device: a consumer tells it from a crash (the gateway's will).
@@ -260,6 +303,21 @@ class Gateway:
         online = sum(1 for r in runners if r.stats.state.value == "online")
         broker = "connected" if self.publisher.connected else "disconnected"
         return f"{online}/{len(runners)} devices online, broker {broker}, backlog {self.publisher.backlog}"
+
+
+def commands_policy(cfg: GatewayConfig, log: structlog.typing.FilteringBoundLogger) -> Commands:
+    c = cfg.commands
+    return Commands(c.enabled, c.max_age, c.timeout, frozenset(c.devices) if c.devices is not None else None, log)
+
+
+def _request_id(payload: bytes) -> str | None:
+    """The caller's id of a request that is otherwise unusable, if it has one."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    rid = body.get("id") if isinstance(body, dict) else None
+    return None if rid is None else str(rid)
 
 
 def _fingerprint(device: DeviceConfig) -> tuple[str, tuple[str, ...]]:

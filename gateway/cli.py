@@ -1,4 +1,4 @@
-"""edgegw run | check | read | scan | simulate | demo | profiles."""
+"""edgegw run | check | read | write | action | scan | simulate | demo | profiles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +18,11 @@ from typing import Any, TypeVar
 import yaml
 
 from gateway import logs
+from gateway.commands import Request, Result
 from gateway.config import ConfigError, ConfigIssue, Environment, GatewayConfig, load_config
 from gateway.discovery import discover_points, rebuild
-from gateway.driver import DeviceError
+from gateway.driver import DeviceError, Driver, RawValue
+from gateway.models import DeviceConfig
 from gateway.normalize import Normalizer
 from gateway.profiles import load_profile, shipped_profiles
 from gateway.registry import DRIVERS, load_object
@@ -95,9 +98,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_async(run(cfg, Path(args.config)))
 
 
-async def _read_once(
-    cfg: GatewayConfig, device_id: str, discover: bool
-) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]] | None]:
+@dataclass(slots=True)
+class _OneOff:
+    """A device's driver outside the daemon (`read`, `write`, `action`); a command target too."""
+
+    device: DeviceConfig
+    driver: Driver[Any, Any]
+    normalizer: Normalizer
+    raw: list[RawValue] | None = None
+
+    def last_raw(self) -> list[RawValue] | None:
+        return self.raw
+
+
+@contextlib.asynccontextmanager
+async def _one_off(cfg: GatewayConfig, device_id: str, discover: bool) -> AsyncIterator[tuple[_OneOff, Any]]:
+    """The device's driver, started (with discovered points when it has none), and what discovery found."""
     from gateway.app import build_driver, bus_for, start_runtime
 
     device = next((d for d in cfg.devices if d.id == device_id), None)
@@ -115,20 +131,71 @@ async def _read_once(
             found, points = await discover_points(driver)
             if not driver.ctx.points:
                 driver = await rebuild(driver, points, partial(build_driver, device, bus, state, runtime, log))
-        normalizer = Normalizer(device.id, driver.ctx.points)
-        started = time.monotonic()
-        try:
-            raw = await driver.read()
-            batch = normalizer.normalize(raw, int(time.time() * 1000))
-        except DeviceError as exc:
-            batch = normalizer.failed(str(exc) or type(exc).__name__, int(time.time() * 1000))
-        elapsed = time.monotonic() - started
-        return elapsed, batch.as_dicts(), found
+        yield _OneOff(device, driver, Normalizer(device.id, driver.ctx.points)), found
     finally:
         await driver.stop()
         await bus.close()
         if runtime is not None:
             await runtime.stop()
+
+
+async def _read_once(
+    cfg: GatewayConfig, device_id: str, discover: bool
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]] | None]:
+    async with _one_off(cfg, device_id, discover) as (target, found):
+        started = time.monotonic()
+        try:
+            raw = await target.driver.read()
+            batch = target.normalizer.normalize(raw, int(time.time() * 1000))
+        except DeviceError as exc:
+            batch = target.normalizer.failed(str(exc) or type(exc).__name__, int(time.time() * 1000))
+        elapsed = time.monotonic() - started
+        return elapsed, batch.as_dicts(), found
+
+
+async def _command(cfg: GatewayConfig, req: Request) -> Result:
+    """A write or an action from the command line: the daemon's validation, policy and audit."""
+    from gateway.app import commands_policy
+
+    policy = commands_policy(cfg, logs.get(component="commands"))
+    async with _one_off(cfg, req.device, False) as (target, _found):
+        # One poll first: the raw types and the scale registers a conversion needs.
+        with contextlib.suppress(DeviceError):
+            target.raw = (await target.driver.read()).values
+        result = await policy.run(req, target)
+    policy.audit(result)
+    return result
+
+
+def _cli_value(text: str) -> Any:
+    """A value on the command line: JSON where it parses (12.5, true, null, "text"), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    logs.setup("info", "auto")
+    req = Request(device=args.device, id=f"cli-{int(time.time() * 1000)}", who={"via": "cli"})
+    if args.command == "write":
+        req.point, req.value = args.point, _cli_value(args.value)
+    else:
+        req.action = args.action
+        for item in args.args:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                print(f"edgegw action: {item!r} is not name=value", file=sys.stderr)
+                return EXIT_CONFIG
+            req.args[name] = _cli_value(value)
+    if args.priority is not None:
+        req.priority = args.priority
+    result = run_async(_command(cfg, req))
+    print(json.dumps(result.body(), indent=2))
+    return {"ok": EXIT_OK, "rejected": EXIT_CONFIG}.get(result.status, EXIT_FAIL)
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -259,6 +326,31 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--write-profile", metavar="FILE", help="write the discovered points out as a profile")
     rd.add_argument("--verbose", "-v", action="store_true")
 
+    w = sub.add_parser(
+        "write",
+        help="write one writable point (commands must be enabled in the config)",
+        description="Write one point of a device, as an MQTT command would: limits checked, read back, "
+        "audited. Exit 0 ok, 1 failed or timed out, 2 rejected.",
+        epilog="example: edgegw write -c /etc/edgegw/gateway.yaml sed102-1 relay.output false",
+    )
+    w.add_argument("--config", "-c", required=True)
+    w.add_argument("device")
+    w.add_argument("point")
+    w.add_argument("value", help="JSON (12.5, true, null to relinquish) or text")
+    w.add_argument("--priority", type=int, choices=range(1, 17), metavar="1-16", help="BACnet write priority")
+
+    ac = sub.add_parser(
+        "action",
+        help="run a named action of a device (commands must be enabled in the config)",
+        description="Run a named action the device's profile or config defines. Exit 0 ok, 1 failed, 2 rejected.",
+        epilog="example: edgegw action -c /etc/edgegw/gateway.yaml sed102-1 set_clock",
+    )
+    ac.add_argument("--config", "-c", required=True)
+    ac.add_argument("device")
+    ac.add_argument("action")
+    ac.add_argument("args", nargs="*", metavar="name=value", help="the action's arguments")
+    ac.add_argument("--priority", type=int, choices=range(1, 17), metavar="1-16", help=argparse.SUPPRESS)
+
     s = sub.add_parser(
         "simulate",
         help="serve a profile as a device twin (options after the profile go to the twin)",
@@ -327,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(known)
         if known.command == "read":
             return cmd_read(known)
+        if known.command in ("write", "action"):
+            return cmd_command(known)
         if known.command == "simulate":
             return cmd_simulate(known, rest)
         if known.command == "scan":

@@ -121,6 +121,9 @@ class MqttConfig(Strict):
     reconnect_min: Duration = 0.5
     reconnect_max: Duration = 30.0
     per_point_topics: bool = False
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description="MQTT version; 5 honours command response topics, correlation data and expiry"
+    )
 
     _password: SecretStr | None = None
 

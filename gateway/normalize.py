@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -29,7 +30,7 @@ Value = int | float | bool | str | None
 _INF = math.inf
 
 
-def _ratio(x: float) -> tuple[int, int]:
+def ratio(x: float) -> tuple[int, int]:
     """The exact decimal a profile wrote (0.1 means 1/10, not 0.1000000000000000055...)."""
     frac = Fraction(Decimal(repr(x)))
     return frac.numerator, frac.denominator
@@ -288,7 +289,7 @@ class Normalizer:
         self._rate_bits: list[int] = []
         self._rates: dict[int, _RateState] = {}
         for i, p in enumerate(self.points):
-            num, den = _ratio(p.scale)
+            num, den = ratio(p.scale)
             self._num.append(num)
             self._den.append(den)
             self._offset.append(p.offset)
@@ -367,6 +368,10 @@ class Normalizer:
         per_ms = delta / elapsed
         self._rates[i] = _RateState(raw, ts, per_ms)
         return per_ms * self._rate_per[i]
+
+    def value_of(self, i: int, raw: RawValue, ex_values: Sequence[RawValue] | None) -> tuple[Value, str, str | None]:
+        """One raw value of point i as it would be published: (value, quality, error)."""
+        return self._one(i, raw, None, ex_values, int(time.time() * 1000))
 
     def normalize(self, raw: RawReadings, now_ms: int) -> Batch:
         """A whole poll's readings, plus any time-stamped series entries."""

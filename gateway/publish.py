@@ -51,6 +51,7 @@ class Outgoing:
     # Called once when the message is safe (acknowledged, or handed to the disk buffer) or dropped
     # (counted): the core commits driver state such as profile cursors from it.
     on_done: Callable[[], None] | None = None
+    properties: Any = None  # MQTT 5 publish properties (a command result's correlation data)
 
     def __lt__(self, other: Outgoing) -> bool:
         return self.order < other.order
@@ -167,6 +168,8 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._status_topic = f"{self.base}/gateway/status"
+        # Topic filter -> handler of incoming messages (commands); subscribed again on every connect.
+        self._subscriptions: dict[str, Callable[[aiomqtt.Message], None]] = {}
 
     # -- producer side (called from the scheduler, never blocks) ------------------------------
 
@@ -185,6 +188,14 @@ class Publisher:
                 leaf = f"points/{item['point']}"
                 self._enqueue(Outgoing(self.topic(batch.device, leaf), json.dumps(item).encode(), self.cfg.qos))
 
+    def subscribe(self, topic_filter: str, handler: Callable[[aiomqtt.Message], None]) -> None:
+        """Deliver messages on `topic_filter` to `handler` (QoS 1, from every connection on)."""
+        self._subscriptions[topic_filter] = handler
+
+    def submit_message(self, topic: str, payload: bytes, properties: Any = None) -> None:
+        """One non-retained QoS 1 message (a command result), never written to the disk buffer."""
+        self._enqueue(Outgoing(topic, payload, 1, properties=properties), durable=False)
+
     def submit_event(self, device: str, event: dict[str, Any]) -> None:
         self._enqueue(Outgoing(self.topic(device, "events"), json.dumps(event).encode(), self.cfg.qos))
 
@@ -201,11 +212,11 @@ class Publisher:
         body = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         return body.encode()
 
-    def _enqueue(self, msg: Outgoing) -> None:
+    def _enqueue(self, msg: Outgoing, durable: bool = True) -> None:
         self.stats.submitted += 1
         self._order += 1
         msg.order = self._order
-        disk = self._disk
+        disk = self._disk if durable else None
         if disk is not None and (not self.connected or self._buffer_cfg.write_through):
             self._to_disk(msg)
             self.stats.spilled += 1
@@ -373,6 +384,7 @@ class Publisher:
             tls_context=tls_context(self.cfg),
             max_inflight_messages=self.cfg.max_inflight,
             timeout=10.0,
+            protocol=aiomqtt.ProtocolVersion.V5 if self.cfg.protocol == "5" else aiomqtt.ProtocolVersion.V311,
         )
         # We cap in-flight publishes ourselves; aiomqtt would warn on every one past 10.
         client.pending_calls_threshold = self.cfg.max_inflight + 10
@@ -401,18 +413,32 @@ class Publisher:
 
             paho.on_publish = on_publish
             disconnected: asyncio.Future[None] = client._disconnected
+            for topic_filter in self._subscriptions:
+                await client.subscribe(topic_filter, qos=1)
             sender = asyncio.create_task(self._send_loop(client))
+            receiver = asyncio.create_task(self._receive_loop(client)) if self._subscriptions else None
             try:
                 await asyncio.wait({sender, disconnected}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
+                for task in (sender, receiver):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
             if sender.done() and not sender.cancelled() and sender.exception() is not None:
                 raise sender.exception()  # type: ignore[misc]
             if disconnected.done():
                 exc = disconnected.exception() if not disconnected.cancelled() else None
                 raise aiomqtt.MqttError(f"disconnected: {exc}")
+
+    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            for topic_filter, handler in self._subscriptions.items():
+                if msg.topic.matches(topic_filter):
+                    try:
+                        handler(msg)
+                    except Exception as exc:  # noqa: BLE001 - one bad message must not end the session
+                        self.log.error("incoming message handler failed", topic=str(msg.topic), error=repr(exc))
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         window = self.cfg.max_inflight
@@ -454,7 +480,7 @@ class Publisher:
         per message: a fifth of the daemon's CPU flat out. Data messages go to the paho client
         aiomqtt wraps (same connection, same loop) and are tracked by message id here.
         """
-        info = client._client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
+        info = client._client.publish(msg.topic, msg.payload, msg.qos, msg.retain, properties=msg.properties)
         if info.rc != 0:
             self._return([msg])
             raise aiomqtt.MqttError(f"publish refused by the client (rc {info.rc})")

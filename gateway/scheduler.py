@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from gateway.discovery import DriverFactory, discover_points, rebuild
-from gateway.driver import DeviceError, DeviceTimeout, Driver, Pushed, RawReadings
+from gateway.driver import DeviceError, DeviceTimeout, Driver, Pushed, RawReadings, RawValue
 from gateway.models import DeviceConfig, PointConfig
 from gateway.normalize import Batch, Normalizer
 from gateway.state import StateStore
@@ -135,6 +135,10 @@ class DeviceRunner:
     @property
     def points(self) -> Sequence[PointConfig]:
         return self.driver.ctx.points
+
+    def last_raw(self) -> Sequence[RawValue] | None:
+        """The raw values of the last good poll (commands read exponent registers and types from it)."""
+        return self._last_values
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -1,0 +1,108 @@
+"""End to end: commands over MQTT to the daemon, against the device twins (docs/commands.md).
+
+Every request gets exactly one result on `.../command/result` (or its MQTT 5 response topic) and
+one `command` event; a refused request never reaches the device (the twin's write log stays
+empty).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import yaml
+
+from gateway.registry import DRIVERS
+from tests.harness import Collector, Daemon, Mosquitto
+
+pytestmark = pytest.mark.slow
+
+POINTS = [
+    {"id": "setpoint", "address": 0, "type": "int16", "scale": 0.1, "quantity": "temperature", "unit": "degC",
+     "writable": True, "min": 5, "max": 35, "step": 0.5, "sim": {"value": 21}},
+    {"id": "voltage", "address": 1, "type": "float32", "quantity": "voltage", "unit": "V"},
+]  # fmt: skip
+
+
+def site(tmp: Path, broker: Mosquitto, devices: list[dict[str, Any]], **extra: Any) -> Path:
+    cfg = tmp / "site.yaml"
+    body = {"site": "lab", "mqtt": {"url": broker.url}, "state_dir": str(tmp / "state"), **extra, "devices": devices}
+    cfg.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    return cfg
+
+
+async def send(broker: Mosquitto, device: str, body: dict[str, Any] | bytes) -> None:
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"operator-{uuid.uuid4().hex[:8]}") as client:
+        await client.publish(f"edgegw/lab/{device}/command", payload, qos=1)
+
+
+def results(collector: Collector, device: str) -> list[dict[str, Any]]:
+    return [m.json() for m in collector.messages if m.topic == f"edgegw/lab/{device}/command/result"]
+
+
+def events(collector: Collector, device: str) -> list[dict[str, Any]]:
+    return [m.json() for m in collector.on(f"/{device}/events") if m.json().get("type") == "command"]
+
+
+async def test_refused_commands_never_reach_the_device(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
+    twin_cls = DRIVERS["modbus"].twin_class
+    async with twin_cls.create(points=POINTS) as twin:
+        device = {
+            "id": "m1",
+            **twin.device_config(),
+            "interval": "1s",
+            "timeout": "500ms",
+            "commands": {"rate": 0.01, "burst": 6},
+        }
+        daemon = Daemon(site(tmp_path, broker, [device], commands={"enabled": True}), tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("m1", "setpoint"), what="the first poll")
+            cases: list[tuple[dict[str, Any] | bytes, str]] = [
+                ({"id": "a", "point": "nope", "value": 1}, "no point 'nope'"),
+                ({"id": "b", "point": "voltage", "value": 230}, "voltage is not writable"),
+                ({"id": "c", "point": "setpoint", "value": 40}, "above the maximum 35"),
+                ({"id": "d", "point": "setpoint", "value": 21.2}, "not a multiple of the step 0.5"),
+                ({"id": "e", "point": "setpoint", "value": "warm"}, "a number is expected"),
+                ({"id": "f", "point": "setpoint", "value": 20, "ts": int(time.time() * 1000) - 120_000}, "stale"),
+                ({"id": "g", "action": "reset"}, "no action 'reset'"),
+                ({"id": "i", "point": "nope", "value": 1}, "rate limited"),  # the 7th let in, burst 6
+                (b"{not json", "not JSON"),
+            ]
+            for body, _ in cases:
+                await send(broker, "m1", body)
+            await collector.wait_for(lambda: len(results(collector, "m1")) >= len(cases), what="every result")
+            got = results(collector, "m1")
+            assert len(got) == len(cases)
+            by_id = {r["id"]: r for r in got}
+            for body, why in cases:
+                result = by_id[body["id"] if isinstance(body, dict) else None]
+                assert result["status"] == "rejected" and why in result["error"], (body, result)
+            await collector.wait_for(lambda: len(events(collector, "m1")) >= len(cases), what="the audit events")
+            assert {e["status"] for e in events(collector, "m1")} == {"rejected"}
+            assert twin.writes == []
+        finally:
+            assert await daemon.stop() == 0
+    assert "command" in daemon.output()  # the audit log line
+
+
+async def test_commands_are_off_unless_enabled(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
+    twin_cls = DRIVERS["modbus"].twin_class
+    async with twin_cls.create(points=POINTS) as twin:
+        device = {"id": "m1", **twin.device_config(), "interval": "1s", "timeout": "500ms"}
+        daemon = Daemon(site(tmp_path, broker, [device]), tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("m1", "setpoint"), what="the first poll")
+            await send(broker, "m1", {"id": "x", "point": "setpoint", "value": 20})
+            # Disabled means not even subscribed: nothing answers, and the device is untouched.
+            await collector.wait_for(lambda: len(collector.data("m1")) >= 3, what="polls after the request")
+            assert results(collector, "m1") == [] and twin.writes == []
+        finally:
+            await daemon.stop()
