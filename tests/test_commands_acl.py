@@ -17,17 +17,21 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 USERS = {"edgegw": "gw-secret", "scada-operator": "op-secret", "dashboard": "view-secret"}
 
 
+def make_passwd(passwd: Path) -> None:
+    passwd.touch()
+    for user, secret in USERS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, secret], check=True, capture_output=True)
+
+
 def doc_acl() -> str:
     blocks = re.findall(r"```\n(# /etc/mosquitto/edgegw\.acl\n.*?)```", DOC.read_text(encoding="utf-8"), re.S)
     assert len(blocks) == 1, "docs/commands.md shows one ACL file"
-    return blocks[0]
+    return str(blocks[0])
 
 
 async def test_only_the_operator_account_reaches_the_command_topics(tmp_path: Path) -> None:
     passwd, acl = tmp_path / "passwd", tmp_path / "edgegw.acl"
-    passwd.touch()
-    for user, secret in USERS.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, secret], check=True, capture_output=True)
+    make_passwd(passwd)
     acl.write_text(doc_acl(), encoding="utf-8")
     extra = f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
     async with Mosquitto(tmp_path, extra=extra) as broker:
@@ -39,7 +43,7 @@ async def test_only_the_operator_account_reaches_the_command_topics(tmp_path: Pa
                 await c.subscribe("edgegw/+/+/command", qos=1)
                 ready.set()
                 async for msg in c.messages:
-                    got.append(bytes(msg.payload).decode())  # type: ignore[arg-type]
+                    got.append(bytes(msg.payload).decode())
 
         listener = asyncio.create_task(gateway_side())
         try:
