@@ -11,6 +11,7 @@ costs one point, not the whole answer.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,32 @@ from bacpypes3.apdu import (
     RejectPDU,
     SimpleAckPDU,
     SubscribeCOVRequest,
+    WritePropertyRequest,
 )
 from bacpypes3.app import Application
-from bacpypes3.basetypes import BinaryPV, PropertyIdentifier, PropertyReference, ReadAccessSpecification
+from bacpypes3.basetypes import (
+    BinaryPV,
+    PriorityValue,
+    PropertyIdentifier,
+    PropertyReference,
+    ReadAccessSpecification,
+)
 from bacpypes3.constructeddata import Array, SequenceOf
 from bacpypes3.errors import ServicesError
 from bacpypes3.pdu import Address
-from bacpypes3.primitivedata import Atomic, ObjectIdentifier, ObjectType, Unsigned
+from bacpypes3.primitivedata import (
+    Atomic,
+    Boolean,
+    CharacterString,
+    Double,
+    Enumerated,
+    Integer,
+    Null,
+    ObjectIdentifier,
+    ObjectType,
+    Real,
+    Unsigned,
+)
 from bacpypes3.vendor import get_vendor_info
 
 from drivers.bacnet.codec import split_object, split_property
@@ -135,13 +155,15 @@ def property_key(obj: Any, prop: Any, index: int | None) -> str:
 def to_scalar(value: Any) -> Scalar:
     """A decoded BACnet value as a point's raw value.
 
-    Binary present values (inactive/active) become booleans, other enumerations their number;
+    Binary present values (inactive/active) and BOOLEANs become booleans, other enumerations their number;
     bit strings an int with bit 0 first; anything structured its text.
     """
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, BinaryPV):
         return int(value) == 1
+    if isinstance(value, Boolean):
+        return bool(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -150,7 +172,109 @@ def to_scalar(value: Any) -> Scalar:
         return str(value)
     if isinstance(value, list) and all(isinstance(b, int) for b in value):
         return sum((1 << i) for i, b in enumerate(value) if b)
+    if isinstance(value, PriorityValue):
+        # A priority-array slot: NULL when nobody commands at that priority, else the value held.
+        choice = value._choice
+        return None if choice in (None, "null") else to_scalar(getattr(value, choice))
     return str(value)
+
+
+def property_type(obj: str, prop: str) -> type[Any] | None:
+    """The standard datatype of a property of an object (an array's element type for `name[i]`), or None."""
+    objid = make_object_id(obj)
+    pid, index = make_property(prop)
+    object_class = _VENDOR.get_object_class(objid[0])
+    ptype: type[Any] | None = object_class.get_property_type(pid) if object_class else None
+    if ptype is not None and issubclass(ptype, Array):
+        if index == 0:
+            ptype = Unsigned
+        elif index is not None:
+            ptype = ptype._subtype
+    return ptype
+
+
+_REAL = struct.Struct(">f")
+_BINARY_WORDS = {"active": 1, "inactive": 0}
+
+
+def _whole(raw: Any) -> int:
+    """An integer from an int or an integral float; a bool or text is not a number here."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise TypeError(f"needs a whole number, not {type(raw).__name__}")
+    if isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(f"{raw!r} is not a whole number")
+    return int(raw)
+
+
+def _number(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise TypeError(f"needs a number, not {type(raw).__name__}")
+    return float(raw)
+
+
+def _coerce(ptype: type[Any], raw: Any) -> Any:
+    if issubclass(ptype, Boolean):
+        if raw not in (0, 1) or isinstance(raw, str):
+            raise ValueError("a BOOLEAN is true or false")
+        return Boolean(bool(raw))
+    if issubclass(ptype, BinaryPV):
+        # Binary present values: the core gives a bool; 0/1 and the state names are the same states.
+        state = _BINARY_WORDS.get(raw.strip().lower()) if isinstance(raw, str) else raw
+        if state not in (0, 1) or isinstance(state, str):
+            raise ValueError("a binary present value is active (true, 1) or inactive (false, 0)")
+        return ptype("active" if state else "inactive")
+    if issubclass(ptype, Enumerated):
+        return ptype(raw) if isinstance(raw, str) else ptype(_whole(raw))
+    if issubclass(ptype, Unsigned):
+        number = _whole(raw)
+        if not 0 <= number <= 0xFFFFFFFF:
+            raise ValueError("an Unsigned is 0 .. 4294967295")
+        return ptype(number)
+    if issubclass(ptype, Integer):
+        number = _whole(raw)
+        if not -(2**31) <= number < 2**31:
+            raise ValueError("an INTEGER is -2147483648 .. 2147483647")
+        return ptype(number)
+    if issubclass(ptype, Double):
+        return ptype(_number(raw))
+    if issubclass(ptype, Real):
+        real = _number(raw)
+        _REAL.pack(real)  # OverflowError beyond the single-precision range
+        return ptype(real)
+    if issubclass(ptype, CharacterString):
+        if not isinstance(raw, str):
+            raise TypeError("a CharacterString needs text")
+        return ptype(raw)
+    return ptype(raw)
+
+
+def _type_for(raw: Any) -> Any:
+    """The datatype of a value for a property whose type is not known (proprietary objects)."""
+    if isinstance(raw, bool):
+        return Boolean
+    if isinstance(raw, int):
+        return Unsigned if raw >= 0 else Integer
+    if isinstance(raw, float):
+        return Real
+    return CharacterString
+
+
+def encode_value(obj: str, prop: str, raw: Any) -> Any:
+    """A raw point value as the property's BACnet datatype, for WriteProperty; None is NULL (relinquish).
+
+    REAL for analog present values, enumerated active/inactive for binary ones, Unsigned for
+    multi-state ones, and the standard type of any other property. Raises ValueError for a value
+    that type cannot hold exactly as given (a fraction for an Unsigned, 1e39 for a REAL, text for
+    a number): such a value is never sent.
+    """
+    if raw is None:
+        return Null(())
+    ptype = property_type(obj, prop) or _type_for(raw)
+    try:
+        return _coerce(ptype, raw)
+    except (TypeError, ValueError, OverflowError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise ValueError(f"cannot write {raw!r} to {prop} of {obj} ({ptype.__name__}): {detail}") from None
 
 
 def decode_value(objid: Any, prop: Any, index: int | None, any_value: Any) -> Any:
@@ -247,6 +371,22 @@ class BacnetClient:
         if not isinstance(ack, ReadPropertyMultipleACK):
             raise BacnetError("error", f"unexpected answer {type(ack).__name__}")
         return _match_results(ack, wanted)
+
+    async def write_property(
+        self, address: Address, obj: str, prop: str, value: Any, priority: int | None, timeout: float
+    ) -> None:
+        """WriteProperty of an encoded value (:func:`encode_value`); raises BacnetError unless acknowledged."""
+        pid, index = make_property(prop)
+        req = WritePropertyRequest(
+            objectIdentifier=make_object_id(obj), propertyIdentifier=pid, propertyValue=value, destination=address
+        )
+        if index is not None:
+            req.propertyArrayIndex = index
+        if priority is not None:
+            req.priority = priority
+        ack = await self.request(req, timeout)
+        if not isinstance(ack, SimpleAckPDU):
+            raise BacnetError("error", f"unexpected answer {type(ack).__name__}")
 
     async def subscribe_cov(
         self, address: Address, obj: str, process_id: int, confirmed: bool, lifetime: int, timeout: float

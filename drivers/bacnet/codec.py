@@ -74,6 +74,19 @@ MEASUREMENT_TYPES = ANALOG_TYPES | BINARY_TYPES | MULTISTATE_TYPES | COUNTER_TYP
 # Types whose objects carry a `units` property.
 UNITS_TYPES = ANALOG_TYPES | COUNTER_TYPES | {"loop", "averaging"}
 
+# Present values that are always commandable (a priority array is required of these objects) ...
+OUTPUT_TYPES = frozenset(
+    {"analog-output", "binary-output", "multi-state-output", "lighting-output", "binary-lighting-output", "access-door"}
+)
+# ... and those that are when the object has the (optional) priority array: the value objects.
+VALUE_TYPES = frozenset(
+    {
+        "analog-value", "binary-value", "multi-state-value", "integer-value", "large-analog-value",
+        "positive-integer-value", "characterstring-value", "bitstring-value", "octetstring-value", "date-value",
+        "time-value", "datetime-value", "date-pattern-value", "time-pattern-value", "datetime-pattern-value",
+    }
+)  # fmt: skip
+
 MAX_INSTANCE = 4194303  # 22 bits; 4194303 itself is the "this device" wildcard for device objects
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -140,6 +153,23 @@ def split_property(text: str) -> tuple[str | int, int | None]:
 
 def object_type_of(obj: str) -> str:
     return obj.partition(",")[0]
+
+
+def commandable(obj: str, prop: str) -> bool | None:
+    """Whether a write to this property goes through a priority array: True, False, or None (maybe).
+
+    Only present values are commanded (clause 19.2). An output's always is; a value object's is
+    when it has a priority array, which the device says when it is read; a proprietary type may
+    be either. Inputs, accumulators, the device object and other properties never are.
+    """
+    if prop != "present-value":
+        return False
+    otype = object_type_of(obj)
+    if otype in OUTPUT_TYPES:
+        return True
+    if otype in VALUE_TYPES or otype.isdigit():
+        return None
+    return False
 
 
 # --- units ---------------------------------------------------------------------------------------

@@ -12,13 +12,17 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.bacnet.codec import canonical_object, canonical_property
-from gateway.models import DeviceConfig, Duration, PointConfig, Strict, port_number
+from gateway.models import ActionConfig, DeviceConfig, Duration, PointConfig, Strict, port_number
 
 Segmentation = Literal["segmented-both", "segmented-transmit", "segmented-receive", "no-segmentation"]
 
 _HOST_PORT = re.compile(r"^(?P<host>\d{1,3}(?:\.\d{1,3}){3})(?::(?P<port>\d{1,5}))?$")
 _LOCAL = re.compile(r"^(?P<host>\d{1,3}(?:\.\d{1,3}){3})(?:/(?P<prefix>\d{1,2}))?(?::(?P<port>\d{1,5}))?$")
 _MAC_HEX = re.compile(r"^0x(?:[0-9A-Fa-f]{2})+$")
+
+#: A BACnet command priority: 1 (manual life safety) .. 16 (lowest); 8 is "manual operator".
+Priority = Annotated[int, Field(ge=1, le=16)]
+DEFAULT_WRITE_PRIORITY = 8
 
 
 def ipv4_port(value: str, what: str, default_port: int = 47808) -> str:
@@ -115,10 +119,54 @@ class BacnetPoint(PointConfig):
         return 9 if self.object.startswith("analog-") and self.property == "present-value" else None
 
 
+class BacnetWriteStep(Strict):
+    """One WriteProperty of a named action: a fixed `value` (null: relinquish) or the action argument `arg`."""
+
+    object: str = Field(description='"type,instance", e.g. "analog-value,3001"')
+    property: str = Field(default="present-value", description='a property name, optionally "name[index]"')
+    value: int | float | bool | str | None = Field(
+        default=None, description="the raw value to write, in the object's own units; null relinquishes"
+    )
+    arg: str | None = Field(default=None, description="write the value of this action argument instead")
+    priority: Priority | None = Field(default=None, description="default: the device's `write_priority`")
+
+    @field_validator("object", mode="before")
+    @classmethod
+    def _object(cls, v: Any) -> str:
+        return canonical_object(str(v))
+
+    @field_validator("property", mode="before")
+    @classmethod
+    def _property(cls, v: Any) -> str:
+        return canonical_property(str(v))
+
+    @model_validator(mode="after")
+    def _value_or_arg(self) -> BacnetWriteStep:
+        given = "value" in self.model_fields_set
+        if given == (self.arg is not None):
+            raise ValueError("a write step has a `value` (null to relinquish) or an `arg`, exactly one of them")
+        return self
+
+
+class BacnetAction(ActionConfig):
+    """A named action: WriteProperty steps sent in order, in one bus transaction, each read back."""
+
+    writes: list[BacnetWriteStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known_args(self) -> BacnetAction:
+        for i, step in enumerate(self.writes):
+            if step.arg is not None and step.arg not in self.args:
+                known = ", ".join(sorted(self.args)) or "none"
+                raise ValueError(f"writes[{i}].arg {step.arg!r} is not an argument of the action (args: {known})")
+        return self
+
+
 class BacnetDevice(DeviceConfig):
     """A BACnet device, on the local BACnet/IP network or routed behind a BACnet router."""
 
     point_model: ClassVar[type[PointConfig]] = BacnetPoint
+    action_model: ClassVar[type[ActionConfig]] = BacnetAction
 
     driver: Literal["bacnet"]
     address: str = Field(description="ip[:port] of the device, or of the router in front of a routed device")
@@ -136,6 +184,10 @@ class BacnetDevice(DeviceConfig):
         default=None, description="override the device's max-apdu-length-accepted"
     )
     rpm: Literal["auto", "on", "off"] = "auto"
+    write_priority: Priority = Field(
+        default=DEFAULT_WRITE_PRIORITY,
+        description="priority of commands that do not name one (8: manual operator); 1-16",
+    )
 
     @field_validator("address")
     @classmethod

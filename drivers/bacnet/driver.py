@@ -1,30 +1,32 @@
-"""The BACnet/IP driver: ReadPropertyMultiple polls packed to the device's APDU size, COV, discovery."""
+"""The BACnet/IP driver: ReadPropertyMultiple polls packed to the device's APDU size, COV, discovery, commands."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bacpypes3.apdu import IAmRequest
 from bacpypes3.pdu import Address
 
-from drivers.bacnet.client import BacnetClient, BacnetError, Failure, make_address, to_scalar
+from drivers.bacnet.client import BacnetClient, BacnetError, Failure, encode_value, make_address, to_scalar
 from drivers.bacnet.codec import (
+    BINARY_TYPES,
     MEASUREMENT_TYPES,
     UNITS_TYPES,
     ObjectInfo,
     canonical_object,
+    commandable,
     discovered_points,
     object_type_of,
     plan_reads,
     status_quality,
     status_text,
 )
-from drivers.bacnet.config import BacnetDevice, BacnetPoint, BacnetSection
+from drivers.bacnet.config import BacnetAction, BacnetDevice, BacnetPoint, BacnetSection
 from drivers.bacnet.runtime import BacnetRuntime
 from gateway.driver import (
     DeviceError,
@@ -35,11 +37,15 @@ from gateway.driver import (
     Pushed,
     RawReadings,
     RawValue,
+    WriteRefused,
+    WriteRequest,
 )
+from gateway.models import ActionConfig
 from gateway.points import Quality
 
 PRESENT_VALUE = "present-value"
 STATUS_FLAGS = "status-flags"
+PRIORITY_ARRAY = "priority-array"
 WILDCARD_DEVICE = 4194303
 _SAFE_APDU = 480  # what every BACnet device (MS/TP included) accepts, until the device says more
 _SEGMENTED_TX = ("segmented-both", "segmented-transmit")
@@ -65,6 +71,39 @@ class _Plan:
 
     slots: list[tuple[str, str]] = field(default_factory=list)
     cov: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReadBack:
+    """What a WriteProperty left on the device, read back in the same bus transaction.
+
+    ``value``: the property read back (for a present value: what the priority array resolves to,
+    which a higher-priority command may keep from being the value written). ``priority``: the
+    priority written at, None when the property is not commanded. ``slot``: that priority's
+    priority-array entry read back, None when NULL (relinquished); a PointError when it could
+    not be read; meaningless when ``priority`` is None.
+    """
+
+    object: str
+    property: str
+    value: RawValue
+    priority: int | None = None
+    slot: RawValue = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the value read back and, when commanded, the priority and its slot."""
+        out: dict[str, Any] = {"object": self.object, "property": self.property}
+        out.update(_json_value("value", self.value))
+        if self.priority is not None:
+            out["priority"] = self.priority
+            out.update(_json_value("priority_slot", self.slot))
+        return out
+
+
+def _json_value(key: str, value: RawValue) -> dict[str, Any]:
+    if isinstance(value, PointError):
+        return {key: None, f"{key}_error": value.message}
+    return {key: value}
 
 
 def build_plan(points: Sequence[BacnetPoint], device_cov: bool) -> _Plan:
@@ -98,6 +137,9 @@ class BacnetDriver(Driver[BacnetDevice, BacnetRuntime]):
         self._cov_task: asyncio.Task[None] | None = None
         self._added_flags: set[str] = set()
         self._said: set[str] = set()
+        # Value objects whose read-back showed no priority array: written without a priority.
+        self._not_commandable: set[str] = set()
+        self.last_write: WriteReadBack | None = None  # the last write's read-back, slot included
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -203,6 +245,11 @@ class BacnetDriver(Driver[BacnetDevice, BacnetRuntime]):
     # -- polling ---------------------------------------------------------------------------------
 
     async def read(self) -> RawReadings:
+        # One request at a time to the device: a command waits for the poll, a poll for the command.
+        async with self.ctx.bus.transaction():
+            return await self._read()
+
+    async def _read(self) -> RawReadings:
         points = self._points()
         client = self._client()
         await self._ensure_info(client)
@@ -367,6 +414,107 @@ class BacnetDriver(Driver[BacnetDevice, BacnetRuntime]):
                 except ValueError as exc:
                     state["answered"] = True
                     results[(obj, prop)] = Failure(str(exc))
+
+    # -- commands --------------------------------------------------------------------------------
+
+    async def write(self, request: WriteRequest) -> RawValue:
+        """WriteProperty at the request's priority (else the device's), then read back value and slot."""
+        point = self._points()[request.index]
+        priority = self._priority(point.object, point.property, request.priority, request.raw is None)
+        value = encode_value(point.object, point.property, request.raw)
+        async with self.ctx.bus.transaction():
+            client = self._client()
+            await self._ensure_info(client)
+            await self._write(client, point.object, point.property, value, priority)
+            back = await self._read_back(client, point.object, point.property, priority)
+        self.last_write = back
+        self.ctx.log.debug("write read back", point=point.id, **back.as_dict())
+        return back.value
+
+    async def action(self, name: str, spec: ActionConfig, args: Mapping[str, Any]) -> Any:
+        """The action's WriteProperty steps in order, each read back; a list of what each left behind.
+
+        Every step is encoded before the first is sent, so a value that cannot be written stops
+        the action before the device sees any of it. A refused step stops the rest; the error
+        says which step, and that the steps before it were written.
+        """
+        if not isinstance(spec, BacnetAction):
+            raise TypeError(f"action {name!r} is not a BACnet action")
+        steps: list[tuple[str, str, Any, int | None]] = []
+        for i, step in enumerate(spec.writes, start=1):
+            raw = step.value if step.arg is None else args.get(step.arg, spec.args[step.arg].default)
+            if step.arg is not None and raw is None:
+                raise ValueError(f"action {name!r} step {i}: argument {step.arg!r} has no value")
+            priority = self._priority(step.object, step.property, step.priority, raw is None)
+            steps.append((step.object, step.property, encode_value(step.object, step.property, raw), priority))
+        done: list[dict[str, Any]] = []
+        async with self.ctx.bus.transaction():
+            client = self._client()
+            await self._ensure_info(client)
+            for i, (obj, prop, value, priority) in enumerate(steps, start=1):
+                try:
+                    await self._write(client, obj, prop, value, priority)
+                except DeviceError as exc:
+                    before = {1: "", 2: "; step 1 was written"}.get(i, f"; steps 1-{i - 1} were written")
+                    message = f"action {name!r} step {i} of {len(steps)}: {exc}{before}"
+                    raise type(exc)(message) from None
+                back = await self._read_back(client, obj, prop, priority)
+                done.append(back.as_dict())
+        self.ctx.log.debug("action done", action=name, writes=done)
+        return done
+
+    def _priority(self, obj: str, prop: str, requested: int | None, relinquish: bool) -> int | None:
+        """The priority to write at; None for a property that is not commanded (none is sent then)."""
+        if requested is not None and not 1 <= requested <= 16:
+            raise ValueError(f"priority {requested} is out of range (1-16)")
+        if commandable(obj, prop) is False or obj in self._not_commandable:
+            if relinquish:
+                raise ValueError(f"{prop} of {obj} is not commandable: there is no priority to relinquish")
+            return None
+        return requested if requested is not None else self.config.write_priority
+
+    async def _write(self, client: BacnetClient, obj: str, prop: str, value: Any, priority: int | None) -> None:
+        at = f" at priority {priority}" if priority is not None else ""
+        try:
+            await client.write_property(self._address, obj, prop, value, priority, self.config.timeout)
+        except BacnetError as exc:
+            if exc.no_response:
+                raise DeviceTimeout(f"no response from {self._address} to WriteProperty {obj} {prop}{at}") from None
+            raise WriteRefused(f"WriteProperty {obj} {prop}{at} refused: {exc}") from None
+
+    async def _read_back(self, client: BacnetClient, obj: str, prop: str, priority: int | None) -> WriteReadBack:
+        """The property and, for a command, its priority-array slot: one ReadPropertyMultiple, or two reads."""
+        slot_prop = f"{PRIORITY_ARRAY}[{priority}]" if priority is not None and prop == PRESENT_VALUE else None
+        props = [prop] if slot_prop is None else [prop, slot_prop]
+        results: dict[tuple[str, str], Any] = {}
+        # The write was answered: a read-back that is not costs its value only, not a device timeout.
+        state = {"answered": True}
+        if self._rpm:
+            await self._read_chunk(client, [(obj, props)], results, state)
+        else:
+            await self._read_single(client, [(obj, props)], results, state)
+        value = self._back_value(obj, results.get((obj, prop)))
+        if slot_prop is None:
+            return WriteReadBack(obj, prop, value)
+        found = results.get((obj, slot_prop))
+        if isinstance(found, Failure) and found.unknown_property:
+            # No priority array: a value object that is not commandable. The device ignored the
+            # priority (clause 15.9.1.1.5); later writes send none.
+            self._not_commandable.add(obj)
+            return WriteReadBack(obj, prop, value)
+        return WriteReadBack(obj, prop, value, priority, self._back_value(obj, found))
+
+    @staticmethod
+    def _back_value(obj: str, found: Any) -> RawValue:
+        if found is None:
+            return PointError("not read back")
+        if isinstance(found, Failure):
+            return PointError(f"read-back: {found.message}")
+        value = to_scalar(found)
+        # A binary slot is a bare enumeration (1/0); the present value decodes as a bool.
+        if object_type_of(obj) in BINARY_TYPES and type(value) is int:
+            return value == 1
+        return value
 
     # -- COV -------------------------------------------------------------------------------------
 
