@@ -27,7 +27,16 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from gateway.driver import DeviceError, DeviceTimeout, Driver, PointError, RawValue, WriteRefused, WriteRequest
+from gateway.driver import (
+    DeviceError,
+    DeviceTimeout,
+    Driver,
+    PointError,
+    RawValue,
+    ReadBack,
+    WriteRefused,
+    WriteRequest,
+)
 from gateway.models import ActionArg, ActionConfig, DeviceConfig, PointConfig
 from gateway.normalize import Normalizer, ratio, scale_exact
 
@@ -104,6 +113,7 @@ class Result:
     request: Request
     value: Any = None
     error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # protocol detail: BACnet priority and slot
     ts: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def body(self) -> dict[str, Any]:
@@ -116,6 +126,7 @@ class Result:
             out["value"] = self.value
         if self.error is not None:
             out["error"] = self.error
+        out.update(self.extra)
         out["ts"] = self.ts
         return out
 
@@ -382,15 +393,33 @@ class Commands:
         return ex
 
     async def _write(self, req: Request, target: Target, index: int, raw: RawValue) -> Result:
-        back = await target.driver.write(WriteRequest(index, raw, req.priority))
+        answer = await target.driver.write(WriteRequest(index, raw, req.priority))
+        back, kept = (answer.value, answer.slot) if isinstance(answer, ReadBack) else (answer, answer)
         if isinstance(back, PointError):
             return Result("failed", req, error=f"written, but not read back: {back.message}")
-        value, quality, error = target.normalizer.value_of(index, back, target.last_raw())
-        if raw is not None and not same_raw(raw, back):
-            return Result("failed", req, value=value, error=f"read back {value!r}, not {req.value!r}")
+        last = target.last_raw()
+        value, quality, error = target.normalizer.value_of(index, back, last)
+        extra: dict[str, Any] = {}
+        if isinstance(answer, ReadBack):
+            slot = (
+                None
+                if kept is None or isinstance(kept, PointError)
+                else target.normalizer.value_of(index, kept, last)[0]
+            )
+            extra = {"priority": answer.priority, "priority_slot": slot}
+        if isinstance(kept, PointError):
+            return Result("failed", req, value=value, error=f"written, but not read back: {kept.message}", extra=extra)
+        if raw is None:
+            if kept is not None:
+                return Result(
+                    "failed", req, value=value, error="the slot still holds a value after relinquish", extra=extra
+                )
+        elif not same_raw(raw, kept):
+            shown = extra.get("priority_slot", value)
+            return Result("failed", req, value=value, error=f"read back {shown!r}, not {req.value!r}", extra=extra)
         if quality == "bad":
-            return Result("failed", req, error=f"written, but the read-back is bad: {error}")
-        return Result("ok", req, value=value)
+            return Result("failed", req, error=f"written, but the read-back is bad: {error}", extra=extra)
+        return Result("ok", req, value=value, extra=extra)
 
     async def _action(self, req: Request, target: Target, spec: ActionConfig, args: dict[str, Any]) -> Result:
         answer = await target.driver.action(req.action or "", spec, args)

@@ -132,6 +132,20 @@ class WriteRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadBack:
+    """A write's read-back where the value alone does not tell whether the write took.
+
+    BACnet: a present value is what the priority array resolves to, so a write at 8 under an
+    active priority 4 reads back the priority-4 value; ``slot`` is the written priority's entry
+    read back (None: NULL, relinquished) and is what the core compares with what it wrote.
+    """
+
+    value: RawValue
+    priority: int
+    slot: RawValue = None
+
+
+@dataclass(frozen=True, slots=True)
 class Pushed:
     """A value the device pushed outside a poll (a COV notification), for point ``index``.
 
@@ -192,7 +206,7 @@ class Driver(abc.ABC, Generic[CfgT, RtT]):
     async def stop(self) -> None:
         """Release the device and any tasks the driver started."""
 
-    async def write(self, request: WriteRequest) -> RawValue:
+    async def write(self, request: WriteRequest) -> RawValue | ReadBack:
         """Write one writable point and read it back in the same bus transaction; returns the raw read-back.
 
         ``request.raw`` is already checked and converted by the core (the inverse of the point's

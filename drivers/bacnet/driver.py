@@ -37,6 +37,7 @@ from gateway.driver import (
     Pushed,
     RawReadings,
     RawValue,
+    ReadBack,
     WriteRefused,
     WriteRequest,
 )
@@ -417,7 +418,7 @@ class BacnetDriver(Driver[BacnetDevice, BacnetRuntime]):
 
     # -- commands --------------------------------------------------------------------------------
 
-    async def write(self, request: WriteRequest) -> RawValue:
+    async def write(self, request: WriteRequest) -> RawValue | ReadBack:
         """WriteProperty at the request's priority (else the device's), then read back value and slot."""
         point = self._points()[request.index]
         priority = self._priority(point.object, point.property, request.priority, request.raw is None)
@@ -429,7 +430,8 @@ class BacnetDriver(Driver[BacnetDevice, BacnetRuntime]):
             back = await self._read_back(client, point.object, point.property, priority)
         self.last_write = back
         self.ctx.log.debug("write read back", point=point.id, **back.as_dict())
-        return back.value
+        # A commanded property is judged by its slot: a higher priority may hold the present value.
+        return back.value if back.priority is None else ReadBack(back.value, back.priority, back.slot)
 
     async def action(self, name: str, spec: ActionConfig, args: Mapping[str, Any]) -> Any:
         """The action's WriteProperty steps in order, each read back; a list of what each left behind.

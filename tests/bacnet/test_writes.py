@@ -28,7 +28,7 @@ from drivers.bacnet.runtime import BacnetRuntime
 from drivers.bacnet.twin import BacnetTwin, free_udp_port
 from gateway.buses import Bus
 from gateway.config import ConfigError, parse_device
-from gateway.driver import DeviceTimeout, DriverContext, PointError, WriteRefused, WriteRequest
+from gateway.driver import DeviceTimeout, DriverContext, PointError, RawValue, ReadBack, WriteRefused, WriteRequest
 from gateway.state import StateStore
 from tests.bacnet.conftest import TIMEOUT, Drivers
 
@@ -110,10 +110,15 @@ def last(driver: BacnetDriver) -> WriteReadBack:
 # --- the twin ------------------------------------------------------------------------------------
 
 
+def present(answer: RawValue | ReadBack) -> RawValue:
+    """The present value a write read back (a commanded one comes with its slot)."""
+    return answer.value if isinstance(answer, ReadBack) else answer
+
+
 async def test_write_at_the_default_priority_reads_back_value_and_slot(drivers: Drivers, twin: BacnetTwin) -> None:
     d = await twin_driver(drivers)
     assert d.config.write_priority == 8
-    assert await d.write(WriteRequest(SETPOINT, 25.5)) == 25.5
+    assert present(await d.write(WriteRequest(SETPOINT, 25.5))) == 25.5
     back = last(d)
     assert (back.priority, back.slot) == (8, 25.5)
     assert back.as_dict() == {
@@ -134,16 +139,16 @@ async def test_write_at_the_default_priority_reads_back_value_and_slot(drivers: 
 
 async def test_higher_priority_wins_and_relinquish_returns_to_the_default(drivers: Drivers, twin: BacnetTwin) -> None:
     d = await twin_driver(drivers)
-    assert await d.write(WriteRequest(SETPOINT, 25.5)) == 25.5
+    assert present(await d.write(WriteRequest(SETPOINT, 25.5))) == 25.5
     # A command at 4 wins over 8; the value read back is the device's, the slot is ours.
-    assert await d.write(WriteRequest(SETPOINT, 23.0, priority=4)) == 23.0
+    assert present(await d.write(WriteRequest(SETPOINT, 23.0, priority=4))) == 23.0
     assert (last(d).priority, last(d).slot) == (4, 23.0)
-    assert await d.write(WriteRequest(SETPOINT, 27.0)) == 23.0
+    assert present(await d.write(WriteRequest(SETPOINT, 27.0))) == 23.0
     assert (last(d).priority, last(d).slot) == (8, 27.0)
     # Relinquish 4: priority 8 shows again; relinquish 8: the relinquish default (21).
-    assert await d.write(WriteRequest(SETPOINT, None, priority=4)) == 27.0
+    assert present(await d.write(WriteRequest(SETPOINT, None, priority=4))) == 27.0
     assert (last(d).priority, last(d).slot) == (4, None)
-    assert await d.write(WriteRequest(SETPOINT, None)) == 21.0
+    assert present(await d.write(WriteRequest(SETPOINT, None))) == 21.0
     assert last(d).as_dict() == {
         "object": "analog-value,10",
         "property": "present-value",
@@ -158,14 +163,14 @@ async def test_higher_priority_wins_and_relinquish_returns_to_the_default(driver
 async def test_each_object_type_gets_its_datatype(drivers: Drivers, twin: BacnetTwin) -> None:
     d = await twin_driver(drivers)
     # REAL in the object's own units (kW): the core sends raw 4.5 for 4500 W.
-    assert await d.write(WriteRequest(POWER, 4.5)) == 4.5
+    assert present(await d.write(WriteRequest(POWER, 4.5))) == 4.5
     # Binary: enumerated active/inactive; read back as a bool, the slot too.
-    assert await d.write(WriteRequest(BREAKER, False, priority=1)) is False
+    assert present(await d.write(WriteRequest(BREAKER, False, priority=1))) is False
     assert last(d).slot is False
-    assert await d.write(WriteRequest(BREAKER, True, priority=1)) is True
+    assert present(await d.write(WriteRequest(BREAKER, True, priority=1))) is True
     assert last(d).slot is True
     # Multi-state: Unsigned.
-    assert await d.write(WriteRequest(MODE, 3, priority=10)) == 3
+    assert present(await d.write(WriteRequest(MODE, 3, priority=10))) == 3
     assert last(d).slot == 3
     got = [(w.point, w.value, w.raw, w.priority) for w in twin.writes]
     assert got == [
@@ -178,7 +183,7 @@ async def test_each_object_type_gets_its_datatype(drivers: Drivers, twin: Bacnet
 
 async def test_the_device_write_priority_is_the_default(drivers: Drivers, twin: BacnetTwin) -> None:
     d = await twin_driver(drivers, write_priority=12)
-    assert await d.write(WriteRequest(SETPOINT, 19.0)) == 19.0
+    assert present(await d.write(WriteRequest(SETPOINT, 19.0))) == 19.0
     assert twin.priority_array("setpoint", PANEL)[11] == 19.0
     assert last(d).priority == 12
     # The request's own priority still wins over the device's.
@@ -217,12 +222,12 @@ async def test_refusals_carry_the_bacnet_error(drivers: Drivers, twin: BacnetTwi
 
 async def test_read_property_only_devices_read_back_with_two_requests(drivers: Drivers, twin: BacnetTwin) -> None:
     d = await twin_driver(drivers, rpm="off")
-    assert await d.write(WriteRequest(SETPOINT, 24.0, priority=9)) == 24.0
+    assert present(await d.write(WriteRequest(SETPOINT, 24.0, priority=9))) == 24.0
     assert last(d).slot == 24.0
     counts = twin.requests(PANEL)
     assert counts["read-property-multiple"] == 0
     info = counts["read-property"] - 2  # what is left is the device information, read once
-    assert await d.write(WriteRequest(SETPOINT, None, priority=9)) == 21.0
+    assert present(await d.write(WriteRequest(SETPOINT, None, priority=9))) == 21.0
     assert twin.requests(PANEL)["read-property"] - info == 4
 
 
@@ -230,7 +235,7 @@ async def test_a_device_rejecting_rpm_mid_way_still_reads_back(drivers: Drivers,
     d = await twin_driver(drivers)
     await d.read()  # rpm: auto has seen the device support it
     twin.devices[PANEL].rpm_supported = False
-    assert await d.write(WriteRequest(SETPOINT, 26.0)) == 26.0
+    assert present(await d.write(WriteRequest(SETPOINT, 26.0))) == 26.0
     assert last(d).slot == 26.0
     assert not any(isinstance(v, PointError) for v in (await d.read()).values)
 
@@ -250,7 +255,7 @@ async def test_a_silent_device_times_out_in_bounds(drivers: Drivers, twin: Bacne
         await fresh.write(WriteRequest(SETPOINT, 22.0))
     assert time.monotonic() - started < SILENT_BOUND
     twin.faults.set("none", target=PANEL)
-    assert await d.write(WriteRequest(SETPOINT, 22.0)) == 22.0
+    assert present(await d.write(WriteRequest(SETPOINT, 22.0))) == 22.0
 
 
 async def test_values_that_cannot_be_encoded_never_reach_the_device(drivers: Drivers, twin: BacnetTwin) -> None:
@@ -546,13 +551,13 @@ async def make_plain_driver(plain: Plain, runtime: BacnetRuntime, **extra: Any) 
 
 async def test_plain_device_priority_write_slot_and_relinquish(plain: Plain, plain_driver: BacnetDriver) -> None:
     d = plain_driver
-    assert await d.write(WriteRequest(P_SETPOINT, 25.5)) == 25.5
+    assert present(await d.write(WriteRequest(P_SETPOINT, 25.5))) == 25.5
     assert (last(d).priority, last(d).slot) == (8, 25.5)
-    assert await d.write(WriteRequest(P_SETPOINT, 22.0, priority=4)) == 22.0
-    assert await d.write(WriteRequest(P_SETPOINT, None, priority=4)) == 25.5
+    assert present(await d.write(WriteRequest(P_SETPOINT, 22.0, priority=4))) == 22.0
+    assert present(await d.write(WriteRequest(P_SETPOINT, None, priority=4))) == 25.5
     assert (last(d).priority, last(d).slot) == (4, None)
     # The relinquish default of a bacpypes3 commandable object is its initial value.
-    assert await d.write(WriteRequest(P_SETPOINT, None)) == 20.0
+    assert present(await d.write(WriteRequest(P_SETPOINT, None))) == 20.0
     assert (last(d).priority, last(d).slot) == (8, None)
     assert plain.priorities == [
         ("analog-value,1", 8),
@@ -567,10 +572,10 @@ async def test_plain_device_non_commandable_objects(plain: Plain, plain_driver: 
     d = plain_driver
     # A value object without a priority array: the write works, the read-back shows no slot,
     # and the next write sends no priority.
-    assert await d.write(WriteRequest(P_PLAIN, 7.0)) == 7.0
+    assert present(await d.write(WriteRequest(P_PLAIN, 7.0))) == 7.0
     assert last(d).priority is None
     assert last(d).as_dict() == {"object": "analog-value,2", "property": "present-value", "value": 7.0}
-    assert await d.write(WriteRequest(P_PLAIN, 8.0)) == 8.0
+    assert present(await d.write(WriteRequest(P_PLAIN, 8.0))) == 8.0
     with pytest.raises(ValueError, match="not commandable"):
         await d.write(WriteRequest(P_PLAIN, None))
     # An input: refused while in service, written (without a priority) once out of service.
@@ -578,8 +583,8 @@ async def test_plain_device_non_commandable_objects(plain: Plain, plain_driver: 
         WriteRefused, match="analog-input,1 present-value refused: error: property: write-access-denied"
     ):
         await d.write(WriteRequest(P_INPUT, 3.0))
-    assert await d.write(WriteRequest(P_INPUT_OOS, True)) is True
-    assert await d.write(WriteRequest(P_INPUT, 3.0)) == 3.0
+    assert present(await d.write(WriteRequest(P_INPUT_OOS, True))) is True
+    assert present(await d.write(WriteRequest(P_INPUT, 3.0))) == 3.0
     assert plain.priorities == [
         ("analog-value,2", 8),
         ("analog-value,2", None),
@@ -593,7 +598,7 @@ async def test_plain_device_refuses_a_value_out_of_range(plain: Plain, plain_dri
     # bacpypes3 answers value-out-of-range to an object identifier of another object type.
     with pytest.raises(WriteRefused, match="object-identifier refused: error: property: value-out-of-range"):
         await plain_driver.write(WriteRequest(P_IDENTITY, "binary-value,2"))
-    assert await plain_driver.write(WriteRequest(P_IDENTITY, "analog-value,2")) == "analog-value,2"
+    assert present(await plain_driver.write(WriteRequest(P_IDENTITY, "analog-value,2"))) == "analog-value,2"
 
 
 async def test_plain_device_runs_the_bcpme_reset_action(plain: Plain, runtime: BacnetRuntime) -> None:
@@ -614,7 +619,7 @@ async def test_plain_device_runs_the_bcpme_reset_action(plain: Plain, runtime: B
 
 async def test_plain_device_silent_is_a_timeout_in_bounds(plain: Plain, plain_driver: BacnetDriver) -> None:
     d = plain_driver
-    assert await d.write(WriteRequest(P_SETPOINT, 21.0)) == 21.0
+    assert present(await d.write(WriteRequest(P_SETPOINT, 21.0))) == 21.0
     plain.app.close()
     started = time.monotonic()
     with pytest.raises(DeviceTimeout, match="no response"):
