@@ -1,4 +1,4 @@
-"""The pysnmp side of the driver: one agent's credentials and transport, GET / GETNEXT / GETBULK.
+"""The pysnmp side of the driver: one agent's credentials and transport, GET / GETNEXT / GETBULK / SET.
 
 Requests go through pysnmp's asyncio engine (the command generators behind ``get_cmd`` and
 ``bulk_cmd``) with numeric OIDs. The high-level ``get_cmd`` resolves every OID through its MIB
@@ -271,7 +271,16 @@ class Agent:
     async def bulk(self, oids: Sequence[Oid], max_repetitions: int, non_repeaters: int = 0) -> Response:
         return await self._request(cmdgen.BulkCommandGeneratorSingleRun(), oids, (non_repeaters, max_repetitions))
 
+    async def set(self, varbinds: Sequence[tuple[Oid, Value]]) -> Response:
+        """One SET request with every varbind (the agent applies them all or none)."""
+        pdu = [(rfc1902.ObjectName(oid), from_value(value)) for oid, value in varbinds]
+        return await self._send(cmdgen.SetCommandGenerator(), (pdu,))
+
     async def _request(self, generator: Any, oids: Sequence[Oid], bulk: tuple[int, int] | None = None) -> Response:
+        varbinds = [(rfc1902.ObjectName(oid), _NULL) for oid in oids]
+        return await self._send(generator, (*bulk, varbinds) if bulk is not None else (varbinds,))
+
+    async def _send(self, generator: Any, args: tuple[Any, ...]) -> Response:
         await self.connect()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, int, int, Any]] = loop.create_future()
@@ -282,8 +291,6 @@ class Agent:
             if not future.done():
                 future.set_result((indication, int(status or 0), int(index or 0), varbinds))
 
-        varbinds = [(rfc1902.ObjectName(oid), _NULL) for oid in oids]
-        args: tuple[Any, ...] = (*bulk, varbinds) if bulk is not None else (varbinds,)
         try:
             generator.send_varbinds(self.engine, self._target_name, None, self.context, *args, done)
         except StatusInformation as exc:

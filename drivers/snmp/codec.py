@@ -6,10 +6,14 @@ and everything after that is plain data, so it can be tested (and fuzzed) on its
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from gateway.driver import PointError, RawValue
@@ -186,6 +190,9 @@ def decode(value: Value, type_hint: str | None = None, fmt: str = "auto") -> Raw
     return PointError(f"cannot decode {syntax} value")
 
 
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
 def _decode_octets(raw: bytes, syntax: str, fmt: str) -> RawValue:
     if fmt == "hex":
         return raw.hex()
@@ -200,17 +207,92 @@ def _decode_octets(raw: bytes, syntax: str, fmt: str) -> RawValue:
         text = octets_text(raw)
         if text is None:
             return PointError("expected a number as text, got binary data")
+        stripped = text.strip()
+        if _INTEGER_TEXT.fullmatch(stripped):
+            return int(stripped)  # exact: through a float, 2**53 + 1 would read as 2**53
         try:
-            number = float(text.strip())
+            number = float(stripped)
         except ValueError:
-            return PointError(f"expected a number as text, got {text.strip()[:40]!r}")
+            return PointError(f"expected a number as text, got {stripped[:40]!r}")
         if not math.isfinite(number):
             return PointError("the agent answered a non-finite number")
-        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+        return number
     if fmt == "text":
         return raw.rstrip(b"\x00").decode("utf-8", errors="replace")
     text = octets_text(raw)
     return text if text is not None else raw.hex()
+
+
+# A point's `type` -> the syntax a SET sends (the writable ones: see config.WRITABLE_TYPES).
+SET_SYNTAX: dict[str, str] = {
+    "integer": INTEGER,
+    "gauge32": GAUGE32,
+    "timeticks": TIMETICKS,
+    "octets": OCTETS,
+    "ipaddress": IPADDRESS,
+    "oid": OBJECT_ID,
+}
+_SET_RANGE = {INTEGER: (-(2**31), 2**31 - 1), GAUGE32: (0, 2**32 - 1), TIMETICKS: (0, 2**32 - 1)}
+
+
+def _whole(raw: Any, what: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"{what} takes a whole number, not {raw!r}")
+    if isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(f"{what} takes a whole number, not {raw!r}")
+    return int(raw)
+
+
+def encode(raw: Any, type_name: str, fmt: str = "auto") -> Value:
+    """The value a SET sends so that :func:`decode` reads `raw` back: its inverse, exact.
+
+    Raises ValueError when `raw` has no form in the type (out of range, a fraction for an
+    integer, text that is no IPv4 address or OID).
+    """
+    syntax = SET_SYNTAX.get(type_name)
+    if syntax is None:
+        raise ValueError(f"a {type_name} cannot be written")
+    if syntax in _SET_RANGE:
+        if syntax == TIMETICKS and fmt == "seconds":
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+                raise ValueError(f"timeticks in seconds takes a number, not {raw!r}")
+            ticks = Fraction(Decimal(repr(raw))) * 100
+            if ticks.denominator != 1:
+                raise ValueError(f"{raw!r} s is not a whole number of hundredths")
+            number = int(ticks)
+        else:
+            number = _whole(raw, type_name)
+        lo, hi = _SET_RANGE[syntax]
+        if not lo <= number <= hi:
+            raise ValueError(f"{number} is outside the range of {type_name} ({lo}..{hi})")
+        return Value(syntax, number)
+    if syntax == IPADDRESS:
+        try:
+            return Value(syntax, ipaddress.IPv4Address(str(raw).strip()).packed)
+        except ValueError:
+            raise ValueError(f"not an IPv4 address: {raw!r}") from None
+    if syntax == OBJECT_ID:
+        if not isinstance(raw, str):
+            raise ValueError(f"an OID is dotted text, not {raw!r}")
+        return Value(syntax, parse_oid(raw))
+    return Value(syntax, _encode_octets(raw, fmt))
+
+
+def _encode_octets(raw: Any, fmt: str) -> bytes:
+    if fmt == "number":
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+            raise ValueError(f"a number is expected, not {raw!r}")
+        # repr keeps a float's decimal point, so that decode gives a float back, an int an int
+        return (str(raw) if isinstance(raw, int) else repr(raw)).encode()
+    if not isinstance(raw, str):
+        raise ValueError(f"octets take text, not {raw!r}")
+    if fmt == "hex":
+        text = raw.strip().removeprefix("0x").replace(" ", "").replace(":", "")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"not hex: {raw!r}") from None
+    return raw.encode("utf-8")
 
 
 def json_value(value: Value) -> Any:

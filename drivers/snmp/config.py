@@ -13,7 +13,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from gateway.models import DeviceConfig, PointConfig, Port, Strict, config_path, port_number, read_secret
+from drivers.snmp import codec
+from gateway.models import (
+    ActionConfig,
+    DeviceConfig,
+    PointConfig,
+    Port,
+    Strict,
+    config_path,
+    port_number,
+    read_secret,
+)
 from gateway.points import Kind
 from gateway.profiles import substitute
 
@@ -63,6 +73,10 @@ TYPE_ALIASES = {
     "object-identifier": "oid",
 }
 COUNTER_TYPES = frozenset({"counter32", "counter64"})
+# What a SET can send: the types whose value the point's raw value determines. Counters are the
+# agent's to count, and an Opaque has no single encoding.
+WRITABLE_TYPES = ("integer", "gauge32", "timeticks", "octets", "ipaddress", "oid")
+_WRITABLE_TEXT = "integer, gauge32 (= unsigned32), timeticks, octets, ipaddress or oid"
 
 
 def normalize_oid(value: Any) -> str:
@@ -142,6 +156,8 @@ class SnmpPoint(PointConfig):
             raise ValueError("`format: seconds` is for timeticks points")
         if self.format in ("text", "hex", "number") and self.type not in (None, "octets", "opaque"):
             raise ValueError(f"`format: {self.format}` is for octets (OctetString) points")
+        if self.writable:
+            _check_writable_type(self.type)
         return self
 
     def protocol_address(self) -> dict[str, Any]:
@@ -192,6 +208,95 @@ class SnmpTable(Strict):
         return self
 
 
+def _check_writable_type(type_name: str | None) -> None:
+    if type_name is None:
+        raise ValueError(f"a writable point needs `type` (a SET carries the ASN.1 type): {_WRITABLE_TEXT}")
+    if type_name in COUNTER_TYPES:
+        raise ValueError(f"a {type_name} is counted by the agent: it is never writable")
+    if type_name not in WRITABLE_TYPES:
+        raise ValueError(f"`type: {type_name}` cannot be written; SET types: {_WRITABLE_TEXT}")
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("true/false has no SNMP form (a TruthValue is an integer: 1 true, 2 false)")
+    return value
+
+
+# Which action argument types can feed which SNMP types.
+_ARG_TYPES = {
+    "integer": ("integer", "gauge32", "timeticks", "octets"),
+    "number": ("integer", "gauge32", "timeticks", "octets"),
+    "string": ("octets", "ipaddress", "oid"),
+}
+
+
+class SnmpSet(Strict):
+    """One varbind of an action's SET: the OID, its type, and a fixed `value` or the argument `arg`."""
+
+    oid: str
+    type: SnmpType
+    value: int | float | str | None = Field(default=None, description="the raw value to send")
+    arg: str | None = Field(default=None, description="the action argument whose value is sent")
+    format: Format = Field(default="auto", description="octets: text (auto), hex or number; timeticks: seconds")
+
+    @field_validator("oid", mode="before")
+    @classmethod
+    def _oid(cls, v: Any) -> str:
+        return normalize_oid(v)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            key = v.strip().lower()
+            return TYPE_ALIASES.get(key, key)
+        return v
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value(cls, v: Any) -> Any:
+        return _no_bool(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SnmpSet:
+        _check_writable_type(self.type)
+        if (self.value is None) == (self.arg is None):
+            raise ValueError("a SET gives either `value` (fixed) or `arg` (an argument of the action)")
+        if self.format == "seconds" and self.type != "timeticks":
+            raise ValueError("`format: seconds` is for timeticks")
+        if self.format in ("text", "hex", "number") and self.type != "octets":
+            raise ValueError(f"`format: {self.format}` is for octets")
+        if self.value is not None:
+            codec.encode(self.value, self.type, self.format)  # a value that cannot be sent fails here, not later
+        return self
+
+
+class SnmpAction(ActionConfig):
+    """A named action: its SETs go to the agent in ONE SET request, which SNMP applies all or nothing.
+
+    ``sets: [{oid, type, value | arg}]``; an ``arg`` names one of the action's ``args``.
+    """
+
+    sets: Annotated[list[SnmpSet], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _args_used(self) -> SnmpAction:
+        for i, item in enumerate(self.sets):
+            if item.arg is None:
+                continue
+            arg = self.args.get(item.arg)
+            if arg is None:
+                known = ", ".join(sorted(self.args)) or "none"
+                raise ValueError(f"sets[{i}]: no argument {item.arg!r} in `args` (args: {known})")
+            if not arg.required and arg.default is None:
+                raise ValueError(f"sets[{i}]: argument {item.arg!r} is sent: make it required or give a default")
+            fits = _ARG_TYPES.get(arg.type, ())
+            if item.type not in fits:
+                raise ValueError(f"sets[{i}]: a {arg.type} argument cannot be sent as {item.type}")
+        return self
+
+
 def _secret_text(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
@@ -237,6 +342,7 @@ class SnmpDevice(DeviceConfig, UsmKeys):
     """An SNMP agent polled with GET / GETBULK (v1, v2c, v3 USM)."""
 
     point_model: ClassVar[type[PointConfig]] = SnmpPoint
+    action_model: ClassVar[type[ActionConfig]] = SnmpAction
 
     driver: Literal["snmp"]
     host: Annotated[str, Field(min_length=1, max_length=253)]
@@ -257,8 +363,16 @@ class SnmpDevice(DeviceConfig, UsmKeys):
     discover_oids: list[str] = Field(
         default_factory=lambda: ["1.3.6.1.2.1.1"], description="subtrees discover() walks when no tables are given"
     )
+    # SET over v1/v2c puts the write community on the wire in clear: off unless asked for here.
+    allow_set_v1_v2c: bool = Field(
+        default=False, description="v1/v2c: send SETs (writable points, actions) with the write community"
+    )
+    write_community_file: Path | None = None
+    write_community_env: str | None = None
 
     _community: SecretStr | None = PrivateAttr(default=None)
+    _write_community: SecretStr | None = PrivateAttr(default=None)
+    _read_only: tuple[tuple[PointConfig, ...], tuple[PointConfig, ...]] | None = PrivateAttr(default=None)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -295,9 +409,72 @@ class SnmpDevice(DeviceConfig, UsmKeys):
             object.__setattr__(self, "_community", community)
         return self
 
+    @model_validator(mode="after")
+    def _set_permission(self) -> SnmpDevice:
+        given = self.write_community_file is not None or self.write_community_env is not None
+        if self.version == "3":
+            if given or self.allow_set_v1_v2c:
+                raise ValueError(
+                    "SNMPv3 SETs use the device's `user`: write_community_* and allow_set_v1_v2c are for v1/v2c"
+                )
+            return self
+        if not self.allow_set_v1_v2c:
+            if given:
+                raise ValueError(
+                    "write_community_file/write_community_env is set but SET over SNMPv1/v2c is off: "
+                    "the community travels in clear; set `allow_set_v1_v2c: true` to send it (SNMPv3 is safer)"
+                )
+            asked = _writable_ids(self.points)
+            if asked or self.actions:
+                what = f"writable points ({', '.join(asked)})" if asked else f"actions ({', '.join(self.actions)})"
+                raise ValueError(
+                    f"{what} need SET, and SET over SNMPv{self.version} sends the community in clear: "
+                    "set `allow_set_v1_v2c: true` with write_community_file or write_community_env, or use SNMPv3"
+                )
+            return self
+        secret = read_secret(self.write_community_file, self.write_community_env, "write_community")
+        if secret is None:
+            raise ValueError("allow_set_v1_v2c needs write_community_file or write_community_env (the SET community)")
+        if not secret.get_secret_value():
+            raise ValueError("the write community is empty")
+        object.__setattr__(self, "_write_community", secret)
+        return self
+
     @property
     def community(self) -> str | None:
         return _secret_text(self._community)
+
+    @property
+    def write_community(self) -> str | None:
+        """The v1/v2c community SETs are sent with (None unless allow_set_v1_v2c)."""
+        return _secret_text(self._write_community)
+
+    @property
+    def set_allowed(self) -> bool:
+        """Whether this device may be sent a SET: always on v3, on v1/v2c only when its config says so."""
+        return self.version == "3" or self.allow_set_v1_v2c
+
+    @property
+    def resolved_points(self) -> tuple[PointConfig, ...]:
+        """The resolved points; on a v1/v2c device without allow_set_v1_v2c, a profile's writable ones read-only.
+
+        A profile says what the device can take; whether SETs go out in clear is the device's
+        decision (its own writable points without it are a config error, see `_set_permission`).
+        """
+        points = self._resolved
+        if self.set_allowed or not any(p.writable for p in points):
+            return points
+        cached = self._read_only
+        if cached is None or cached[0] is not points:
+            demoted = tuple(p.model_copy(update={"writable": False}) if p.writable else p for p in points)
+            cached = (points, demoted)
+            self._read_only = cached
+        return cached[1]
+
+    @property
+    def resolved_actions(self) -> dict[str, ActionConfig]:
+        """The resolved actions; none on a v1/v2c device without allow_set_v1_v2c (see resolved_points)."""
+        return self._resolved_actions if self.set_allowed else {}
 
     @property
     def security_level(self) -> str:
@@ -315,6 +492,19 @@ class SnmpDevice(DeviceConfig, UsmKeys):
             if self.context:
                 out["context"] = self.context
         return out
+
+
+def _writable_ids(items: Any) -> list[str]:
+    """Ids of the points a device's own `points` list makes writable (repeat blocks included)."""
+    out: list[str] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if "repeat" in item:
+            out += _writable_ids(item.get("points"))
+        elif item.get("writable") not in (None, False, "false", "False"):
+            out.append(str(item.get("id", "?")))
+    return out
 
 
 def _usm_keys(model: Any, auth: str, priv: str) -> tuple[SecretStr | None, SecretStr | None]:

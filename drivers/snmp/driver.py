@@ -5,17 +5,22 @@ the GETBULK runs (consecutive rows of table columns, several columns per request
 failure (noSuchObject, noSuchInstance, an error-status naming one varbind) costs that point only;
 a device that does not answer raises DeviceTimeout. When the agent stops answering in the middle
 of a poll, what was read is kept and the rest is marked bad.
+
+Commands: a write is one SET of the point's OID with its declared type, then a GET of it, both
+inside one bus transaction; an action is one SET request carrying all of its varbinds (SNMP
+applies them all or none). v3 SETs go with the device's user, v1/v2c ones with the write
+community, and only when the device config allows it (`allow_set_v1_v2c`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from drivers.snmp import codec
-from drivers.snmp.client import Agent, community_data, usm_user
+from drivers.snmp.client import Agent, Response, community_data, usm_user
 from drivers.snmp.codec import (
     NO_SUCH_NAME,
     SYNTAX_TYPES,
@@ -30,13 +35,36 @@ from drivers.snmp.codec import (
     plan_reads,
     spread_bulk,
 )
-from drivers.snmp.config import SnmpDevice, SnmpPoint, is_symbolic
+from drivers.snmp.config import SnmpAction, SnmpDevice, SnmpPoint, is_symbolic
 from drivers.snmp.runtime import SnmpRuntime
-from gateway.driver import DeviceError, DeviceTimeout, Driver, DriverContext, PointError, RawReadings, RawValue
+from gateway.driver import (
+    DeviceError,
+    DeviceTimeout,
+    Driver,
+    DriverContext,
+    PointError,
+    RawReadings,
+    RawValue,
+    WriteRefused,
+    WriteRequest,
+)
+from gateway.models import ActionConfig
 from gateway.profiles import substitute
 
 Result = Value | PointError
 _RESOLVE_IN_START = 3.0  # seconds start() waits for MIB symbols before leaving the rest to the first poll
+
+# What an error status of a SET means, beyond its name (RFC 3416 4.2.5; v1: RFC 1157 4.1.5).
+_SET_STATUS_HINTS = {
+    2: "SNMPv1: the agent has no such object, or it is not writable",
+    3: "SNMPv1: the agent does not take this value",
+    4: "SNMPv1: the object is read-only",
+    6: "this community or user may not write it",
+    7: "the agent wants another ASN.1 type: check the point's `type`",
+    10: "the agent does not take this value",
+    16: "this community or user may not write it",
+    17: "the agent does not let it be written: read-only, or no such object",
+}
 
 
 class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
@@ -47,6 +75,7 @@ class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
         self._runtime: SnmpRuntime | None = None
         self._own_runtime = False
         self._agent: Agent | None = None
+        self._writer: Agent | None = None  # v1/v2c: the write community's view of the agent
         self._symbols: dict[str, Oid | str] = {}
         self._oids: list[Oid | None] = []
         self._plan = Plan()
@@ -82,6 +111,16 @@ class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
             retries=cfg.retries,
             context=cfg.context,
         )
+        if cfg.version != "3" and cfg.write_community is not None:
+            self._writer = Agent(
+                engine,
+                community_data(cfg.write_community, cfg.version),
+                cfg.host,
+                cfg.port,
+                version=cfg.version,
+                timeout=cfg.timeout,
+                retries=cfg.retries,
+            )
         self._replan()
         # Compiling a large vendor MIB can take longer than a start may; the first poll waits
         # for the rest (its points are bad until then, and say why).
@@ -105,6 +144,7 @@ class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
             await self._runtime.stop()
         self._runtime = None
         self._agent = None
+        self._writer = None
 
     async def replan(self) -> None:
         await self._symbols_ready()
@@ -130,6 +170,8 @@ class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
         texts = [p.oid for p in self._points() if is_symbolic(p.oid)]
         texts += [t.table for t in cfg.tables if is_symbolic(t.table)]
         texts += [o for o in cfg.discover_oids if is_symbolic(o)]
+        texts += [s.oid for a in cfg.resolved_actions.values() if isinstance(a, SnmpAction) for s in a.sets]
+        texts = [t for t in texts if is_symbolic(t)]
         wanted = [t for t in dict.fromkeys(texts) if t not in self._symbols]
         if not wanted or self._runtime is None:
             return
@@ -290,6 +332,81 @@ class SnmpDriver(Driver[SnmpDevice, SnmpRuntime]):
                 results.update(c.found)
                 for oid, reason in c.missing.items():
                     results[oid] = PointError(reason)
+
+    # --- commands -----------------------------------------------------------------------
+
+    async def write(self, request: WriteRequest) -> RawValue:
+        """SET the point's OID with its type, then GET it back, in one bus transaction."""
+        await self._symbols_ready()
+        index = request.index
+        point = self.ctx.points[index] if 0 <= index < len(self.ctx.points) else None
+        if not isinstance(point, SnmpPoint) or not point.writable or point.type is None:
+            raise DeviceError(f"point {index} is not a writable SNMP point")
+        oid = self._oids[index] if index < len(self._oids) else None
+        if oid is None:
+            reason = self._numeric(point.oid)
+            raise DeviceError(f"{point.id}: {reason if isinstance(reason, str) else 'no OID'}")
+        value = codec.encode(request.raw, point.type, point.format)  # ValueError: the core rejects the value
+        writer, reader = await self._set_agents()
+        async with self.ctx.bus.transaction():
+            self._refused(await writer.set([(oid, value)]), [oid], point.id)
+            try:
+                back = await reader.get([oid])
+            except DeviceError as exc:
+                return PointError(f"written; the read-back failed: {exc}")
+        if back.status:
+            return PointError(f"written; the read-back was answered {error_status_name(back.status)}")
+        got = dict(back.varbinds).get(oid)
+        if got is None:
+            return PointError("written; the read-back's answer left this OID out")
+        return codec.decode(got, point.type, point.format)
+
+    async def action(self, name: str, spec: ActionConfig, args: Mapping[str, Any]) -> Any:
+        """Send the action's SETs in one request; returns what the agent answered, by OID."""
+        if not isinstance(spec, SnmpAction):
+            raise DeviceError(f"action {name!r} is not an SNMP action")
+        await self._symbols_ready()
+        varbinds: list[tuple[Oid, Value]] = []
+        for item in spec.sets:
+            oid = self._numeric(item.oid)
+            if isinstance(oid, str):
+                raise DeviceError(f"action {name!r}: {item.oid}: {oid}")
+            if item.arg is not None:
+                if item.arg not in args:
+                    raise ValueError(f"argument {item.arg!r} is not given")
+                raw = args[item.arg]
+            else:
+                raw = item.value
+            varbinds.append((oid, codec.encode(raw, item.type, item.format)))
+        writer, _reader = await self._set_agents()
+        async with self.ctx.bus.transaction():
+            resp = await writer.set(varbinds)
+        self._refused(resp, [oid for oid, _ in varbinds], f"action {name!r}")
+        return {format_oid(oid): codec.json_value(value) for oid, value in resp.varbinds}
+
+    async def _set_agents(self) -> tuple[Agent, Agent]:
+        """(who SETs, who reads back): the v3 user for both, or the write and read communities."""
+        cfg = self.config
+        reader = await self._connect()
+        if not cfg.set_allowed:
+            raise DeviceError(f"not sent: SET over SNMPv{cfg.version} is off for this device (allow_set_v1_v2c)")
+        if cfg.version == "3":
+            return reader, reader
+        if self._writer is None:
+            raise DeviceError("not sent: no write community (write_community_file / write_community_env)")
+        await self._writer.connect()
+        return self._writer, reader
+
+    @staticmethod
+    def _refused(resp: Response, oids: Sequence[Oid], what: str) -> None:
+        if not resp.status:
+            return
+        status = error_status_name(resp.status)
+        where = ""
+        if 1 <= resp.index <= len(oids):
+            where = f" for {format_oid(oids[resp.index - 1])}"
+        hint = _SET_STATUS_HINTS.get(resp.status)
+        raise WriteRefused(f"{what}: the agent answered {status}{where}" + (f" ({hint})" if hint else ""))
 
     # --- discovery ----------------------------------------------------------------------
 
