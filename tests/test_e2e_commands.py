@@ -106,3 +106,43 @@ async def test_commands_are_off_unless_enabled(tmp_path: Path, broker: Mosquitto
             assert results(collector, "m1") == [] and twin.writes == []
         finally:
             await daemon.stop()
+
+
+async def result_for(collector: Collector, device: str, rid: str) -> dict[str, Any]:
+    found: dict[str, Any] = await collector.wait_for(
+        lambda: next((r for r in results(collector, device) if r["id"] == rid), None), what=f"the result of {rid}"
+    )
+    return found
+
+
+async def test_bacnet_write_at_a_priority_reads_back_the_slot_and_relinquishes(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    setpoint = {
+        "id": "setpoint", "object": "analog-value,10", "quantity": "temperature", "unit": "degC",
+        "writable": True, "min": 15, "max": 30, "sim": {"value": 21, "min_pres_value": 15, "max_pres_value": 30},
+    }  # fmt: skip
+    twin_cls = DRIVERS["bacnet"].twin_class
+    async with twin_cls.create(points=[setpoint], panels=1, animate=False) as twin:
+        device = {"id": "ahu", **twin.device_config(), "interval": "1s", "timeout": "500ms"}
+        cfg = site(tmp_path, broker, [device], bacnet=twin.section_config(), commands={"enabled": True})
+        daemon = Daemon(cfg, tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("ahu", "setpoint"), what="the first poll")
+            await send(broker, "ahu", {"id": "w1", "point": "setpoint", "value": 24.5})
+            ok = await result_for(collector, "ahu", "w1")
+            assert ok["status"] == "ok" and ok["value"] == 24.5, ok
+            assert ok["priority"] == 8 and ok["priority_slot"] == 24.5
+            assert [(w.point, w.raw, w.priority) for w in twin.writes] == [("setpoint", 24.5, 8)]
+            await send(broker, "ahu", {"id": "w2", "point": "setpoint", "value": None})  # relinquish
+            back = await result_for(collector, "ahu", "w2")
+            assert back["status"] == "ok" and back["priority_slot"] is None and back["value"] == 21, back
+            await send(broker, "ahu", {"id": "w3", "point": "setpoint", "value": 31})
+            assert "above the maximum 30" in (await result_for(collector, "ahu", "w3"))["error"]
+            assert len(twin.writes) == 2  # the refused one never left the gateway
+            audit = await collector.wait_for(lambda: len(events(collector, "ahu")) >= 3, what="audit events")
+            assert audit
+            assert [e["status"] for e in events(collector, "ahu")] == ["ok", "ok", "rejected"]
+        finally:
+            await daemon.stop()
