@@ -14,10 +14,12 @@ import io
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gurux_dlms import GXByteBuffer, GXDLMSException, GXDLMSLNParameters, GXReplyData
+from gurux_dlms.ActionRequestType import ActionRequestType
 from gurux_dlms.enums import Authentication, Command, Conformance, InterfaceType, Security
 from gurux_dlms.GXDLMS import GXDLMS
 from gurux_dlms.GXDLMSConfirmedServiceError import GXDLMSConfirmedServiceError
@@ -99,6 +101,10 @@ def _no_lock() -> AbstractAsyncContextManager[None]:
 
 AuthKind = Literal["none", "low", "high_gmac"]
 IC_BLOCK = 1000  # invocation counters reserved (and persisted) at a time
+
+# The clients whose bus the current task holds (CosemClient.exclusive): per task, so that a
+# poll running beside a command never slips an exchange into the command's transaction.
+_HOLDING: ContextVar[frozenset[int]] = ContextVar("dlms_bus_held", default=frozenset())
 
 
 class CosemClient:
@@ -198,9 +204,26 @@ class CosemClient:
 
     # -- exchanges -------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the bus across several exchanges (a write and its read-back): one bus transaction."""
+        if id(self) in _HOLDING.get():
+            yield
+            return
+        async with self.transaction():
+            token = _HOLDING.set(_HOLDING.get() | {id(self)})
+            try:
+                yield
+            finally:
+                _HOLDING.reset(token)
+
+    def _bus(self) -> AbstractAsyncContextManager[None]:
+        """The bus for one exchange, unless this task already holds it."""
+        return _no_lock() if id(self) in _HOLDING.get() else self.transaction()
+
     async def _exchange(self, apdu: bytes, timeout: float) -> bytes:
         self.requests += 1
-        async with self.transaction():
+        async with self._bus():
             return await self.link.exchange(apdu, timeout)
 
     def _feed(self, data: bytes, reply: Any) -> None:
@@ -242,7 +265,7 @@ class CosemClient:
 
     async def associate(self, timeout: float) -> None:
         if not self.link.connected:
-            async with self.transaction():
+            async with self._bus():
                 await self.link.connect(timeout)
         # A new gurux client per association (clean block and invoke state); the invocation
         # counter carries on from the last one, inside the block already made durable.
@@ -299,7 +322,7 @@ class CosemClient:
                     self._check_ic(2)
                     with contextlib.suppress(LinkError, TimeoutError):
                         await self._exchange(bytes(msgs[0]), timeout)
-            async with self.transaction():
+            async with self._bus():
                 await self.link.disconnect(timeout)
         finally:
             self._assoc_generation = -1
@@ -322,13 +345,18 @@ class CosemClient:
 
     async def get(self, ref: Ref, timeout: float, access: bytes | None = None) -> Any:
         """One attribute's value (decoded by gurux, unscaled); CosemError when refused."""
+        return (await self.get_typed(ref, timeout, access))[0]
+
+    async def get_typed(self, ref: Ref, timeout: float, access: bytes | None = None) -> tuple[Any, int]:
+        """One attribute's value and its A-XDR type tag (0 for a structured value)."""
         data = GXByteBuffer(access) if access is not None else None
         with _quiet():
             messages = self.gx._read(ref.obis, ref.class_id, ref.attribute, data)
         reply = await self._roundtrip(messages, timeout)
         if reply.error:
             raise CosemError(int(reply.error), str(ref))
-        return reply.value
+        value_type = 0 if isinstance(reply.value, list) else int(reply.valueType)
+        return reply.value, value_type
 
     async def get_list(self, refs: Sequence[Ref], timeout: float) -> list[Any]:
         """Several attributes in one GET-with-list; a refused item holds a CosemError.
@@ -358,26 +386,40 @@ class CosemClient:
                 out.append(value)
         return out
 
-    async def set(self, ref: Ref, value: codec.Data, timeout: float) -> None:
-        descriptor = GXByteBuffer()
-        descriptor.setUInt16(ref.class_id)
-        descriptor.set(codec.obis_bytes(ref.obis))
-        descriptor.setUInt8(ref.attribute)
-        descriptor.setUInt8(0)
+    def _messages(self, command: int, request_type: int, descriptor: bytes, data: bytes) -> list[Any]:
+        """A SET or ACTION request as gurux frames it (blocks, ciphering), with our own encoded data."""
+        settings = self.gx.settings
         with _quiet():
+            settings.resetBlockIndex()
+            if self.gx.autoIncreaseInvokeID:
+                settings.setInvokeID((settings.invokeId + 1) & 0xF)
             p = GXDLMSLNParameters(
-                self.gx.settings,
-                0,
-                Command.SET_REQUEST,
-                SetRequestType.NORMAL,
-                descriptor,
-                GXByteBuffer(codec.encode_data(value)),
-                0xFF,
+                settings, 0, command, request_type, GXByteBuffer(descriptor), GXByteBuffer(data), 0xFF
             )
-            messages = GXDLMS.getLnMessages(p)
+            return list(GXDLMS.getLnMessages(p))
+
+    async def set(self, ref: Ref, value: codec.Data, timeout: float) -> None:
+        """SET one attribute to `value` (typed A-XDR data); CosemError with the data-access-result when refused."""
+        descriptor = ref.class_id.to_bytes(2, "big") + codec.obis_bytes(ref.obis) + bytes([ref.attribute, 0])
+        messages = self._messages(Command.SET_REQUEST, SetRequestType.NORMAL, descriptor, codec.encode_data(value))
         reply = await self._roundtrip(messages, timeout)
         if reply.error:
             raise CosemError(int(reply.error), str(ref))
+
+    async def action(self, method: Ref, parameter: codec.Data | None, timeout: float) -> Any:
+        """ACTION (method `method.attribute` of the object); returns the return parameters (None when none).
+
+        CosemError carries the action-result when the meter refuses.
+        """
+        present = parameter is not None
+        descriptor = method.class_id.to_bytes(2, "big") + codec.obis_bytes(method.obis)
+        descriptor += bytes([method.attribute, 1 if present else 0])
+        data = codec.encode_data(parameter) if parameter is not None else b""
+        messages = self._messages(Command.METHOD_REQUEST, ActionRequestType.NORMAL, descriptor, data)
+        reply = await self._roundtrip(messages, timeout)
+        if reply.error:
+            raise CosemError(int(reply.error), f"{method.obis} (class {method.class_id}, method {method.attribute})")
+        return reply.value
 
     async def get_rows_by_range(
         self, profile_obis: str, clock: Ref, start: bytes, end: bytes, timeout: float

@@ -171,6 +171,95 @@ def array(items: Sequence[Data]) -> Data:
     return Data(DataType.ARRAY, list(items))
 
 
+#: The A-XDR types a config names (a point's `type`, an action's parameter): name -> type.
+TYPE_NAMES: dict[str, DataType] = {
+    "null": DataType.NULL,
+    "boolean": DataType.BOOLEAN,
+    "int8": DataType.INT8,
+    "int16": DataType.INT16,
+    "int32": DataType.INT32,
+    "int64": DataType.INT64,
+    "uint8": DataType.UINT8,
+    "uint16": DataType.UINT16,
+    "uint32": DataType.UINT32,
+    "uint64": DataType.UINT64,
+    "enum": DataType.ENUM,
+    "float32": DataType.FLOAT32,
+    "float64": DataType.FLOAT64,
+    "octet_string": DataType.OCTET_STRING,
+    "visible_string": DataType.VISIBLE_STRING,
+    "utf8_string": DataType.UTF8_STRING,
+}
+_WRITABLE_INTS = frozenset(
+    {
+        DataType.INT8,
+        DataType.INT16,
+        DataType.INT32,
+        DataType.INT64,
+        DataType.UINT8,
+        DataType.UINT16,
+        DataType.UINT32,
+        DataType.UINT64,
+        DataType.ENUM,
+    }
+)
+
+
+def value_of_type(dtype: DataType, value: Any) -> Data:
+    """A plain value (a raw reading's form) as A-XDR data of `dtype`; CodecError when it has no such form.
+
+    Integers (and enums) take ints and whole floats, within the type's range; booleans take bools
+    (or 0/1); floats take numbers; octet strings take text (its ASCII bytes) or bytes; visible and
+    UTF-8 strings take text. Checked by encoding, so what is returned goes on the wire as is.
+    """
+    what = f"{value!r} as {dtype.name.lower()}"
+    if dtype in (DataType.OCTET_STRING, DataType.VISIBLE_STRING, DataType.UTF8_STRING):
+        out = _text_of_type(dtype, value, what)
+    else:
+        out = _scalar_of_type(dtype, value, what)
+    try:
+        encode_data(out)
+    except (struct.error, OverflowError) as exc:
+        raise CodecError(f"{what}: out of range ({exc})") from None
+    return out
+
+
+def _scalar_of_type(dtype: DataType, value: Any, what: str) -> Data:
+    if dtype == DataType.NULL:
+        if value is not None:
+            raise CodecError(f"{what}: a null parameter carries no value")
+        return null()
+    if dtype == DataType.BOOLEAN:
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise CodecError(f"{what}: true or false is expected")
+        return Data(dtype, bool(value))
+    if dtype in _WRITABLE_INTS:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise CodecError(f"{what}: a whole number is expected")
+        return Data(dtype, int(value))
+    if dtype in (DataType.FLOAT32, DataType.FLOAT64):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CodecError(f"{what}: a number is expected")
+        return Data(dtype, float(value))
+    raise CodecError(f"a {dtype.name.lower()} value cannot be written from a plain value")
+
+
+def _text_of_type(dtype: DataType, value: Any, what: str) -> Data:
+    if dtype == DataType.OCTET_STRING:
+        if isinstance(value, str):
+            if not value.isascii():
+                raise CodecError(f"{what}: an octet string is written from ASCII text")
+            value = value.encode("ascii")
+        if not isinstance(value, bytes | bytearray):
+            raise CodecError(f"{what}: text is expected")
+        return Data(dtype, bytes(value))
+    if not isinstance(value, str) or (dtype == DataType.VISIBLE_STRING and not value.isascii()):
+        raise CodecError(f"{what}: {'ASCII ' if dtype == DataType.VISIBLE_STRING else ''}text is expected")
+    return Data(dtype, value)
+
+
 def encode_length(n: int) -> bytes:
     """A-XDR / BER length: one byte below 128, else 0x80|count then the count's bytes."""
     if n < 0:
@@ -750,6 +839,27 @@ DAR_TEXT: dict[int, str] = {
     DAR_LONG_GET_ABORTED: "long get aborted",
     DAR_NO_LONG_GET: "no long get in progress",
     DAR_OTHER: "other reason",
+}
+#: The Green Book's names of the data-access-result and action-result values (what a refusal says).
+DAR_NAMES: dict[int, str] = {
+    DAR_SUCCESS: "success",
+    DAR_HARDWARE_FAULT: "hardware-fault",
+    DAR_TEMPORARY_FAILURE: "temporary-failure",
+    DAR_READ_WRITE_DENIED: "read-write-denied",
+    DAR_OBJECT_UNDEFINED: "object-undefined",
+    DAR_CLASS_INCONSISTENT: "object-class-inconsistent",
+    DAR_OBJECT_UNAVAILABLE: "object-unavailable",
+    DAR_TYPE_UNMATCHED: "type-unmatched",
+    DAR_SCOPE_VIOLATED: "scope-of-access-violated",
+    DAR_BLOCK_UNAVAILABLE: "data-block-unavailable",
+    DAR_LONG_GET_ABORTED: "long-get-aborted",
+    DAR_NO_LONG_GET: "no-long-get-in-progress",
+    DAR_OTHER: "other-reason",
+}
+ACTION_RESULT_NAMES: dict[int, str] = {
+    **DAR_NAMES,
+    DAR_LONG_GET_ABORTED: "long-action-aborted",
+    DAR_NO_LONG_GET: "no-long-action-in-progress",
 }
 
 

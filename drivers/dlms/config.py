@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from gateway.models import DeviceConfig, Duration, PointConfig, Port, Strict, read_config_file, read_secret
+from gateway.models import (
+    ActionConfig,
+    DeviceConfig,
+    Duration,
+    PointConfig,
+    Port,
+    Strict,
+    read_config_file,
+    read_secret,
+)
 
 # Interface classes the driver reads; anything else is refused at config time rather than at
 # the first poll.
 DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, PROFILE_GENERIC, CLOCK = 1, 3, 4, 5, 7, 8
-READABLE_CLASSES = frozenset({DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, PROFILE_GENERIC, CLOCK})
+SCRIPT_TABLE, DISCONNECT_CONTROL = 9, 70
+READABLE_CLASSES = frozenset(
+    {DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, PROFILE_GENERIC, CLOCK, DISCONNECT_CONTROL}
+)
 
 CLOCK_OBIS = "0.0.1.0.0.255"
+
+#: A-XDR types a config names (the keys of drivers.dlms.codec.TYPE_NAMES; kept here so that
+#: loading a config does not import the codec and its crypto library).
+ValueType = Literal[
+    "null",
+    "boolean",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "enum",
+    "float32",
+    "float64",
+    "octet_string",
+    "visible_string",
+    "utf8_string",
+]
 
 _OBIS_DOTTED = re.compile(r"^\s*(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\s*$")
 # IEC 62056-61 reduced form: A-B:C.D.E*F (F optional, default 255)
@@ -52,6 +86,9 @@ class DlmsPoint(PointConfig):
     column: str | None = None
     column_attribute: Annotated[int, Field(ge=1, le=127)] = 2
     column_class: Annotated[int, Field(ge=1, le=65535)] | None = None
+    type: ValueType | None = Field(
+        default=None, description="the attribute's A-XDR type, for writes (default: the type the meter answers)"
+    )
 
     @field_validator("obis", "column", mode="before")
     @classmethod
@@ -63,8 +100,14 @@ class DlmsPoint(PointConfig):
         if self.class_id not in READABLE_CLASSES:
             raise ValueError(
                 f"class {self.class_id} is not read by the dlms driver (use 1 Data, 3 Register, 4 Extended "
-                "register, 5 Demand register, 7 Profile generic or 8 Clock)"
+                "register, 5 Demand register, 7 Profile generic, 8 Clock or 70 Disconnect control)"
             )
+        if self.writable and self.class_id == PROFILE_GENERIC:
+            raise ValueError("a profile column is history: it cannot be writable")
+        if self.writable and self.class_id == CLOCK:
+            raise ValueError("a clock is set with an action (the profiles' `set_clock`), not as a writable point")
+        if self.type == "null":
+            raise ValueError("type null is for an action's parameter, not for a point")
         if self.class_id == PROFILE_GENERIC:
             if self.column is None:
                 raise ValueError("a profile point (class 7) names its captured column: `column: <OBIS>`")
@@ -187,6 +230,124 @@ def parse_keys(text: str) -> DlmsKeys:
     )
 
 
+class ClockSync(Strict):
+    """Clock keeping: set the meter's clock to the gateway's when it drifts too far, at most once per interval."""
+
+    max_drift: Duration = Field(default=5.0, description="set the clock when |meter - gateway| exceeds this")
+    interval: Duration = Field(default=86400.0, description="at most one clock set per this time")
+
+    @field_validator("max_drift")
+    @classmethod
+    def _drift(cls, v: float) -> float:
+        if not 0.05 <= v <= 86400:
+            raise ValueError("max_drift is between 50ms and 1d")
+        return v
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v < 60:
+            raise ValueError("interval is at least 1min")
+        return v
+
+
+#: `clock_sync: true` (before clock_sync was a policy): the old threshold, at most once an hour.
+LEGACY_CLOCK_SYNC_INTERVAL = 3600.0
+LEGACY_CLOCK_SYNC_THRESHOLD = 10.0
+
+
+class DlmsParameter(Strict):
+    """A constant parameter of a method, or a value an action sets: `{type: int8, value: 0}`."""
+
+    type: ValueType
+    value: int | float | bool | str | None = None
+
+    @model_validator(mode="after")
+    def _value(self) -> DlmsParameter:
+        if (self.type == "null") != (self.value is None):
+            raise ValueError("a null parameter has no value; any other type needs one")
+        return self
+
+
+_DEFAULT_PARAMETER = DlmsParameter(type="int8", value=0)  # the Blue Book's "data ::= integer(0)"
+
+
+class DlmsAction(ActionConfig):
+    """A named action: a method, a SET of one attribute, or a script of a script table.
+
+    * method: `{class, obis, method}` with `parameter: {type, value}` (default integer 0;
+      `parameter: null` sends none) or `arg: <name>` + `type` (the argument's value, of that type);
+    * SET: `{class, obis, attribute}` with `parameter` or `arg` (+ `type`; a `datetime` argument is
+      encoded as a COSEM date-time, absent: the gateway's time now);
+    * script: `{script: <script table OBIS>, selector: <script id>}` (class 9, method 1 execute).
+
+    `read_back: {name: attribute}` reads attributes of the same object after it, in the same bus
+    transaction; they are the action's answer (a SET reads its attribute back as `value`).
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_id: int | None = Field(default=None, alias="class", ge=1, le=65535)
+    obis: str | None = None
+    method: Annotated[int, Field(ge=1, le=127)] | None = None
+    attribute: Annotated[int, Field(ge=1, le=127)] | None = None
+    parameter: DlmsParameter | None = _DEFAULT_PARAMETER
+    arg: str | None = Field(default=None, description="the argument whose value is the parameter / the value set")
+    type: ValueType | Literal["date_time"] | None = Field(default=None, description="the A-XDR type of `arg`")
+    script: str | None = Field(default=None, description="a script table (class 9) to execute a script of")
+    selector: Annotated[int, Field(ge=0, le=65535)] | None = Field(default=None, description="the script id")
+    read_back: dict[str, Annotated[int, Field(ge=1, le=127)]] = Field(default_factory=dict)
+
+    @field_validator("obis", "script", mode="before")
+    @classmethod
+    def _obis(cls, v: Any) -> Any:
+        return None if v is None else normalize_obis(v)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DlmsAction:
+        given = self.model_fields_set
+        if self.script is not None:
+            extra = given & {"class_id", "obis", "method", "attribute", "parameter", "arg", "type", "read_back"}
+            if extra:
+                raise ValueError(f"a script action is {{script, selector}} only (not {', '.join(sorted(extra))})")
+            if self.selector is None:
+                raise ValueError("a script action names the script: `selector: <script id>`")
+            return self
+        if self.selector is not None:
+            raise ValueError("`selector` goes with `script: <script table OBIS>`")
+        if self.class_id is None or self.obis is None:
+            raise ValueError("an action is {class, obis, method | attribute} or {script, selector}")
+        if (self.method is None) == (self.attribute is None):
+            raise ValueError("give `method` (an ACTION) or `attribute` (a SET), not both")
+        if self.arg is not None:
+            self._check_arg(given)
+        elif self.attribute is not None and ("parameter" not in given or self.parameter is None):
+            raise ValueError("a SET action gives the value: `parameter: {type, value}` or `arg: <argument>`")
+        elif self.type is not None:
+            raise ValueError("`type` is the type of `arg`")
+        return self
+
+    def _check_arg(self, given: set[str]) -> None:
+        spec = self.args.get(self.arg or "")
+        if spec is None:
+            raise ValueError(f"arg {self.arg!r} is not one of the action's args ({', '.join(self.args) or 'none'})")
+        if "parameter" in given:
+            raise ValueError("give `parameter` (a constant) or `arg`, not both")
+        if spec.type == "datetime":
+            if self.type not in (None, "date_time"):
+                raise ValueError("a datetime argument is sent as a COSEM date-time: `type: date_time` (or no type)")
+        elif self.type is None or self.type in ("date_time", "null"):
+            raise ValueError(f"give the A-XDR type `arg` {self.arg!r} is sent as (`type: uint16`, ...)")
+        elif not spec.required and spec.default is None:
+            raise ValueError(f"optional argument {self.arg!r} needs a default")
+
+    @property
+    def form(self) -> Literal["script", "method", "set"]:
+        if self.script is not None:
+            return "script"
+        return "method" if self.method is not None else "set"
+
+
 def physical_from_serial(serial_number: int) -> int:
     """The DLMS default formula (as coded in Gurux): SN mod 10000 + 1000."""
     return serial_number % 10000 + 1000
@@ -196,6 +357,7 @@ class DlmsDevice(DeviceConfig):
     """A DLMS/COSEM meter on HDLC (RS-485 bus, optical probe, TCP) or the TCP wrapper."""
 
     point_model: ClassVar[type[PointConfig]] = DlmsPoint
+    action_model: ClassVar[type[ActionConfig]] = DlmsAction
 
     driver: Literal["dlms"]
     transport: Literal["hdlc", "wrapper"] | None = Field(
@@ -238,11 +400,32 @@ class DlmsDevice(DeviceConfig):
     deviation: Literal["standard", "inverted"] = Field(
         default="standard", description="standard: deviation = UTC - local (minutes); inverted: local - UTC"
     )
-    clock_sync: bool = False
-    clock_sync_threshold: Duration = 10.0
+    clock_sync: ClockSync | None = Field(
+        default=None, description="keep the meter's clock: {max_drift: 5s, interval: 1d}; off by default"
+    )
 
     _password: SecretStr | None = PrivateAttr(default=None)
     _keys: DlmsKeys | None = PrivateAttr(default=None)
+    _with_drift: tuple[tuple[PointConfig, ...], tuple[PointConfig, ...]] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_clock_sync(cls, data: Any) -> Any:
+        """`clock_sync: true` + `clock_sync_threshold` (the old form) -> the policy it meant."""
+        if not isinstance(data, Mapping):
+            return data
+        flag = data.get("clock_sync")
+        if "clock_sync_threshold" not in data and not isinstance(flag, bool):
+            return data
+        out = dict(data)
+        threshold = out.pop("clock_sync_threshold", LEGACY_CLOCK_SYNC_THRESHOLD)
+        if flag is True:
+            out["clock_sync"] = {"max_drift": threshold, "interval": LEGACY_CLOCK_SYNC_INTERVAL}
+        elif flag is False:
+            out["clock_sync"] = None
+        elif flag is not None:
+            raise ValueError("clock_sync_threshold belongs to `clock_sync: true`; with a policy give max_drift")
+        return out
 
     @field_validator("backfill")
     @classmethod
@@ -327,6 +510,29 @@ class DlmsDevice(DeviceConfig):
     @property
     def keys(self) -> DlmsKeys | None:
         return self._keys
+
+    @property
+    def resolved_points(self) -> tuple[PointConfig, ...]:
+        """The points; with `clock_sync` and no clock_drift point, one (id `clock_drift`) is added to publish the drift."""
+        points = self._resolved
+        if self.clock_sync is None or not points or any(p.quantity == "clock_drift" for p in points):
+            return points
+        cached = self._with_drift
+        if cached is None or cached[0] is not points:
+            taken = {p.id for p in points}
+            pid = "clock_drift" if "clock_drift" not in taken else "clock_sync.drift"
+            drift = DlmsPoint.model_validate(
+                {
+                    "id": pid,
+                    "obis": CLOCK_OBIS,
+                    "class": CLOCK,
+                    "quantity": "clock_drift",
+                    "unit": "s",
+                    "description": "meter clock minus gateway clock (clock_sync)",
+                }
+            )
+            cached = self._with_drift = (points, (*points, drift))
+        return cached[1]
 
     @property
     def release_after_poll(self) -> bool:

@@ -6,16 +6,22 @@ and cached; values go back raw with the scaler as the reading's exponent, so the
 exactly. Profiles: the buffer is read by date range from a cursor kept in the device state;
 entries come back as time series with the meter's own timestamps (see docs/dlms.md for the
 delivery semantics).
+
+Commands (docs/dlms.md, "Commands"): a write is a SET of the point's attribute and a GET of it,
+an action a method, a SET or a script, each with its read-back in ONE bus transaction, on the
+association the driver keeps. The driver's lock keeps a poll and a command of the same meter
+from interleaving on that association.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from drivers.dlms import codec, obis
@@ -25,10 +31,14 @@ from drivers.dlms.config import (
     CLOCK_OBIS,
     DATA,
     DEMAND_REGISTER,
+    DISCONNECT_CONTROL,
     EXTENDED_REGISTER,
     PROFILE_GENERIC,
     REGISTER,
+    SCRIPT_TABLE,
+    DlmsAction,
     DlmsDevice,
+    DlmsParameter,
     DlmsPoint,
 )
 from drivers.dlms.transport import (
@@ -49,16 +59,30 @@ from gateway.driver import (
     DeviceTimeout,
     Driver,
     DriverContext,
+    NoValue,
     PointError,
     RawReadings,
     RawValue,
+    WriteRefused,
+    WriteRequest,
 )
+from gateway.models import ActionConfig
 from gateway.points import Quality
 
 ASSOCIATION_LN = "0.0.40.0.0.255"
 CAPTURE_MARGIN_MS = 60_000  # an entry stamped T may be stored a little after T
-CLOCK_SYNC_MIN_GAP = 3600.0
+CLOCK_SET_KEY = "clock_set_at"  # device state: epoch s of the last clock_sync set
 _VALUE_TYPES = (int, float, bool, str)
+T = TypeVar("T")
+
+
+class DlmsRefused(WriteRefused):
+    """The meter refused a SET or an ACTION: `result` is the data-access-result / action-result name."""
+
+    def __init__(self, what: str, dar: int, names: Mapping[int, str] = codec.DAR_NAMES) -> None:
+        self.dar = dar
+        self.result = names.get(dar, f"result {dar}")
+        super().__init__(f"{what}: {self.result}")
 
 
 @dataclass(slots=True)
@@ -99,8 +123,11 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         self._unit_warned: set[int] = set()
         self._device_error: str | None = None
         self._cursors: dict[str, int] = {}
-        self._last_sync = 0.0
+        self._clock_attempt: float | None = None  # monotonic time of the last clock_sync attempt
         self._gap_logged: set[str] = set()
+        self._types: dict[Ref, codec.DataType] = {}  # attribute types the meter answered, for writes
+        self._lock = asyncio.Lock()  # one poll or command at a time on the association
+        self._abandoned = False  # an exchange was cancelled midway: the link state is unknown
         self._plan()
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -207,13 +234,34 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             self._cursors = {str(k): int(v) for k, v in cursors.items() if isinstance(v, int)}
 
     async def stop(self) -> None:
-        if self._client is not None and self._client.associated:
+        async with self._lock:
+            if self._client is not None and self._client.associated and not self._abandoned:
+                with contextlib.suppress(Exception):
+                    await self._client.release(min(self.config.timeout, 2.0))
+
+    async def _recover(self) -> None:
+        """After a cancelled exchange: start again with a new link and association."""
+        if not self._abandoned:
+            return
+        self._abandoned = False
+        self._forget()
+        if self._client is not None and isinstance(self._client.link, WrapperLink):
+            # No sequence numbers on the wrapper: the answer to the cancelled request may still come.
             with contextlib.suppress(Exception):
-                await self._client.release(min(self.config.timeout, 2.0))
+                await self._client.link.channel.aclose()
 
     # -- polling ---------------------------------------------------------------------------------
 
     async def read(self) -> RawReadings:
+        async with self._lock:
+            await self._recover()
+            try:
+                return await self._read()
+            except asyncio.CancelledError:
+                self._abandoned = True
+                raise
+
+    async def _read(self) -> RawReadings:
         cfg = self.config
         attempts = cfg.retries + 1
         for attempt in range(attempts):
@@ -330,7 +378,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         await self._scaler_units([sp.scaler for sp in self._scalar if sp.scaler is not None])
 
         clock_ref = Ref(CLOCK, CLOCK_OBIS, 2)
-        need_clock = bool(self._groups) or self.config.clock_sync
+        need_clock = bool(self._groups) or self.config.clock_sync is not None
         refs: list[Ref] = []
         for sp in self._scalar:
             refs.append(sp.value)
@@ -357,8 +405,8 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             if cursor is not None:
                 cursors[group.obis] = cursor
 
-        if self.config.clock_sync and meter_ms is not None:
-            await self._clock_sync(meter_ms - gateway_ms)
+        if self.config.clock_sync is not None and meter_ms is not None:
+            await self._keep_clock(meter_ms - gateway_ms)
         return readings, cursors
 
     # -- registers, data, clock ------------------------------------------------------------------
@@ -437,19 +485,75 @@ class DlmsDriver(Driver[DlmsDevice, None]):
     def _encode_time(self, ts_ms: int) -> bytes:
         return codec.datetime_from_epoch_ms(ts_ms, self._zone, inverted=self._inverted, status=None).encode()
 
-    async def _clock_sync(self, drift_ms: int) -> None:
-        if abs(drift_ms) < self.config.clock_sync_threshold * 1000:
+    def _clock_octets(self, ts_ms: int) -> codec.Data:
+        """A time to set the meter's clock to: its zone, the deviation, a clock status with DST."""
+        moment = codec.datetime_from_epoch_ms(ts_ms, self._zone, inverted=self._inverted, status=0)
+        return codec.octets(moment.encode())
+
+    async def _measure_drift(self) -> tuple[int, int] | None:
+        """(meter ms, drift ms) from one GET of the clock alone, timed by its own round trip."""
+        t0 = time.time()
+        value = await self.client.get(Ref(CLOCK, CLOCK_OBIS, 2), self.config.timeout)
+        mid_ms = int((t0 + time.time()) / 2 * 1000)
+        meter_ms = self._datetime_ms(value)
+        return None if meter_ms is None else (meter_ms, meter_ms - mid_ms)
+
+    def _clock_set_due(self, policy_interval: float) -> bool:
+        last = self.ctx.state.get(CLOCK_SET_KEY)
+        now = time.time()
+        # A stamp in the future means the gateway's clock was stepped back: it says nothing.
+        if isinstance(last, int | float) and not isinstance(last, bool) and 0 <= now - last < policy_interval:
+            return False
+        return self._clock_attempt is None or time.monotonic() - self._clock_attempt >= policy_interval
+
+    async def _keep_clock(self, drift_ms: int) -> None:
+        """clock_sync: set the meter's clock when it drifts beyond max_drift, at most once per interval.
+
+        The poll's drift comes from a GET-with-list; it is measured again alone before the set. A
+        failure here is logged and leaves the poll's readings alone.
+        """
+        policy = self.config.clock_sync
+        assert policy is not None
+        limit_ms = policy.max_drift * 1000
+        if abs(drift_ms) <= limit_ms or not self._clock_set_due(policy.interval):
             return
-        if time.monotonic() - self._last_sync < CLOCK_SYNC_MIN_GAP and self._last_sync:
-            return
-        self._last_sync = time.monotonic()
-        value = codec.octets(self._encode_time(int(time.time() * 1000)))
+        timeout = self.config.timeout
+        after: tuple[int, int] | None = None
         try:
-            await self.client.set(Ref(CLOCK, CLOCK_OBIS, 2), value, self.config.timeout)
+            async with self.client.exclusive():
+                measured = await self._measure_drift()
+                if measured is None or abs(measured[1]) <= limit_ms:
+                    return
+                before_ms, drift_ms = measured
+                self._clock_attempt = time.monotonic()
+                target_ms = int(time.time() * 1000)
+                await self.client.set(Ref(CLOCK, CLOCK_OBIS, 2), self._clock_octets(target_ms), timeout)
+                with contextlib.suppress(CosemError):
+                    after = await self._measure_drift()
         except CosemError as exc:
-            self.ctx.log.warning("dlms clock sync refused", error=str(exc), drift_s=drift_ms / 1000)
+            self.ctx.log.warning(
+                "dlms meter clock set refused", error=str(exc), drift_s=drift_ms / 1000, next_try_s=policy.interval
+            )
             return
-        self.ctx.log.info("dlms meter clock set", drift_s=drift_ms / 1000)
+        except (LinkError, AssociationLost, ProtocolError) as exc:
+            # Whether the meter took the time is unknown; the attempt counts against the interval.
+            self._forget()
+            self.ctx.log.warning("dlms meter clock set failed", error=_describe(exc), drift_s=drift_ms / 1000)
+            return
+        done_at = time.time()
+        try:
+            self.ctx.state.commit({CLOCK_SET_KEY: round(done_at, 3)})
+        except OSError as exc:
+            self.ctx.log.warning("dlms clock set time not stored", error=str(exc))
+        self.ctx.log.info(
+            "dlms meter clock set",
+            drift_s=drift_ms / 1000,
+            max_drift_s=policy.max_drift,
+            meter_time=_iso(before_ms),
+            set_to=_iso(target_ms),
+            drift_after_s=after[1] / 1000 if after is not None else None,
+            next_set_after_s=policy.interval,
+        )
 
     # -- profiles --------------------------------------------------------------------------------
 
@@ -626,10 +730,194 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             last = ts if last is None else max(last, ts)
         return last
 
+    # -- commands --------------------------------------------------------------------------------
+
+    async def write(self, request: WriteRequest) -> RawValue:
+        """SET the point's attribute to `request.raw` (in the attribute's own type), then GET it back."""
+        point = self.points[request.index]
+        ref = Ref(point.class_id, point.obis, point.attribute)
+        timeout = self.config.timeout
+
+        async def mutate() -> None:
+            dtype = await self._write_type(point, ref)
+            data = codec.value_of_type(dtype, request.raw)  # a ValueError when it has no such form
+            await self._set(ref, data)
+
+        async def read_back() -> RawValue:
+            return _raw(await self.client.get(ref, timeout))
+
+        def unread(exc: BaseException) -> RawValue:
+            return PointError(f"written, but the read-back failed: {_describe(exc)}")
+
+        return await self._command(mutate, read_back, unread)
+
+    async def action(self, name: str, spec: ActionConfig, args: Mapping[str, Any]) -> Any:
+        """A method, a SET or a script (see DlmsAction); the answer is a dict of what was read back."""
+        if not isinstance(spec, DlmsAction):
+            raise TypeError(f"action {name!r} is not a dlms action")
+        timeout = self.config.timeout
+        answer: dict[str, Any] = {}
+        target = Ref(SCRIPT_TABLE, spec.script, 1) if spec.script is not None else None
+
+        async def mutate() -> None:
+            if spec.form == "script":
+                assert target is not None and spec.selector is not None
+                returned = await self._act(target, codec.u16(spec.selector))
+            else:
+                assert spec.class_id is not None and spec.obis is not None
+                parameter = self._action_parameter(spec, args)
+                if spec.form == "set":
+                    assert spec.attribute is not None and parameter is not None
+                    await self._set(Ref(spec.class_id, spec.obis, spec.attribute), parameter)
+                    return
+                assert spec.method is not None
+                returned = await self._act(Ref(spec.class_id, spec.obis, spec.method), parameter)
+            if returned is not None:
+                answer["return"] = self._plain(returned)
+
+        reads = dict(spec.read_back)
+        if spec.form == "set" and not reads and spec.attribute is not None:
+            reads = {"value": spec.attribute}
+
+        async def read_back() -> dict[str, Any] | None:
+            for key, attribute in reads.items():
+                assert spec.class_id is not None and spec.obis is not None
+                ref = Ref(spec.class_id, spec.obis, attribute)
+                try:
+                    answer[key] = self._plain(await self.client.get(ref, timeout), ref)
+                except CosemError as exc:
+                    answer[key] = None
+                    answer.setdefault("read_back_error", f"{key}: {exc}")
+            return answer or None
+
+        def unread(exc: BaseException) -> dict[str, Any]:
+            return {**answer, "read_back_error": f"done, but the read-back failed: {_describe(exc)}"}
+
+        return await self._command(mutate, read_back, unread)
+
+    async def _command(
+        self,
+        mutate: Callable[[], Awaitable[None]],
+        read_back: Callable[[], Awaitable[T]],
+        unread: Callable[[BaseException], T],
+    ) -> T:
+        """`mutate` then `read_back` in one bus transaction, on the association (opened if needed).
+
+        The meter dropping the association before `mutate` was answered (an exception-response:
+        nothing was done) re-associates and tries once more; a failure after it was answered is
+        no longer the request's: the read-back gives `unread(exc)` instead.
+        """
+        cfg = self.config
+        async with self._lock:
+            await self._recover()
+            try:
+                async with self.client.exclusive():
+                    for attempt in range(2):
+                        if not self.client.associated:
+                            await self.client.associate(cfg.timeout)
+                        try:
+                            await mutate()
+                            break
+                        except AssociationLost:
+                            self._forget()
+                            if attempt:
+                                raise
+                        except DlmsRefused:
+                            await self._release_if_asked()
+                            raise
+                    try:
+                        result = await read_back()
+                    except CosemError as exc:
+                        result = unread(exc)
+                    except (LinkError, AssociationLost, ProtocolError) as exc:
+                        self._forget()
+                        return unread(exc)
+                    await self._release_if_asked()
+                    return result
+            except asyncio.CancelledError:
+                self._abandoned = True
+                raise
+            except LinkTimeout as exc:
+                self._forget()
+                raise DeviceTimeout(str(exc)) from None
+            except (LinkError, AssociationError, AssociationLost, ProtocolError) as exc:
+                self._forget()
+                raise DeviceError(_describe(exc)) from None
+            except CosemError as exc:
+                # a confirmed-service-error: the meter refused the service as such
+                raise DlmsRefused("request", exc.dar) from None
+
+    async def _release_if_asked(self) -> None:
+        cfg = self.config
+        if cfg.release_after_poll and self.client.associated:
+            with contextlib.suppress(LinkError, ProtocolError, AssociationLost, CosemError):
+                await self.client.release(cfg.timeout)
+
+    async def _write_type(self, point: DlmsPoint, ref: Ref) -> codec.DataType:
+        """The type a write is encoded with: the point's `type`, else what the meter answers for it."""
+        if point.type is not None:
+            return codec.TYPE_NAMES[point.type]
+        known = self._types.get(ref)
+        if known is not None:
+            return known
+        try:
+            _value, tag = await self.client.get_typed(ref, self.config.timeout)
+        except CosemError as exc:
+            raise DlmsRefused(f"GET {ref} (its type, before the SET)", exc.dar) from None
+        try:
+            dtype = codec.DataType(tag)
+        except ValueError:
+            raise ValueError(f"{ref}: the meter answers an unknown type {tag}") from None
+        if dtype in (codec.DataType.NULL, codec.DataType.ARRAY, codec.DataType.STRUCTURE):
+            raise ValueError(f"{ref} is a structured (or null) value: give the point a `type` to write it")
+        self._types[ref] = dtype
+        return dtype
+
+    async def _set(self, ref: Ref, data: codec.Data) -> None:
+        try:
+            await self.client.set(ref, data, self.config.timeout)
+        except CosemError as exc:
+            raise DlmsRefused(f"SET {ref}", exc.dar) from None
+
+    async def _act(self, method: Ref, parameter: codec.Data | None) -> Any:
+        try:
+            return await self.client.action(method, parameter, self.config.timeout)
+        except CosemError as exc:
+            what = f"ACTION {method.obis} (class {method.class_id}, method {method.attribute})"
+            raise DlmsRefused(what, exc.dar, codec.ACTION_RESULT_NAMES) from None
+
+    def _action_parameter(self, spec: DlmsAction, args: Mapping[str, Any]) -> codec.Data | None:
+        """The method's parameter or the value set: the constant, or the argument in its type."""
+        if spec.arg is None:
+            return _constant(spec.parameter)
+        value = args.get(spec.arg)
+        if value is None:
+            value = spec.args[spec.arg].default
+        if spec.args[spec.arg].type == "datetime":
+            at_ms = int(time.time() * 1000) if value is None else _epoch_ms_of(value)
+            return self._clock_octets(at_ms)
+        assert spec.type is not None and spec.type != "date_time"
+        return codec.value_of_type(codec.TYPE_NAMES[spec.type], value)
+
+    def _plain(self, value: Any, ref: Ref | None = None) -> Any:
+        """A value read back (or returned) as JSON: date-times as ISO 8601 UTC text."""
+        if ref is not None and ref.class_id == CLOCK and ref.attribute == 2:
+            ts = self._datetime_ms(value)
+            return _iso(ts) if ts is not None else None
+        if isinstance(value, list):
+            return [self._plain(v) for v in value]
+        raw = _raw(value)
+        return None if isinstance(raw, PointError | NoValue) else raw
+
     # -- discovery -------------------------------------------------------------------------------
 
     async def discover(self) -> list[dict[str, Any]]:
         """The association's object list as profile points (see docs/dlms.md, completing a profile)."""
+        async with self._lock:
+            await self._recover()
+            return await self._discover_once()
+
+    async def _discover_once(self) -> list[dict[str, Any]]:
         try:
             return await self._discover()
         except LinkTimeout as exc:
@@ -662,6 +950,9 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         for cid, code in objects:
             if cid in (DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, CLOCK):
                 for point in self._value_points(cid, code):
+                    add(point)
+            elif cid == DISCONNECT_CONTROL:
+                for point in _disconnect_points(code):
                     add(point)
         for cid, code in objects:
             if cid == PROFILE_GENERIC:
@@ -710,6 +1001,17 @@ def _object_list(listing: Any) -> list[tuple[int, str]]:
         ):
             objects.append((int(item[0]), codec.obis_text(bytes(item[2]))))
     return objects
+
+
+def _disconnect_points(code: str) -> list[dict[str, Any]]:
+    """A disconnect control's relay state and control state (switched by actions, docs/dlms.md)."""
+    base = {"obis": code, "class": DISCONNECT_CONTROL, "kind": "state"}
+    return [
+        {**base, "id": "disconnect.output_state", "attribute": 2, "quantity": "breaker_state",
+         "description": "relay output: true = connected"},
+        {**base, "id": "disconnect.control_state", "attribute": 3, "quantity": "status",
+         "description": "0 disconnected, 1 connected, 2 ready for reconnection"},
+    ]  # fmt: skip
 
 
 def _column_points(code: str, info: _ProfileInfo) -> list[dict[str, Any]]:
@@ -775,3 +1077,34 @@ def _raw(value: Any) -> RawValue:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return text if text else type(exc).__name__
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _constant(parameter: DlmsParameter | None) -> codec.Data | None:
+    if parameter is None:
+        return None
+    return codec.value_of_type(codec.TYPE_NAMES[parameter.type], parameter.value)
+
+
+def _epoch_ms_of(value: Any) -> int:
+    """A datetime argument (ISO 8601 text with its offset, or epoch seconds) -> epoch ms."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a date and time: {value!r}")
+    if isinstance(value, int | float):
+        return round(value * 1000)
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 date and time: {value!r}") from None
+    else:
+        raise ValueError(f"not a date and time: {value!r}")
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r}: give the UTC offset (2026-12-01T10:00:00+00:00)")
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000

@@ -44,8 +44,8 @@ def test_point_model_class_alias_and_profile_columns() -> None:
     assert lp.column == "1.0.1.8.0.255" and lp.protocol_address()["column"] == "1.0.1.8.0.255"
     with pytest.raises(ValueError, match="column"):
         DlmsPoint.model_validate({"id": "lp", "obis": "1.0.99.1.0.255", "class": 7, "quantity": "other"})
-    with pytest.raises(ValueError, match="class 70"):
-        DlmsPoint.model_validate({"id": "x", "obis": "0.0.96.3.10.255", "class": 70, "quantity": "other"})
+    with pytest.raises(ValueError, match="class 71"):
+        DlmsPoint.model_validate({"id": "x", "obis": "0.0.17.0.0.255", "class": 71, "quantity": "other"})
     with pytest.raises(ValueError, match="Clock"):
         DlmsPoint.model_validate({"id": "x", "obis": "1.0.1.8.0.255", "quantity": "clock_drift", "unit": "s"})
 

@@ -510,6 +510,9 @@ class Meter:
         """What a point on this attribute shows now, in engineering units (None: nothing)."""
         if obj.class_id == 8:
             return t
+        if obj.class_id == 70:  # the disconnector's state, not the object's signal
+            state = self._disconnect(obj, attr, int(t * 1000))
+            return None if state is None else state.value
         if obj.class_id == 5 and attr == 3 and not obj.zeroed(t):
             t = t // DEMAND_PERIOD * DEMAND_PERIOD
         data = obj.typed(t)
