@@ -28,6 +28,7 @@ import ast
 import functools
 import operator
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,10 @@ _CMPOPS: dict[type[ast.cmpop], Any] = {
 def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
     """Evaluate a small arithmetic expression over `env`; no calls, no attributes."""
     try:
-        tree = ast.parse(expr.strip(), mode="eval")
+        with warnings.catch_warnings():
+            # "1if x else 2" parses with a SyntaxWarning on stderr; the expression is what counts.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"bad expression {expr!r}: {exc.msg}") from None
     return _eval(tree.body, env, expr)
