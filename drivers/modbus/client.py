@@ -1,7 +1,7 @@
 """The Modbus client: one connection (TCP socket or serial port) shared by every device on it.
 
-A lean asyncio implementation of the read functions (1-4) with MBAP framing (Modbus TCP) and
-RTU framing (serial lines and RTU over TCP). Why not pymodbus' client: on a shared connection
+A lean asyncio implementation of the read functions (1-4) and the write functions (5, 6, 15, 16,
+22) with MBAP framing (Modbus TCP) and RTU framing (serial lines and RTU over TCP). Why not pymodbus' client: on a shared connection
 each device needs its own timeout and retries per request, a dead unit id must not make the
 client drop the connection that the other units use (pymodbus drops it after retries+3 misses in
 a row, whoever missed), and a reply is wanted as its raw bytes, which the codec unpacks in one
@@ -23,8 +23,11 @@ from typing import Any, Literal
 from gateway.crc import crc16_reflected
 
 _MBAP_REQUEST = struct.Struct(">HHHBBHH")
+_MBAP_HEADER = struct.Struct(">HHHB")
 _RTU_REQUEST = struct.Struct(">BBHH")
 _MAX_COUNT = {1: 2000, 2: 2000, 3: 125, 4: 125}
+MAX_WRITE_COILS = 1968  # what one request PDU holds
+MAX_WRITE_REGISTERS = 123
 _BUFFER_LIMIT = 1024
 
 EXCEPTION_NAMES = {
@@ -81,6 +84,45 @@ def expected_bytes(code: int, count: int) -> int:
     return (count + 7) // 8 if code in (1, 2) else 2 * count
 
 
+# --- write requests (PDUs); ModbusLink.write sends them and checks the echo ---------------------
+
+
+def coils_pdu(address: int, bits: bytes, multiple: bool = False) -> bytes:
+    """FC 5 (one coil, unless `multiple`) or FC 15; `bits` holds one byte 0/1 per coil."""
+    count = len(bits)
+    if not 1 <= count <= MAX_WRITE_COILS or not 0 <= address <= 65536 - count:
+        raise ValueError(f"bad coil write: address {address}, {count} coils")
+    if count == 1 and not multiple:
+        return struct.pack(">BHH", 5, address, 0xFF00 if bits[0] else 0)
+    packed = bytearray((count + 7) // 8)
+    for i, bit in enumerate(bits):
+        if bit:
+            packed[i >> 3] |= 1 << (i & 7)
+    return struct.pack(">BHHB", 15, address, count, len(packed)) + bytes(packed)
+
+
+def registers_pdu(address: int, data: bytes, multiple: bool = False) -> bytes:
+    """FC 6 (one register, unless `multiple`) or FC 16; `data` is the registers' wire bytes."""
+    count = len(data) // 2
+    if len(data) % 2 or not 1 <= count <= MAX_WRITE_REGISTERS or not 0 <= address <= 65536 - count:
+        raise ValueError(f"bad register write: address {address}, {len(data)} bytes")
+    if count == 1 and not multiple:
+        return struct.pack(">BH", 6, address) + data
+    return struct.pack(">BHHB", 16, address, count, len(data)) + data
+
+
+def mask_pdu(address: int, and_mask: int, or_mask: int) -> bytes:
+    """FC 22: register = (register AND and_mask) OR (or_mask AND NOT and_mask)."""
+    if not 0 <= address <= 65535:
+        raise ValueError(f"bad mask write: address {address}")
+    return struct.pack(">BHHH", 22, address, and_mask & 0xFFFF, or_mask & 0xFFFF)
+
+
+def _echo_of(pdu: bytes) -> bytes:
+    """What a good reply to a write repeats: all of FC 5/6/22, function, address and count of FC 15/16."""
+    return pdu[:5] if pdu[0] in (15, 16) else pdu
+
+
 @dataclass(frozen=True, slots=True)
 class TcpEndpoint:
     host: str
@@ -109,14 +151,17 @@ Endpoint = TcpEndpoint | SerialEndpoint
 
 
 class _Pending:
-    __slots__ = ("code", "count", "future", "tid", "unit")
+    __slots__ = ("code", "count", "echo", "future", "tid", "unit")
 
-    def __init__(self, future: asyncio.Future[bytes], tid: int, unit: int, code: int, count: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[bytes], tid: int, unit: int, code: int, count: int, echo: bytes | None = None
+    ) -> None:
         self.future = future
         self.tid = tid
         self.unit = unit
         self.code = code
         self.count = count
+        self.echo = echo  # a write: the reply PDU that acknowledges it
 
 
 class _Protocol(asyncio.Protocol):
@@ -193,6 +238,31 @@ class ModbusLink:
                 return data
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def write(self, unit: int, pdu: bytes, timeout: float, retries: int = 0) -> None:
+        """Send a write request PDU (see coils_pdu, registers_pdu, mask_pdu) and check its echo.
+
+        A write sets absolute values, so repeating it after a timeout is harmless. Raises like read.
+        """
+        if not pdu or pdu[0] not in (5, 6, 15, 16, 22):
+            raise ValueError(f"not a write request: {pdu[:1].hex()}")
+        echo = _echo_of(pdu)
+        async with self._lock:
+            for attempt in range(retries + 1):
+                await self._open(timeout)
+                try:
+                    await self._send(unit, pdu, echo, timeout)
+                except LinkTimeout:
+                    if attempt == retries:
+                        self._note_silence(unit)
+                        raise
+                    continue
+                except ReplyError:
+                    self._note_answer(unit)
+                    raise
+                self._note_answer(unit)
+                return
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def close(self) -> None:
         """Close the connection; the next request reopens it."""
         self._drop(LinkError(f"{self.name}: connection closed"))
@@ -262,16 +332,34 @@ class ModbusLink:
         else:
             self._tid = tid = self._tid % 65535 + 1
             frame = _MBAP_REQUEST.pack(tid, 0, 6, unit, code, address, count)
+        return await self._await_reply(transport, frame, _Pending(future, tid, unit, code, count), timeout)
+
+    async def _send(self, unit: int, pdu: bytes, echo: bytes, timeout: float) -> bytes:
+        transport = self._transport
+        if transport is None:
+            raise LinkError(f"{self.name}: not connected")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if self.rtu:
+            frame = rtu_frame(unit, pdu)
+            tid = 0
+        else:
+            self._tid = tid = self._tid % 65535 + 1
+            frame = _MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu
+        return await self._await_reply(transport, frame, _Pending(future, tid, unit, pdu[0], 0, echo), timeout)
+
+    async def _await_reply(
+        self, transport: asyncio.Transport, frame: bytes, pending: _Pending, timeout: float
+    ) -> bytes:
         self._buf.clear()
-        self._pending = _Pending(future, tid, unit, code, count)
-        handle = loop.call_later(timeout, _expire, future)
+        self._pending = pending
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, pending.future)
         self.requests += 1
         try:
             transport.write(frame)
-            return await future
+            return await pending.future
         except LinkTimeout:
             self.timeouts += 1
-            raise LinkTimeout(f"{self.name}: unit {unit} did not answer within {timeout:g}s") from None
+            raise LinkTimeout(f"{self.name}: unit {pending.unit} did not answer within {timeout:g}s") from None
         finally:
             handle.cancel()
             self._pending = None
@@ -364,7 +452,7 @@ class ModbusLink:
                 continue
             f = buf[i + 1]
             if f == code:
-                size = 5 + buf[i + 2]
+                size = 3 + len(pending.echo) if pending.echo is not None else 5 + buf[i + 2]
             elif f == code | 0x80:
                 size = 5
             else:
@@ -394,6 +482,12 @@ def _resolve(pending: _Pending, pdu: bytes) -> None:
         return
     if fc != pending.code or len(pdu) < 2:
         future.set_exception(ReplyError(f"reply with function {fc} to a function {pending.code} request"))
+        return
+    if pending.echo is not None:
+        if pdu != pending.echo:
+            future.set_exception(ReplyError(f"reply {pdu.hex()} does not acknowledge the write {pending.echo.hex()}"))
+        else:
+            future.set_result(b"")
         return
     want = expected_bytes(pending.code, pending.count)
     if pdu[1] != want or len(pdu) != 2 + want:

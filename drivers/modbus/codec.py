@@ -10,6 +10,11 @@ are reversed first (``CDAB`` and ``BADC`` layouts).
 
 Decoders never raise on device data: a compiled decoder assumes the caller checked that the
 data covers the point (the driver does, once per reply); :func:`decode` checks it itself.
+
+Encoding is the inverse. The twin encodes leniently (rounded, clamped: a simulated value always
+fits); a write encodes strictly (``strict=True``): a value the type cannot hold exactly is a
+ValueError, never a clamped number on a real device. Floats are the one rounding: a float32
+register gets the nearest float32, which is what the read-back then shows.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from drivers.modbus.config import TYPE_WORDS
 from gateway.driver import PointError, RawValue
 
 if TYPE_CHECKING:
-    from drivers.modbus.config import ModbusDevice, ModbusPoint
+    from drivers.modbus.config import ModbusDevice, ModbusPoint, ModbusWrite
 
 # struct codes of the numeric types, and of the unsigned integer of the same width (bit fields).
 _NUMERIC: dict[str, str] = {
@@ -280,7 +285,7 @@ class BlockDecoder:
             values[slot] = dec(data, off)
 
 
-# --- encoding (for the device twin) -------------------------------------------------------------
+# --- encoding (the twin's values, and writes) ---------------------------------------------------
 
 
 def _to_int(value: float | int | bool | str, type: str) -> int:
@@ -324,12 +329,18 @@ def _unsigned_bytes(value: int, spec: ValueSpec) -> bytes:
     return _order((value & ((1 << (16 * words)) - 1)).to_bytes(2 * words, "big"), spec)
 
 
-def encode(spec: ValueSpec, value: float | int | bool | str, current: bytes | None = None) -> bytes:
+def encode(
+    spec: ValueSpec, value: float | int | bool | str, current: bytes | None = None, *, strict: bool = False
+) -> bytes:
     """The wire bytes of a value: 2*words bytes, or one byte 0/1 for a bit point.
 
-    Integers are rounded and clamped to the type's range. A `bit` or `bits` point changes only its
-    bits of `current` (the registers it shares with other points; zeros when not given).
+    Integers are rounded and clamped to the type's range, unless `strict`: then a value the type
+    cannot hold exactly raises ValueError (see the module docstring). A `bit` or `bits` point
+    changes only its bits of `current` (the registers it shares with other points; zeros when not
+    given).
     """
+    if strict:
+        check_value(spec, value)
     if spec.is_bit:
         return b"\x01" if _truthy(value) else b"\x00"
     if spec.type == "string":
@@ -351,11 +362,91 @@ def encode(spec: ValueSpec, value: float | int | bool | str, current: bytes | No
     if spec.type == "bool":
         return _order((1 if _truthy(value) else 0).to_bytes(2, "big"), spec)
     code = _NUMERIC[spec.type]
-    if code in "fd":
+    if code in "fd" and strict:
+        try:
+            raw = struct.pack(">" + code, float(value))  # float32: the nearest one (IEEE round to even)
+        except OverflowError:
+            raise ValueError(f"{value!r} is beyond the range of {spec.type}") from None
+    elif code in "fd":
         raw = struct.pack(">" + code, _to_float(value, spec.type))
     else:
         raw = struct.pack(">" + code, _to_int(value, spec.type))
     return _order(raw, spec)
+
+
+def check_value(spec: ValueSpec, value: object) -> None:
+    """Raise ValueError unless `value` is a raw value the point's type holds exactly (float32: nearest)."""
+    if spec.is_bit or spec.bit is not None or (spec.type == "bool" and spec.bits is None):
+        if not (isinstance(value, bool) or (type(value) is int and value in (0, 1))):
+            raise ValueError(f"{value!r} is not a boolean")
+        return
+    if spec.type == "string":
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+        if not value.isascii():
+            raise ValueError(f"{value!r} is not ASCII text")
+        if len(value) > 2 * spec.words:
+            raise ValueError(f"{len(value)} characters do not fit {spec.words} registers ({2 * spec.words} at most)")
+        return
+    if spec.bits is not None:
+        width = spec.bits[1] - spec.bits[0] + 1
+        lo, hi = 0, (1 << width) - 1
+        what = f"bits [{spec.bits[0]}, {spec.bits[1]}]"
+    elif spec.type in _INT_RANGE:
+        lo, hi = _INT_RANGE[spec.type]
+        what = spec.type
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{value!r} is not a number")
+        return
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    if not lo <= value <= hi:
+        raise ValueError(f"{value} is out of range for {what} ({lo}..{hi})")
+
+
+def mask_write(spec: ValueSpec, value: bool | int) -> tuple[int, int, int]:
+    """An FC 22 write of a `bit` / `bits` point: (register offset in the point, AND mask, OR mask).
+
+    The masks are worked out on the wire bytes, so the point's byte and word order place them.
+    """
+    if spec.bit is None and spec.bits is None:
+        raise ValueError("a mask write is for a `bit` or `bits` point")
+    words = 1 if spec.bit is not None else spec.words
+    zeros = bytes(2 * words)
+    ones = (1 << (spec.bits[1] - spec.bits[0] + 1)) - 1 if spec.bits is not None else True
+    field = encode(spec, value, zeros, strict=True)
+    mask = encode(spec, ones, zeros)
+    hit = [i for i in range(words) if mask[2 * i : 2 * i + 2] != b"\x00\x00"]
+    if len(hit) != 1:
+        raise ValueError("a mask write (FC 22) changes one register: the bits span several")
+    i = hit[0]
+    m = int.from_bytes(mask[2 * i : 2 * i + 2], "big")
+    return i, ~m & 0xFFFF, int.from_bytes(field[2 * i : 2 * i + 2], "big")
+
+
+def write_spec(write: ModbusWrite, byte_order: str, word_order: str) -> ValueSpec:
+    """The value layout of an action's write, with the device's orders filled in."""
+    return ValueSpec(
+        type="bool" if write.function == "coil" else write.type,
+        words=1 if write.function == "coil" else write.words(),
+        byte_order=write.byte_order or byte_order,
+        word_order=write.word_order or word_order,
+        is_bit=write.function == "coil",
+    )
+
+
+def write_words(spec: ValueSpec, value: object) -> bytes:
+    """The wire data of a write: register bytes, or one byte 0/1 per coil (a list: consecutive coils)."""
+    if isinstance(value, list):
+        if not spec.is_bit or not value:
+            raise ValueError("a list of values is for consecutive coils")
+        return b"".join(encode(spec, v, strict=True) for v in value)
+    if not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} cannot be written")
+    return encode(spec, value, strict=True)
 
 
 def _truthy(value: float | int | bool | str) -> bool:
