@@ -179,7 +179,7 @@ def to_raw(point: PointConfig, value: Any, like: RawValue, exponent: int = 0) ->
         if not isinstance(value, bool):
             raise Rejected(f"{point.id}: true or false is expected, got {json.dumps(value)}")
         return value
-    if isinstance(like, str):
+    if isinstance(like, str) or (like is None and isinstance(value, str)):
         if not isinstance(value, str):
             raise Rejected(f"{point.id}: text is expected, got {json.dumps(value)}")
         return value

@@ -51,6 +51,7 @@ def test_a_value_an_integer_register_cannot_hold_names_the_nearest() -> None:
         to_raw(point(), 1, False)
     with pytest.raises(Rejected, match="a number is expected"):
         to_raw(point(), "20", 0)
+    assert to_raw(point(), "Hall A", None) == "Hall A"  # never read yet: the value's own type
     assert to_raw(point(), None, 0) is None  # relinquish
 
 
