@@ -146,3 +146,35 @@ async def test_bacnet_write_at_a_priority_reads_back_the_slot_and_relinquishes(
             assert [e["status"] for e in events(collector, "ahu")] == ["ok", "ok", "rejected"]
         finally:
             await daemon.stop()
+
+
+async def test_snmp_set_over_mqtt_is_read_back(
+    tmp_path: Path, broker: Mosquitto, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = {"id": "location", "oid": "1.3.6.1.2.1.1.6.0", "type": "octets", "quantity": "other",
+                "writable": True, "sim": {"text": "Hall A"}}  # fmt: skip
+    monkeypatch.setenv("EDGEGW_TEST_WRITE_COMMUNITY", "private")
+    twin_cls = DRIVERS["snmp"].twin_class
+    async with twin_cls.create(points=[location], writable=["location"], write_community="private") as twin:
+        device = {
+            "id": "pdu",
+            **twin.device_config(),
+            "interval": "1s",
+            "timeout": "500ms",
+            "allow_set_v1_v2c": True,
+            "write_community_env": "EDGEGW_TEST_WRITE_COMMUNITY",
+        }
+        daemon = Daemon(site(tmp_path, broker, [device], commands={"enabled": True}), tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("pdu", "location"), what="the first poll")
+            await send(broker, "pdu", {"id": "s1", "point": "location", "value": "Hall B, row 3"})
+            ok = await result_for(collector, "pdu", "s1")
+            assert ok["status"] == "ok" and ok["value"] == "Hall B, row 3", ok
+            assert [(w.point, w.value) for w in twin.writes] == [("location", "Hall B, row 3")]
+            await collector.wait_for(
+                lambda: (r := collector.latest("pdu", "location")) and r["value"] == "Hall B, row 3",
+                what="the next poll sees it",
+            )
+        finally:
+            await daemon.stop()
