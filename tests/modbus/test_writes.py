@@ -239,6 +239,14 @@ async def test_a_point_that_is_never_read_is_written_but_not_read_back(twin: Spy
     await d.ctx.bus.close()
 
 
+async def test_the_device_pause_lies_between_a_write_and_its_read_back(twin: SpyTwin) -> None:
+    d = await twin_driver(twin, pause=0.1)
+    start = time.monotonic()
+    assert await d.write(WriteRequest(IDS.index("setpoint"), 4)) == 4
+    assert time.monotonic() - start >= 0.1
+    await d.ctx.bus.close()
+
+
 async def test_write_multiple_devices_use_fc_15_and_16(twin: SpyTwin) -> None:
     d = await twin_driver(twin, write_multiple=True)
     await d.write(WriteRequest(IDS.index("setpoint"), 3))
