@@ -16,10 +16,11 @@ import pytest
 
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.twin import ModbusTwin
+from gateway.buses import BusConfig
 from gateway.driver import DeviceError, DeviceTimeout, PointError, WriteRefused, WriteRequest
 from gateway.models import ActionConfig
 from gateway.twin import Write
-from tests.modbus.util import device, driver, link_of, points
+from tests.modbus.util import bus_for, device, driver, link_of, points
 
 H: dict[str, Any] = {"function": "holding", "writable": True, "quantity": "other"}
 
@@ -267,6 +268,25 @@ async def test_a_write_takes_its_turn_on_the_bus(twin: SpyTwin) -> None:
     assert await task == 9
     assert twin.codes == [6, 3]
     await bus.close()
+
+
+async def test_writes_on_a_serial_line() -> None:
+    """RTU on a pty the twin makes, with wire time: the write replies are framed and timed as on RS-485."""
+    async with SpyTwin(
+        points(POINTS), units=[1], serial="pty", baudrate=19200, wire_time=True, update_interval=0
+    ) as twin:
+        bus_cfg = BusConfig.model_validate({**twin.bus_config(), "turnaround": 0.005})
+        dev = device(bus=bus_cfg.id, unit=1, timeout=0.5)
+        d = await driver(dev, points(POINTS), bus_for(dev, bus_cfg))
+        assert await d.write(WriteRequest(IDS.index("relay"), False)) is False
+        assert await d.write(WriteRequest(IDS.index("f32le"), -7.25)) == -7.25
+        assert await d.write(WriteRequest(IDS.index("mode.nib"), 3)) == 3
+        assert await d.action(
+            "a", action({"writes": [{"address": 0, "function": "coil", "value": [True, True]}]}), {}
+        ) == {"written": 1}
+        assert twin.codes == [5, 1, 16, 3, 22, 3, 15]
+        assert twin.value("mode") == 0x3F0
+        await d.ctx.bus.close()
 
 
 # --- actions --------------------------------------------------------------------------------------
