@@ -7,7 +7,10 @@ empty).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,13 +21,13 @@ import pytest
 import yaml
 
 from gateway.registry import DRIVERS
-from tests.harness import Collector, Daemon, Mosquitto
+from tests.harness import REPO, Collector, Daemon, Mosquitto
 
 pytestmark = pytest.mark.slow
 
 POINTS = [
     {"id": "setpoint", "address": 0, "type": "int16", "scale": 0.1, "quantity": "temperature", "unit": "degC",
-     "writable": True, "min": 5, "max": 35, "step": 0.5, "sim": {"value": 21}},
+     "function": "holding", "writable": True, "min": 5, "max": 35, "step": 0.5, "sim": {"value": 21}},
     {"id": "voltage", "address": 1, "type": "float32", "quantity": "voltage", "unit": "V"},
 ]  # fmt: skip
 
@@ -178,3 +181,84 @@ async def test_snmp_set_over_mqtt_is_read_back(
             )
         finally:
             await daemon.stop()
+
+
+async def test_modbus_write_over_mqtt_and_from_the_cli(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
+    twin_cls = DRIVERS["modbus"].twin_class
+    async with twin_cls.create(points=POINTS) as twin:
+        device = {"id": "m1", **twin.device_config(), "interval": "1s", "timeout": "500ms"}
+        cfg = site(tmp_path, broker, [device], commands={"enabled": True})
+        daemon = Daemon(cfg, tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("m1", "setpoint"), what="the first poll")
+            await send(broker, "m1", {"id": "w1", "point": "setpoint", "value": 22.5})
+            ok = await result_for(collector, "m1", "w1")
+            assert ok["status"] == "ok" and ok["value"] == 22.5, ok
+            assert [(w.point, w.value, w.raw) for w in twin.writes] == [("setpoint", 22.5, [225])]
+            await collector.wait_for(
+                lambda: (r := collector.latest("m1", "setpoint")) and r["value"] == 22.5, what="the next poll"
+            )
+            event = next(e for e in events(collector, "m1") if e["id"] == "w1")
+            assert event["status"] == "ok" and event["requested"] == 22.5 and event["who"]["via"] == "mqtt"
+        finally:
+            await daemon.stop()
+        # The command line: the same policy, its own result and exit status.
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "gateway.cli", *args],
+                capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+            )  # fmt: skip
+
+        done = await asyncio.to_thread(cli, "write", "-c", str(cfg), "m1", "setpoint", "19")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["status"] == "ok" and twin.value("setpoint") == 19
+        refused = await asyncio.to_thread(cli, "write", "-c", str(cfg), "m1", "setpoint", "50")
+        assert refused.returncode == 2 and "above the maximum" in json.loads(refused.stdout)["error"]
+        assert "command" in refused.stderr and "cli" in refused.stderr  # the audit line
+        assert len(twin.writes) == 2
+
+
+async def test_a_command_storm_leaves_polling_on_time_and_answers_every_request(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    """100 requests in a second to three devices on one RS-485 line: 100 results, polls on time."""
+    twin_cls = DRIVERS["modbus"].twin_class
+    async with twin_cls.create(points=POINTS, units=[1, 2, 3], serial="pty", baudrate=19200) as twin:
+        devices = [
+            {"id": f"u{unit}", **twin.device_config(unit), "interval": "500ms", "timeout": "300ms"}
+            for unit in (1, 2, 3)
+        ]
+        cfg = site(tmp_path, broker, devices, buses=[twin.bus_config()], commands={"enabled": True})
+        daemon = Daemon(cfg, tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(
+                lambda: all(collector.latest(f"u{u}", "setpoint") for u in (1, 2, 3)), what="polls"
+            )
+            start_ms = int(time.time() * 1000)
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="storm") as client:
+                for n in range(100):
+                    body = {"id": f"s{n}", "point": "setpoint", "value": 10 + (n % 40) / 2}
+                    await client.publish(f"edgegw/lab/u{n % 3 + 1}/command", json.dumps(body).encode(), qos=1)
+                    await asyncio.sleep(0.01)
+            got = await collector.wait_for(
+                lambda: (r := [x for u in (1, 2, 3) for x in results(collector, f"u{u}")]) and len(r) >= 100 and r,
+                timeout=30,
+                what="100 results",
+            )
+            # Polls during the next 6 s, counted by their own timestamps.
+            await collector.wait_for(
+                lambda: all(any(m["ts"] >= start_ms + 6000 for m in collector.data(f"u{u}")) for u in (1, 2, 3)),
+                timeout=30,
+                what="6 s of polls after the storm began",
+            )
+        finally:
+            await daemon.stop()
+    assert len(got) == 100 and len({r["id"] for r in got}) == 100
+    statuses = {r["status"] for r in got}
+    assert "ok" in statuses and statuses <= {"ok", "rejected"}  # the rest rate limited, none lost
+    for u in (1, 2, 3):
+        polls = [m for m in collector.data(f"u{u}") if start_ms <= m["ts"] < start_ms + 6000]
+        assert len(polls) >= 0.9 * 12, (u, len(polls))  # every 500 ms: 12 in 6 s, within 10 %
