@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiomqtt
 import pytest
@@ -22,6 +22,9 @@ import yaml
 
 from gateway.registry import DRIVERS
 from tests.harness import REPO, Collector, Daemon, Mosquitto
+
+if TYPE_CHECKING:
+    from drivers.modbus.twin import ModbusTwin
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +227,7 @@ async def test_a_command_storm_leaves_polling_on_time_and_answers_every_request(
     tmp_path: Path, broker: Mosquitto, collector: Collector
 ) -> None:
     """100 requests in a second to three devices on one RS-485 line: 100 results, polls on time."""
-    twin_cls = DRIVERS["modbus"].twin_class
+    twin_cls = cast("type[ModbusTwin]", DRIVERS["modbus"].twin_class)
     async with twin_cls.create(points=POINTS, units=[1, 2, 3], serial="pty", baudrate=19200) as twin:
         devices = [
             {"id": f"u{unit}", **twin.device_config(unit), "interval": "500ms", "timeout": "300ms"}
