@@ -121,3 +121,32 @@ def test_token_bucket() -> None:
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
     now[0] = 0.5  # one token back
     assert bucket.take() and not bucket.take()
+
+
+def test_admission_policy() -> None:
+    import structlog
+
+    from gateway.commands import Commands, Request
+    from gateway.models import DeviceConfig
+
+    def dev(**kw: Any) -> DeviceConfig:
+        return DeviceConfig.model_validate({"id": "d", "driver": "x", **kw})
+
+    def req(**kw: Any) -> Request:
+        return Request(device="d", point="p", value=1, **kw)
+
+    log = structlog.get_logger("t")
+    on = Commands(True, 30.0, 10.0, None, log)
+    on.admit(req(), dev())
+    for policy, device, why in (
+        (Commands(False, 30.0, 10.0, None, log), dev(), "commands are disabled"),
+        (on, None, "no device"),
+        (on, dev(commands={"enabled": False}), "disabled for d"),
+        (Commands(True, 30.0, 10.0, frozenset({"other"}), log), dev(), "disabled for d"),
+    ):
+        with pytest.raises(Rejected, match=why):
+            policy.admit(req(), device)
+    with pytest.raises(Rejected, match="stale"):
+        on.admit(req(ts=0), dev())
+    with pytest.raises(Rejected, match="stale"):
+        on.admit(req(expired=True), dev())

@@ -265,3 +265,43 @@ async def test_a_command_storm_leaves_polling_on_time_and_answers_every_request(
     for u in (1, 2, 3):
         polls = [m for m in collector.data(f"u{u}") if start_ms <= m["ts"] < start_ms + 6000]
         assert len(polls) >= 0.9 * 12, (u, len(polls))  # every 500 ms: 12 in 6 s, within 10 %
+
+
+async def test_mqtt5_response_topic_and_correlation_data(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    twin_cls = DRIVERS["modbus"].twin_class
+    async with twin_cls.create(points=POINTS) as twin:
+        device = {"id": "m1", **twin.device_config(), "interval": "1s", "timeout": "500ms"}
+        cfg = site(tmp_path, broker, [device], commands={"enabled": True})
+        body = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        body["mqtt"]["protocol"] = "5"
+        cfg.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+        daemon = Daemon(cfg, tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("m1", "setpoint"), what="the first poll")
+            v5 = aiomqtt.ProtocolVersion.V5
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="scada", protocol=v5) as client:
+                await client.subscribe("replies/scada", qos=1)
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ResponseTopic = "replies/scada"
+                props.CorrelationData = b"\x00\x01corr"
+                props.UserProperty = [("client_id", "scada")]
+                request = json.dumps({"point": "setpoint", "value": 23}).encode()  # no id: MQTT 5 callers may omit it
+                await client.publish("edgegw/lab/m1/command", request, qos=1, properties=props)
+                async with asyncio.timeout(15):
+                    async for msg in client.messages:
+                        answer = json.loads(bytes(msg.payload))
+                        correlation = getattr(msg.properties, "CorrelationData", None)
+                        assert correlation == b"\x00\x01corr"
+                        break
+            assert answer["status"] == "ok" and answer["value"] == 23 and answer["id"] is None
+            assert results(collector, "m1") == []  # answered on the response topic only
+            event = await collector.wait_for(lambda: events(collector, "m1"), what="the audit event")
+            assert event[0]["who"] == {"via": "mqtt", "client_id": "scada"}
+        finally:
+            await daemon.stop()
