@@ -219,8 +219,8 @@ def value_of_type(dtype: DataType, value: Any) -> Data:
         out = _scalar_of_type(dtype, value, what)
     try:
         encode_data(out)
-    except (struct.error, OverflowError) as exc:
-        raise CodecError(f"{what}: out of range ({exc})") from None
+    except (CodecError, struct.error, OverflowError):
+        raise CodecError(f"{value!r} does not fit a {dtype.name.lower()}") from None
     return out
 
 

@@ -34,7 +34,7 @@ class Line:
         self.closable = closable  # a TCP connection closes; a serial line stays
         self.closed = False
         self.sessions: dict[tuple[bytes, bytes], tuple[hdlc.ServerLink, Association]] = {}
-        self.wrapper_sessions: dict[int, Association] = {}
+        self.wrapper_sessions: dict[tuple[int, int], Association] = {}  # (client wPort, meter wPort)
         self.reader = hdlc.FrameReader()
         self._wbuf = bytearray()
         self.iec_mode = twin.mode_e
@@ -185,9 +185,11 @@ class Line:
             meter = next((m for m in self.twin.meters.values() if m.logical == dst), None)
             if meter is None or self._silent(meter):
                 continue
-            assoc = self.wrapper_sessions.get(src)
+            # One association per client and meter: a client polling two meters on one connection
+            # keeps both.
+            assoc = self.wrapper_sessions.get((src, dst))
             if assoc is None or assoc.meter is not meter:
-                assoc = self.wrapper_sessions[src] = Association(meter, src)
+                assoc = self.wrapper_sessions[(src, dst)] = Association(meter, src)
             answer = assoc.handle(apdu)
             if answer is None:
                 continue
