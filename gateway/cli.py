@@ -106,9 +106,13 @@ class _OneOff:
     driver: Driver[Any, Any]
     normalizer: Normalizer
     raw: list[RawValue] | None = None
+    exponents: list[int | None] | None = None
 
     def last_raw(self) -> list[RawValue] | None:
         return self.raw
+
+    def last_exponents(self) -> list[int | None] | None:
+        return self.exponents
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +165,8 @@ async def _command(cfg: GatewayConfig, req: Request) -> Result:
     async with _one_off(cfg, req.device, False) as (target, _found):
         # One poll first: the raw types and the scale registers a conversion needs.
         with contextlib.suppress(DeviceError):
-            target.raw = (await target.driver.read()).values
+            first = await target.driver.read()
+            target.raw, target.exponents = first.values, first.exponents
         result = await policy.run(req, target)
     policy.audit(result)
     return result

@@ -31,6 +31,7 @@ from gateway.driver import (
     DeviceError,
     DeviceTimeout,
     Driver,
+    NoValue,
     PointError,
     RawValue,
     ReadBack,
@@ -303,6 +304,8 @@ class Target(Protocol):
 
     def last_raw(self) -> Sequence[RawValue] | None: ...
 
+    def last_exponents(self) -> Sequence[int | None] | None: ...
+
 
 @dataclass(slots=True)
 class Commands:
@@ -371,9 +374,14 @@ class Commands:
                 raise Rejected(f"{point.id} is not writable")
             check_limits(point, req.value)
             last = target.last_raw()
-            exponent = self._exponent(point, points, last)
-            raw = to_raw(point, req.value, last[index] if last is not None else None, exponent)
-            return lambda: self._write(req, target, index, raw)
+            like = last[index] if last is not None and index < len(last) else None
+            if like is None or isinstance(like, PointError | NoValue):
+                # The last good reading tells the raw type and the scale the device uses now.
+                raise Rejected(f"{point.id} has no good reading yet: a point is written only after it was read")
+            exps = target.last_exponents()
+            exponent = self._exponent(point, points, last) + ((exps[index] or 0) if exps is not None else 0)
+            raw = to_raw(point, req.value, like, exponent)
+            return lambda: self._write(req, target, index, raw, exponent)
         assert req.action is not None
         spec = device.resolved_actions.get(req.action)
         if spec is None:
@@ -392,19 +400,19 @@ class Commands:
             raise Rejected(f"{point.id}: its scale register {point.exponent_point} has not been read yet")
         return ex
 
-    async def _write(self, req: Request, target: Target, index: int, raw: RawValue) -> Result:
+    async def _write(self, req: Request, target: Target, index: int, raw: RawValue, exponent: int) -> Result:
         answer = await target.driver.write(WriteRequest(index, raw, req.priority))
         back, kept = (answer.value, answer.slot) if isinstance(answer, ReadBack) else (answer, answer)
         if isinstance(back, PointError):
             return Result("failed", req, error=f"written, but not read back: {back.message}")
         last = target.last_raw()
-        value, quality, error = target.normalizer.value_of(index, back, last)
+        value, quality, error = target.normalizer.value_of(index, back, last, exponent)
         extra: dict[str, Any] = {}
         if isinstance(answer, ReadBack):
             slot = (
                 None
                 if kept is None or isinstance(kept, PointError)
-                else target.normalizer.value_of(index, kept, last)[0]
+                else target.normalizer.value_of(index, kept, last, exponent)[0]
             )
             extra = {"priority": answer.priority, "priority_slot": slot}
         if isinstance(kept, PointError):

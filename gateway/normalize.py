@@ -369,9 +369,18 @@ class Normalizer:
         self._rates[i] = _RateState(raw, ts, per_ms)
         return per_ms * self._rate_per[i]
 
-    def value_of(self, i: int, raw: RawValue, ex_values: Sequence[RawValue] | None) -> tuple[Value, str, str | None]:
-        """One raw value of point i as it would be published: (value, quality, error)."""
-        return self._one(i, raw, None, ex_values, int(time.time() * 1000))
+    def value_of(
+        self, i: int, raw: RawValue, ex_values: Sequence[RawValue] | None, exponent: int = 0
+    ) -> tuple[Value, str, str | None]:
+        """One raw value of point i as it would be published: (value, quality, error).
+
+        `exponent` is the whole power of ten the value carries beyond `scale` (a protocol scaler
+        plus an exponent register); the normaliser applies the register's part itself.
+        """
+        src = self._exp_from[i]
+        ex = ex_values[src] if src >= 0 and ex_values is not None else None
+        register = ex if isinstance(ex, int) and not isinstance(ex, bool) else 0
+        return self._one(i, raw, exponent - register, ex_values, int(time.time() * 1000))
 
     def normalize(self, raw: RawReadings, now_ms: int) -> Batch:
         """A whole poll's readings, plus any time-stamped series entries."""

@@ -123,6 +123,7 @@ class DeviceRunner:
         self._poll: asyncio.Task[Batch] | None = None
         self._retry_at = 0.0
         self._last_values: list[Any] | None = None
+        self._last_exponents: list[int | None] | None = None
         self._started = False
         self._bug_logged = False
 
@@ -139,6 +140,10 @@ class DeviceRunner:
     def last_raw(self) -> Sequence[RawValue] | None:
         """The raw values of the last good poll (commands read exponent registers and types from it)."""
         return self._last_values
+
+    def last_exponents(self) -> Sequence[int | None] | None:
+        """The protocol exponents of the last good poll (a DLMS register's scaler)."""
+        return self._last_exponents
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -262,6 +267,7 @@ class DeviceRunner:
         if raw is not None:
             batch = self.normalizer.normalize(raw, now_ms)
             self._last_values = raw.values
+            self._last_exponents = raw.exponents
             commit = raw.commit
             self._succeeded(now_ms)
         else:

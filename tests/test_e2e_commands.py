@@ -305,3 +305,44 @@ async def test_mqtt5_response_topic_and_correlation_data(
             assert event[0]["who"] == {"via": "mqtt", "client_id": "scada"}
         finally:
             await daemon.stop()
+
+
+async def test_dlms_scaled_register_write_and_relay_actions(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    """A register with a scaler of 1 (tens of watts) written in watts; the relay opened and closed."""
+    limit = {"id": "demand_limit", "obis": "0.0.17.0.0.255", "class": 3, "quantity": "active_power", "unit": "W",
+             "writable": True, "max": 20000, "sim": {"value": 5000, "scaler": 1}}  # fmt: skip
+    twin_cls = DRIVERS["dlms"].twin_class
+    async with twin_cls.create(
+        "sensemi-sed102", points=[limit], transport="wrapper", writable=["demand_limit"]
+    ) as twin:
+        device = {"id": "sed", **twin.device_config(), "interval": "1s", "timeout": "1s"}
+        daemon = Daemon(site(tmp_path, broker, [device], commands={"enabled": True}), tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.latest("sed", "demand_limit"), what="the first poll")
+            await send(broker, "sed", {"id": "l1", "point": "demand_limit", "value": 4200})
+            ok = await result_for(collector, "sed", "l1")
+            assert ok["status"] == "ok" and ok["value"] == 4200, ok
+            assert twin.value("demand_limit") == 4200  # 420 x 10^1 on the meter, not 4200 x 10^1
+            await send(broker, "sed", {"id": "l2", "point": "demand_limit", "value": 4205})
+            assert "not representable" in (await result_for(collector, "sed", "l2"))["error"]
+            await send(broker, "sed", {"id": "off", "action": "remote_disconnect"})
+            assert (await result_for(collector, "sed", "off"))["status"] == "ok"
+            await collector.wait_for(
+                lambda: (r := collector.latest("sed", "disconnect.output_state")) and r["value"] is False,
+                what="the relay open in the next poll",
+            )
+            await send(broker, "sed", {"id": "on", "action": "remote_reconnect"})
+            assert (await result_for(collector, "sed", "on"))["status"] == "ok"
+            await send(broker, "sed", {"id": "clk", "action": "set_clock"})
+            assert (await result_for(collector, "sed", "clk"))["status"] == "ok"
+            # The clock is set by SET (attribute 2 of class 8), the relay by ACTION (methods 1 and 2).
+            assert [(w.point.split(":")[0], w.action) for w in twin.writes][1:] == [
+                ("0.0.96.3.10.255", True),
+                ("0.0.96.3.10.255", True),
+                ("clock.drift", False),  # the twin names the clock's write after the profile's clock point
+            ]
+        finally:
+            await daemon.stop()
