@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from drivers.snmp import codec
 from gateway.models import (
@@ -94,6 +94,19 @@ def normalize_oid(value: Any) -> str:
     raise ValueError(f"not an OID: {value!r} (use 1.3.6.1.2.1.1.3.0 or MODULE-MIB::symbol.index)")
 
 
+def type_alias(value: Any) -> Any:
+    """`Counter32`, `uint32`, `OctetString` ... as the type names the config uses."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        return TYPE_ALIASES.get(key, key)
+    return value
+
+
+#: An OID field (numeric, normalised) and an SNMP type field (aliases accepted), for every model.
+OidText = Annotated[str, BeforeValidator(normalize_oid)]
+SnmpTypeName = Annotated[SnmpType, BeforeValidator(type_alias)]
+
+
 def is_symbolic(oid: str) -> bool:
     return "::" in oid
 
@@ -117,8 +130,8 @@ def _norm_version(value: Any) -> Any:
 class SnmpPoint(PointConfig):
     """A point read by OID: a scalar instance (`...sysUpTime.0`) or one table cell (`column.index`)."""
 
-    oid: str
-    type: SnmpType | None = Field(default=None, description="the SNMP type the agent must answer with")
+    oid: OidText
+    type: SnmpTypeName | None = Field(default=None, description="the SNMP type the agent must answer with")
     format: Format = "auto"
 
     @model_validator(mode="before")
@@ -131,19 +144,6 @@ class SnmpPoint(PointConfig):
             if kind_type in COUNTER_TYPES and "kind" not in data and not data.get("rate"):
                 data = {**data, "kind": Kind.COUNTER.value}
         return data
-
-    @field_validator("oid", mode="before")
-    @classmethod
-    def _oid(cls, v: Any) -> str:
-        return normalize_oid(v)
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            key = v.strip().lower()
-            return TYPE_ALIASES.get(key, key)
-        return v
 
     def counter_width(self) -> int | None:
         if self.type in COUNTER_TYPES:
@@ -234,24 +234,11 @@ _ARG_TYPES = {
 class SnmpSet(Strict):
     """One varbind of an action's SET: the OID, its type, and a fixed `value` or the argument `arg`."""
 
-    oid: str
-    type: SnmpType
+    oid: OidText
+    type: SnmpTypeName
     value: int | float | str | None = Field(default=None, description="the raw value to send")
     arg: str | None = Field(default=None, description="the action argument whose value is sent")
     format: Format = Field(default="auto", description="octets: text (auto), hex or number; timeticks: seconds")
-
-    @field_validator("oid", mode="before")
-    @classmethod
-    def _oid(cls, v: Any) -> str:
-        return normalize_oid(v)
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            key = v.strip().lower()
-            return TYPE_ALIASES.get(key, key)
-        return v
 
     @field_validator("value", mode="before")
     @classmethod

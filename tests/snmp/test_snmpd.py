@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
-import shutil
-import time
 from collections.abc import AsyncIterator
 from contextlib import redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,85 +14,27 @@ from drivers.snmp import scan
 from drivers.snmp.config import SnmpPoint
 from gateway.driver import DeviceError, DeviceTimeout
 from gateway.normalize import Normalizer
-from tests.snmp.util import AUTH_KEY, COMMUNITY, PRIV_KEY, by_id, device, driver, free_udp_port, profiled, v3
+from tests.snmp.util import AUTH_KEY, COMMUNITY, PRIV_KEY, SNMPD, Snmpd, by_id, device, driver, profiled, run_snmpd, v3
 
-SNMPD = shutil.which("snmpd") or ("/usr/sbin/snmpd" if Path("/usr/sbin/snmpd").exists() else None)
 pytestmark = [
     pytest.mark.asyncio,
     pytest.mark.skipif(SNMPD is None, reason="net-snmp snmpd is not installed (Debian: apt-get install snmpd)"),
 ]
 
 
-@dataclass
-class Snmpd:
-    port: int
-    proc: asyncio.subprocess.Process
-    log: Path
-
-
 @pytest.fixture
 async def snmpd(tmp_path: Path) -> AsyncIterator[Snmpd]:
-    assert SNMPD is not None
-    port = free_udp_port()
-    conf = tmp_path / "snmpd.conf"
-    conf.write_text(
-        f"agentAddress udp:127.0.0.1:{port}\n"
+    async with run_snmpd(
+        tmp_path,
         f"rocommunity {COMMUNITY} 127.0.0.1\n"
         f'createUser edgegw SHA-256 "{AUTH_KEY}" AES "{PRIV_KEY}"\n'
         f'createUser strong SHA-512 "{AUTH_KEY}" AES-256 "{PRIV_KEY}"\n'
         "rouser edgegw priv\n"
         "rouser strong priv\n"
         "sysName edgegw-snmpd\n"
-        "sysLocation edgegw-lab\n"
-    )
-    log = tmp_path / "snmpd.log"
-    env = {**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "persist"), "MIBS": ""}
-    proc = await asyncio.create_subprocess_exec(
-        SNMPD,
-        "-f",
-        "-C",
-        "-c",
-        str(conf),
-        "-p",
-        str(tmp_path / "snmpd.pid"),
-        "-Lf",
-        str(log),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    agent = Snmpd(port, proc, log)
-    try:
-        await _wait_ready(agent)
+        "sysLocation edgegw-lab\n",
+    ) as agent:
         yield agent
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def _wait_ready(agent: Snmpd) -> None:
-    probe = await driver(
-        device(agent.port, id="probe", timeout=0.1, retries=0),
-        [SnmpPoint.model_validate({"id": "up", "oid": "1.3.6.1.2.1.1.3.0", "quantity": "uptime"})],
-    )
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            if agent.proc.returncode is not None:
-                raise AssertionError(f"snmpd exited: {agent.log.read_text(errors='replace')[-500:]}")
-            with contextlib.suppress(DeviceError):
-                await probe.read()
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError("snmpd did not answer within 10 s")
-            await asyncio.sleep(0.05)
-    finally:
-        await probe.stop()
 
 
 async def test_v2c_system_group_and_interface_tables(snmpd: Snmpd) -> None:

@@ -7,14 +7,11 @@ v1 noSuchName), timeouts, and the config rules that keep SETs in clear off by de
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,19 @@ from gateway.buses import Bus
 from gateway.config import ConfigError, load_config_text
 from gateway.driver import DeviceError, DeviceTimeout, PointError, RawValue, WriteRefused, WriteRequest
 from gateway.models import ActionConfig
-from tests.snmp.util import AUTH_KEY, PRIV_KEY, device, driver, free_udp_port, points, profiled, silent_udp, v3
+from tests.snmp.util import (
+    AUTH_KEY,
+    PRIV_KEY,
+    SNMPD,
+    Snmpd,
+    device,
+    driver,
+    points,
+    profiled,
+    run_snmpd,
+    silent_udp,
+    v3,
+)
 
 TWIN_WRITE = "private"  # the twin's default write community
 SNMPD_WRITE = "edgegw-rw"
@@ -525,80 +534,25 @@ def test_out_of_range_and_wrong_kinds() -> None:
 
 # --- net-snmp's snmpd: a third-party agent with writable objects ------------------------------
 
-SNMPD = shutil.which("snmpd") or ("/usr/sbin/snmpd" if Path("/usr/sbin/snmpd").exists() else None)
 needs_snmpd = pytest.mark.skipif(SNMPD is None, reason="net-snmp snmpd is not installed (apt-get install snmpd)")
 SYS_CONTACT, SYS_NAME, SYS_LOCATION, SYS_DESCR = (f"1.3.6.1.2.1.1.{n}.0" for n in (4, 5, 6, 1))
 
 
-@dataclass
-class Snmpd:
-    port: int
-    proc: asyncio.subprocess.Process
-    log: Path
-
-
 @pytest.fixture
 async def snmpd(tmp_path: Path) -> AsyncIterator[Snmpd]:
-    assert SNMPD is not None
-    port = free_udp_port()
-    conf = tmp_path / "snmpd.conf"
     # sysContact and sysLocation stay writable only while snmpd.conf does not set them; sysName is
     # set here, so the agent refuses it (notWritable), as it refuses the read-only sysDescr.
-    conf.write_text(
-        f"agentAddress udp:127.0.0.1:{port}\n"
+    async with run_snmpd(
+        tmp_path,
         "rocommunity public 127.0.0.1\n"
         f"rwcommunity {SNMPD_WRITE} 127.0.0.1\n"
         f'createUser edgegw SHA-256 "{AUTH_KEY}" AES "{PRIV_KEY}"\n'
         f'createUser reader SHA-256 "{AUTH_KEY}" AES "{PRIV_KEY}"\n'
         "rwuser edgegw priv\n"
         "rouser reader priv\n"
-        "sysName edgegw-snmpd\n"
-    )
-    log = tmp_path / "snmpd.log"
-    env = {**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "persist"), "MIBS": ""}
-    proc = await asyncio.create_subprocess_exec(
-        SNMPD,
-        "-f",
-        "-C",
-        "-c",
-        str(conf),
-        "-p",
-        str(tmp_path / "snmpd.pid"),
-        "-Lf",
-        str(log),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    agent = Snmpd(port, proc, log)
-    try:
-        await _ready(agent)
+        "sysName edgegw-snmpd\n",
+    ) as agent:
         yield agent
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def _ready(agent: Snmpd) -> None:
-    probe = await driver(device(agent.port, id="probe", timeout=0.1, retries=0), _system_points())
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            if agent.proc.returncode is not None:
-                raise AssertionError(f"snmpd exited: {agent.log.read_text(errors='replace')[-500:]}")
-            with contextlib.suppress(DeviceError):
-                await probe.read()
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError("snmpd did not answer within 10 s")
-            await asyncio.sleep(0.05)
-    finally:
-        await probe.stop()
 
 
 def _system_points() -> list[SnmpPoint]:

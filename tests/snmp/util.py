@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,7 +20,7 @@ from drivers.snmp.driver import SnmpDriver
 from drivers.snmp.runtime import SnmpRuntime
 from gateway.buses import Bus
 from gateway.config import parse_device
-from gateway.driver import DriverContext
+from gateway.driver import DeviceError, DriverContext
 from gateway.models import PointConfig
 from gateway.state import StateStore
 
@@ -121,3 +125,60 @@ def free_udp_port() -> int:
 
 def by_id(pts: Sequence[Any], values: Sequence[Any]) -> dict[str, Any]:
     return {p.id: v for p, v in zip(pts, values, strict=True)}
+
+
+SNMPD = shutil.which("snmpd") or ("/usr/sbin/snmpd" if Path("/usr/sbin/snmpd").exists() else None)
+
+
+@dataclass
+class Snmpd:
+    port: int
+    proc: asyncio.subprocess.Process
+    log: Path
+
+
+@contextlib.asynccontextmanager
+async def run_snmpd(folder: Path, config: str) -> AsyncIterator[Snmpd]:
+    """net-snmp's snmpd on a free loopback port with `config` (snmpd.conf lines), answering when yielded."""
+    assert SNMPD is not None
+    port = free_udp_port()
+    conf = folder / "snmpd.conf"
+    conf.write_text(f"agentAddress udp:127.0.0.1:{port}\n{config}", encoding="utf-8")
+    log = folder / "snmpd.log"
+    env = {**os.environ, "SNMP_PERSISTENT_DIR": str(folder / "persist"), "MIBS": ""}
+    proc = await asyncio.create_subprocess_exec(
+        SNMPD, "-f", "-C", "-c", str(conf), "-p", str(folder / "snmpd.pid"), "-Lf", str(log),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    agent = Snmpd(port, proc, log)
+    try:
+        await _answering(agent)
+        yield agent
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _answering(agent: Snmpd) -> None:
+    probe = await driver(
+        device(agent.port, id="probe", timeout=0.1, retries=0),
+        [SnmpPoint.model_validate({"id": "up", "oid": "1.3.6.1.2.1.1.3.0", "quantity": "uptime"})],
+    )
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            if agent.proc.returncode is not None:
+                raise AssertionError(f"snmpd exited: {agent.log.read_text(errors='replace')[-500:]}")
+            with contextlib.suppress(DeviceError):
+                await probe.read()
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("snmpd did not answer within 10 s")
+            await asyncio.sleep(0.05)
+    finally:
+        await probe.stop()
