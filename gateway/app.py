@@ -223,7 +223,7 @@ class Gateway:
             return False
         restart_needed = [
             name
-            for name in ("site", "mqtt", "buffer", "state_dir", "health")
+            for name in ("site", "mqtt", "buffer", "state_dir", "health", "commands")
             if getattr(new, name) != getattr(self.cfg, name)
         ]
         restart_needed += [k for k in DRIVERS if new.section(k) != self.cfg.section(k) and k in self.runtimes]
@@ -333,6 +333,7 @@ def _keep_sections(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
             "buffer": old.buffer,
             "state_dir": old.state_dir,
             "health": old.health,
+            "commands": old.commands,
         }
     )
 
