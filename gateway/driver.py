@@ -120,6 +120,9 @@ class RawReadings:
     qualities: list[Quality | None] | None = None
     series: list[tuple[int, RawValue, int]] = field(default_factory=list)
     commit: dict[str, Any] | None = None  # driver state to store once these readings are safe
+    # Events read in this poll (a DLMS event log); published on `events` before the readings and
+    # covered by `commit` like them, unlike ctx.emit_event.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

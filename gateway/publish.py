@@ -196,8 +196,9 @@ class Publisher:
         """One non-retained QoS 1 message (a command result), never written to the disk buffer."""
         self._enqueue(Outgoing(topic, payload, 1, properties=properties), durable=False)
 
-    def submit_event(self, device: str, event: dict[str, Any]) -> None:
-        self._enqueue(Outgoing(self.topic(device, "events"), json.dumps(event).encode(), self.cfg.qos))
+    def submit_event(self, device: str, event: dict[str, Any], on_done: Callable[[], None] | None = None) -> None:
+        """One event on the device's `events` topic; `on_done` once it is safe (or dropped)."""
+        self._enqueue(Outgoing(self.topic(device, "events"), json.dumps(event).encode(), self.cfg.qos, on_done=on_done))
 
     def submit_retained(self, topic: str, payload: dict[str, Any] | str | Callable[[], dict[str, Any]]) -> None:
         """The latest state of a topic, sent now and again after every reconnect."""

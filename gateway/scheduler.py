@@ -104,7 +104,7 @@ class DeviceRunner:
         on_status: Callable[[DeviceConfig, DeviceStats], None],
         log: structlog.typing.FilteringBoundLogger,
         state: StateStore | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[..., None] | None = None,
     ) -> None:
         self.device = device
         self._build = build
@@ -116,7 +116,7 @@ class DeviceRunner:
         self._commits: deque[_Commit] = deque()
         self._state_error: str | None = None
         self.driver = self._wired(build(device.resolved_points))
-        self.normalizer = Normalizer(device.id, self.driver.ctx.points)
+        self.normalizer = Normalizer(device.id, self.driver.ctx.points, device.calculated_points)
         self.stats = DeviceStats()
         self._rng = random.Random(hash(device.id))
         self._task: asyncio.Task[None] | None = None
@@ -135,7 +135,8 @@ class DeviceRunner:
 
     @property
     def points(self) -> Sequence[PointConfig]:
-        return self.driver.ctx.points
+        # The driver's points and the calculated ones (what the meta topic lists).
+        return self.normalizer.points
 
     def last_raw(self) -> Sequence[RawValue] | None:
         """The raw values of the last good poll (commands read exponent registers and types from it)."""
@@ -228,7 +229,7 @@ class DeviceRunner:
         self._started = False
         self.driver = self._wired(await rebuild(driver, points, self._build))
         self._started = True
-        self.normalizer = Normalizer(self.device.id, points)
+        self.normalizer = Normalizer(self.device.id, points, self.device.calculated_points)
         self.log.info("points discovered from the device", points=len(points))
         self.on_status(self.device, self.stats)
 
@@ -264,30 +265,45 @@ class DeviceRunner:
         self.stats.duration_sum += duration
         self.stats.last_progress = time.monotonic()
         commit = None
+        events: list[dict[str, Any]] = []
         if raw is not None:
             batch = self.normalizer.normalize(raw, now_ms)
             self._last_values = raw.values
             self._last_exponents = raw.exponents
             commit = raw.commit
+            events = raw.events
             self._succeeded(now_ms)
         else:
             batch = self.normalizer.failed(error or "poll failed", now_ms)
             self._failed(error or "poll failed", now_ms)
         self.stats.readings += len(batch)
-        self._hand_over(batch, commit)
+        self._hand_over(batch, commit, events)
         return batch
 
-    def _hand_over(self, batch: Batch, commit: dict[str, Any] | None = None) -> None:
+    def _hand_over(
+        self, batch: Batch, commit: dict[str, Any] | None = None, events: Sequence[dict[str, Any]] = ()
+    ) -> None:
         on_done = None
+        sent = events if self.on_event is not None else ()
         if commit is not None and self.state is not None:
             entry = _Commit(commit)
             self._commits.append(entry)
+            # The poll's state is safe to store once its readings and every one of its events are.
+            pending = [len(sent) + 1]
 
             def on_done() -> None:
-                entry.done = True
-                self._commit_ready()
+                pending[0] -= 1
+                if pending[0] == 0:
+                    entry.done = True
+                    self._commit_ready()
 
         try:
+            for event in sent:
+                assert self.on_event is not None
+                if on_done is None:
+                    self.on_event(event)
+                else:
+                    self.on_event(event, on_done=on_done)
             self.sink(batch, on_done)
         except Exception as exc:
             if not self._bug_logged:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from drivers.dlms import obis
 from gateway.models import (
     ActionConfig,
     DeviceConfig,
@@ -395,6 +396,10 @@ class DlmsDevice(DeviceConfig):
     backfill: Duration = Field(default=7 * 86400.0, description="how far back a profile with no cursor is read")
     profile_chunk: Duration = Field(default=86400.0, description="time span of one selective-access range read")
     profile_chunks_per_poll: Annotated[int, Field(ge=1, le=1000)] = 8
+    event_logs: list[str] = Field(
+        default_factory=list,
+        description="event logs (profile generic 0.0.99.98.n.255) read like profiles and published on `events`",
+    )
     # time
     timezone: str = Field(default="UTC", description="the meter's zone, for date-times without a deviation")
     deviation: Literal["standard", "inverted"] = Field(
@@ -426,6 +431,19 @@ class DlmsDevice(DeviceConfig):
         elif flag is not None:
             raise ValueError("clock_sync_threshold belongs to `clock_sync: true`; with a policy give max_drift")
         return out
+
+    @field_validator("event_logs", mode="before")
+    @classmethod
+    def _event_log_codes(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        codes = [normalize_obis(code) for code in v]
+        for code in codes:
+            if obis.event_log_number(code) is None:
+                raise ValueError(f"{code!r} is not an event log (0.0.99.98.n.255)")
+        if len(set(codes)) != len(codes):
+            raise ValueError("an event log is listed twice")
+        return codes
 
     @field_validator("backfill")
     @classmethod

@@ -125,6 +125,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         self._cursors: dict[str, int] = {}
         self._clock_attempt: float | None = None  # monotonic time of the last clock_sync attempt
         self._gap_logged: set[str] = set()
+        self._event_problems: dict[str, str] = {}  # event log -> the problem logged for it
         self._types: dict[Ref, codec.DataType] = {}  # attribute types the meter answered, for writes
         self._lock = asyncio.Lock()  # one poll or command at a time on the association
         self._abandoned = False  # an exchange was cancelled midway: the link state is unknown
@@ -378,7 +379,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         await self._scaler_units([sp.scaler for sp in self._scalar if sp.scaler is not None])
 
         clock_ref = Ref(CLOCK, CLOCK_OBIS, 2)
-        need_clock = bool(self._groups) or self.config.clock_sync is not None
+        need_clock = bool(self._groups) or bool(self.config.event_logs) or self.config.clock_sync is not None
         refs: list[Ref] = []
         for sp in self._scalar:
             refs.append(sp.value)
@@ -404,6 +405,10 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             cursor = await self._read_profile(group, meter_ms, readings)
             if cursor is not None:
                 cursors[group.obis] = cursor
+        for log in self.config.event_logs:
+            cursor = await self._read_events(log, meter_ms, readings)
+            if cursor is not None:
+                cursors[log] = cursor
 
         if self.config.clock_sync is not None and meter_ms is not None:
             await self._keep_clock(meter_ms - gateway_ms)
@@ -617,6 +622,30 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             self._spread(i, [(ts, _raw(row[col])) for ts, row in entries], out)
         return new_cursor
 
+    async def _read_events(self, log: str, meter_ms: int | None, out: RawReadings) -> int | None:
+        """An event log's new entries as events in `out` (same range reading and cursor as a profile)."""
+        info = await self._profile_info(log)
+        problem = _profile_unusable(log, info, meter_ms)
+        entries: list[tuple[int, list[Any]]] = []
+        new_cursor: int | None = None
+        if problem is None:
+            assert isinstance(info, _ProfileInfo) and meter_ms is not None
+            try:
+                new_cursor = await self._read_range(log, info, meter_ms, entries, distinct_rows=True)
+            except CosemError as exc:
+                problem = f"event log buffer: {exc}"
+        if problem is not None:
+            if self._event_problems.get(log) != problem:
+                self._event_problems[log] = problem
+                self.ctx.log.warning("dlms event log unreadable", log=log, error=problem)
+            return None
+        self._event_problems.pop(log, None)
+        assert isinstance(info, _ProfileInfo)
+        # A stable sort: events sharing a stamp keep the meter's order.
+        entries.sort(key=lambda e: e[0])
+        out.events.extend(_event(log, info, ts, row) for ts, row in entries)
+        return new_cursor
+
     async def _profile_columns(self, group: _ProfileGroup, info: _ProfileInfo, out: RawReadings) -> dict[int, int]:
         """The column of each of the group's points, with its scaler set in `out` (failures marked)."""
         assert out.exponents is not None
@@ -648,7 +677,12 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         return col_of
 
     async def _read_range(
-        self, profile: str, info: _ProfileInfo, meter_ms: int, entries: list[tuple[int, list[Any]]]
+        self,
+        profile: str,
+        info: _ProfileInfo,
+        meter_ms: int,
+        entries: list[tuple[int, list[Any]]],
+        distinct_rows: bool = False,
     ) -> int | None:
         """Read entries newer than the cursor into `entries`, in chunks; returns the new cursor."""
         assert info.clock_column is not None
@@ -674,7 +708,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             rows = await self.client.get_rows_by_range(
                 profile, clock_ref, self._encode_time(start), self._encode_time(end), cfg.timeout
             )
-            last_ts = self._rows(info, rows, floor, start, end, entries)
+            last_ts = self._rows(info, rows, floor, start, end, entries, distinct_rows)
             reached = max(
                 x for x in (last_ts, min(end, meter_ms - CAPTURE_MARGIN_MS), new_cursor, floor) if x is not None
             )
@@ -704,12 +738,17 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         start: int,
         end: int,
         entries: list[tuple[int, list[Any]]],
+        distinct_rows: bool = False,
     ) -> int | None:
-        """Append the rows newer than `floor` (or from `start` with no floor); returns the last stamp."""
+        """Append the rows newer than `floor` (or from `start` with no floor); returns the last stamp.
+
+        A profile has one entry per stamp (a repeat is the chunk overlap); an event log may log
+        several events in one second, so with `distinct_rows` only an identical row is a repeat.
+        """
         assert info.clock_column is not None
         last: int | None = None
         prev: int | None = None
-        seen = {ts for ts, _ in entries}
+        seen: set[Any] = {(ts, repr(row)) if distinct_rows else ts for ts, row in entries}
         for row in rows:
             if not isinstance(row, list) or len(row) != len(info.columns):
                 raise ProtocolError("profile entry does not match the capture objects")
@@ -723,9 +762,10 @@ class DlmsDriver(Driver[DlmsDevice, None]):
             if ts is None:
                 continue
             prev = ts
-            if (floor is not None and ts <= floor) or (floor is None and ts < start) or ts > end or ts in seen:
+            key = (ts, repr(row)) if distinct_rows else ts
+            if (floor is not None and ts <= floor) or (floor is None and ts < start) or ts > end or key in seen:
                 continue
-            seen.add(ts)
+            seen.add(key)
             entries.append((ts, row))
             last = ts if last is None else max(last, ts)
         return last
@@ -1077,6 +1117,43 @@ def _raw(value: Any) -> RawValue:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return text if text else type(exc).__name__
+
+
+def _event(log: str, info: _ProfileInfo, ts_ms: int, row: list[Any]) -> dict[str, Any]:
+    """One event log entry as the `events` message: the meter's stamp, its code and name, other columns."""
+    n = obis.event_log_number(log)
+    event: dict[str, Any] = {
+        "type": "dlms_event",
+        "ts": ts_ms,
+        "time": _iso(ts_ms),
+        "log": obis.EVENT_LOGS.get(n, f"log_{n}") if n is not None else log,
+        "log_obis": log,
+        "code": None,
+        "name": None,
+    }
+    extra: dict[str, Any] = {}
+    for k, (cid, code_obis, attr) in enumerate(info.columns):
+        if k == info.clock_column:
+            continue
+        value = _raw(row[k])
+        plain = value.message if isinstance(value, PointError) else value
+        # The code is the log's event-code object (0.0.96.11.n.255), else its first integer column.
+        is_code = cid == DATA and code_obis.startswith("0.0.96.11.")
+        if is_code and event["code"] is None and isinstance(value, int) and not isinstance(value, bool):
+            event["code"] = value
+            event["name"] = obis.event_name(value)
+            continue
+        extra[f"{code_obis}:{attr}"] = plain
+    if event["code"] is None:
+        for key, value in list(extra.items()):
+            if isinstance(value, int) and not isinstance(value, bool):
+                event["code"] = value
+                event["name"] = obis.event_name(value)
+                del extra[key]
+                break
+    if extra:
+        event["columns"] = extra
+    return event
 
 
 def _iso(ts_ms: int) -> str:

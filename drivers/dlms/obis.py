@@ -135,3 +135,77 @@ def describe(obis: str, class_id: int) -> dict[str, Any]:
 
 def profile_name(obis: str) -> str:
     return PROFILE_NAMES.get(obis, "profile_" + obis.replace(".", "_"))
+
+
+# Event logs (profile generic 0.0.99.98.n.255) by log number n, and the Data object each one's
+# event-code column normally captures (0.0.96.11.n.255). The numbering follows the DLMS UA
+# Blue Book / IDIS layout; 3 (M-Bus) is left out, the Sensemi meters have no M-Bus port.
+EVENT_LOGS: dict[int, str] = {
+    0: "standard",
+    1: "fraud",
+    2: "disconnector",
+    4: "power_quality",
+    5: "communication",
+}
+
+# Event codes whose meaning is common to the DLMS UA standard event set and IDIS / DSMR
+# (codes where those specifications disagree are left out and published by number only).
+EVENT_CODES: dict[int, str] = {
+    1: "power_down",
+    2: "power_up",
+    3: "dst_changed",
+    4: "clock_adjusted_old_time",
+    5: "clock_adjusted_new_time",
+    6: "clock_invalid",
+    7: "replace_battery",
+    8: "battery_voltage_low",
+    9: "tariff_activated",
+    10: "error_register_cleared",
+    11: "alarm_register_cleared",
+    12: "program_memory_error",
+    13: "ram_error",
+    14: "nv_memory_error",
+    15: "watchdog_error",
+    16: "measurement_system_error",
+    17: "firmware_ready_for_activation",
+    18: "firmware_activated",
+    19: "passive_tariff_programmed",
+    20: "successful_selfcheck_after_firmware_update",
+    40: "terminal_cover_removed",
+    41: "terminal_cover_closed",
+    42: "strong_dc_field_detected",
+    43: "strong_dc_field_gone",
+    44: "meter_cover_removed",
+    45: "meter_cover_closed",
+    46: "authentication_failure",
+    59: "ready_for_manual_reconnection",
+    60: "manual_disconnection",
+    61: "manual_connection",
+    62: "remote_disconnection",
+    63: "remote_connection",
+    64: "local_disconnection",
+    65: "limiter_threshold_exceeded",
+    66: "limiter_threshold_ok",
+    67: "limiter_threshold_changed",
+    255: "event_log_cleared",
+}
+
+
+def event_log_obis(n: int) -> str:
+    return f"0.0.99.98.{n}.255"
+
+
+def event_code_obis(n: int) -> str:
+    return f"0.0.96.11.{n}.255"
+
+
+def event_log_number(obis: str) -> int | None:
+    """n of an event log 0.0.99.98.n.255, or None when `obis` is not one."""
+    parts = _code(obis)
+    if len(parts) == 6 and parts[:4] == [0, 0, 99, 98] and parts[5] == 255:
+        return parts[4]
+    return None
+
+
+def event_name(code: int) -> str | None:
+    return EVENT_CODES.get(code)

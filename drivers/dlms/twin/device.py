@@ -527,6 +527,22 @@ class DlmsTwin(Twin):
         for m in self._targets(address):
             m.manual_reconnect()
 
+    def log_event(self, log: int, code: int, at: float | None = None, address: int | None = None) -> None:
+        """Log event `code` in event log 0.0.99.98.`log`.255 at twin time `at` (default now)."""
+        for m in self._targets(address):
+            m.log_event(log, code, at)
+
+    def power_failure(self, seconds: float, address: int | None = None) -> None:
+        """An outage from now on: power down (1) now and power up (2) `seconds` later, in twin time."""
+        now = self.clock.now()
+        for m in self._targets(address):
+            m.log_event(0, 1, now)
+            m.log_event(0, 2, now + seconds)
+
+    def tamper(self, code: int = 44, address: int | None = None) -> None:
+        """A fraud event now (default 44, meter cover removed) in the fraud log 0.0.99.98.1.255."""
+        self.log_event(1, code, address=address)
+
     # --- edgegw simulate ------------------------------------------------------------------------
 
     @classmethod

@@ -10,6 +10,7 @@ refuses (object-undefined, object-class-inconsistent, read-write-denied, type-un
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -21,6 +22,7 @@ from zoneinfo import ZoneInfo
 from drivers.dlms import codec
 from drivers.dlms.codec import Data, DataType
 from drivers.dlms.config import CLOCK_OBIS, DlmsKeys
+from drivers.dlms.obis import EVENT_LOGS, event_code_obis, event_log_obis
 from drivers.dlms.twin.objects import (
     ASSOCIATION_OBIS,
     BILLING_SCRIPT_OBIS,
@@ -34,6 +36,7 @@ from drivers.dlms.twin.objects import (
 from gateway.twin import TwinClock, Write
 
 DEFAULT_SERVER_TITLE = b"SEN00001"
+EVENT_LOG_CAPACITY = 500  # entries kept per event log (the oldest go first)
 SUPPORTED_CONFORMANCE = codec.conformance(
     codec.CONF_BLOCK_TRANSFER_GET,
     codec.CONF_MULTIPLE_REFERENCES,
@@ -109,6 +112,22 @@ class Meter:
         self.objects.setdefault(BILLING_SCRIPT_OBIS, TwinObject(9, BILLING_SCRIPT_OBIS))
         if control_mode is not None:
             self.objects.setdefault(DISCONNECT_OBIS, TwinObject(70, DISCONNECT_OBIS))
+        # The standard event logs: (stamp ms, event code) per log number, in stamp order; an
+        # entry stamped in the future (a power-up after a told outage) shows once the clock passes it.
+        self.events: dict[int, list[tuple[int, int]]] = {}
+        self._event_logs: dict[str, int] = {}
+        self._event_codes: dict[str, int] = {}
+        for n in EVENT_LOGS:
+            log, code = event_log_obis(n), event_code_obis(n)
+            if log in self.objects or code in self.objects:
+                continue
+            self.objects[log] = TwinObject(
+                7, log, columns=[(8, CLOCK_OBIS, 2), (1, code, 2)], capture_period=0, capacity=EVENT_LOG_CAPACITY
+            )
+            self.objects[code] = TwinObject(1, code, dtype=DataType.UINT16)
+            self.events[n] = []
+            self._event_logs[log] = n
+            self._event_codes[code] = n
         for obj in self.objects.values():
             ensure_clock_column(obj)
         self.writable = {obis for obis in writable if obis in self.objects}
@@ -175,6 +194,10 @@ class Meter:
         return codec.structure(codec.i8(obj.scaler), codec.enum(obj.unit))
 
     def _data(self, obj: TwinObject, attr: int, t_ms: int) -> Data | None:
+        n = self._event_codes.get(obj.obis)
+        if n is not None and attr == 2:  # an event-code object holds the log's latest code
+            shown = self._visible_events(n, t_ms)
+            return codec.u16(shown[-1][1] if shown else 0)
         return obj.typed(t_ms / 1000) if attr == 2 else None
 
     def _register(self, obj: TwinObject, attr: int, t_ms: int) -> Data | None:
@@ -301,8 +324,58 @@ class Meter:
 
     # -- profiles ------------------------------------------------------------------------------
 
+    def log_event(self, log: int, code: int, at: float | None = None) -> None:
+        """Log event `code` in event log `log` (0.0.99.98.log.255) at twin time `at` (default now)."""
+        entries = self.events.get(log)
+        if entries is None:
+            raise KeyError(f"the twin has no event log {event_log_obis(log)}")
+        ts = int((self.clock.now() if at is None else at) * 1000)
+        entries.insert(bisect.bisect_right(entries, ts, key=lambda e: e[0]), (ts, code))
+        del entries[: max(0, len(entries) - EVENT_LOG_CAPACITY)]
+
+    def _visible_events(self, log: int, t_ms: int) -> list[tuple[int, int]]:
+        entries = self.events[log]
+        return entries[: bisect.bisect_right(entries, t_ms, key=lambda e: e[0])]
+
+    def _event_buffer(self, obj: TwinObject, log: int, access: codec.Access | None, t_ms: int) -> Result:
+        """An event log's rows: several events may share a stamp, so rows are entries, not times."""
+        shown = self._visible_events(log, t_ms)
+        columns = list(range(len(obj.columns)))
+        if access is None:
+            chosen = shown
+        elif access.selector == 1:
+            selection = self._by_range(obj, access.parameters, t_ms)
+            if isinstance(selection, int):
+                return selection
+            times, columns = selection
+            first = bisect.bisect_left(shown, times[0], key=lambda e: e[0]) if times else 0
+            chosen = shown[first : first + len(times)]
+        elif access.selector == 2:
+            selection = self._by_entry(obj, access.parameters, t_ms)
+            if isinstance(selection, int):
+                return selection
+            times, columns = selection
+            first = max(int(access.parameters.value[0].value), 1) - 1
+            chosen = shown[first : first + len(times)]
+        else:
+            return codec.DAR_OTHER
+        rows = []
+        for ts, code in chosen:
+            cells = []
+            for k in columns:
+                _cid, col_obis, _attr = obj.columns[k]
+                if self._event_codes.get(col_obis) == log:
+                    cells.append(codec.u16(code))
+                else:
+                    cells.append(self._column(obj.columns[k], ts))
+            rows.append(codec.structure(*cells))
+        return codec.array(rows)
+
     def entry_times(self, obj: TwinObject, t_ms: int) -> list[int]:
         """Capture times (ms) of the buffer's entries, oldest first (the buffer is always full)."""
+        log = self._event_logs.get(obj.obis)
+        if log is not None:
+            return [ts for ts, _ in self._visible_events(log, t_ms)]
         t = t_ms / 1000
         if obj.capture_period <= 0:
             return [int(_month_start(t, self.zone, back) * 1000) for back in range(obj.capacity - 1, -1, -1)]
@@ -376,6 +449,9 @@ class Meter:
         return all_times[max(first, 1) - 1 : last], list(range(max(col_from, 1) - 1, col_to))
 
     def buffer(self, obj: TwinObject, access: codec.Access | None, t_ms: int) -> Result:
+        log = self._event_logs.get(obj.obis)
+        if log is not None:
+            return self._event_buffer(obj, log, access, t_ms)
         if access is None:
             selection: tuple[list[int], list[int]] | int = (
                 self.entry_times(obj, t_ms),
@@ -478,17 +554,25 @@ class Meter:
             return codec.DAR_READ_WRITE_DENIED  # mode 0: always connected
         if method == 1:
             self.output_state, self.control_state = False, DISCONNECTED
+            self._relay_event(62)  # remote disconnection
         elif self.control_state != CONNECTED:
             if self.control_mode in DIRECT_RECONNECT_MODES:
                 self.output_state, self.control_state = True, CONNECTED
+                self._relay_event(63)  # remote connection
             else:
                 self.control_state = READY_FOR_RECONNECTION
+                self._relay_event(59)  # ready for manual reconnection
         return codec.DAR_SUCCESS
+
+    def _relay_event(self, code: int) -> None:
+        if 2 in self.events:
+            self.log_event(2, code)
 
     def manual_reconnect(self) -> None:
         """The customer presses the meter's button: ready_for_reconnection -> connected."""
         if self.control_state == READY_FOR_RECONNECTION:
             self.output_state, self.control_state = True, CONNECTED
+            self._relay_event(61)  # manual connection
 
     def _execute(self, obj: TwinObject, param: Data | None) -> int:
         if param is None or param.type != DataType.UINT16:
