@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from pydantic import model_validator
+
 from gateway.models import Duration, Identifier, Port, Strict
 
 T = TypeVar("T")
@@ -19,6 +21,14 @@ class SerialSettings(Strict):
     bytesize: Literal[7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
+    framing: Literal["rtu", "ascii"] = "rtu"  # Modbus: ASCII lines default to 7 data bits, even parity
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ascii_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("framing") == "ascii":
+            return {"bytesize": 7, "parity": "E", **data}
+        return data
 
 
 class TcpSettings(Strict):

@@ -1,7 +1,10 @@
 """The Modbus client: one connection (TCP socket or serial port) shared by every device on it.
 
 A lean asyncio implementation of the read functions (1-4) and the write functions (5, 6, 15, 16,
-22) with MBAP framing (Modbus TCP) and RTU framing (serial lines and RTU over TCP). Why not pymodbus' client: on a shared connection
+22) with MBAP framing (Modbus TCP), RTU framing and ASCII framing (serial lines, or RTU / ASCII over
+TCP through a converter). The framings differ only in how a PDU is wrapped and found in the byte
+stream (:meth:`ModbusLink._frame` and the parsers); matching a reply to its request, timeouts,
+retries and late replies are one code path. Why not pymodbus' client: on a shared connection
 each device needs its own timeout and retries per request, a dead unit id must not make the
 client drop the connection that the other units use (pymodbus drops it after retries+3 misses in
 a row, whoever missed), and a reply is wanted as its raw bytes, which the codec unpacks in one
@@ -16,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import termios
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.crc import crc16_reflected
 
-_MBAP_REQUEST = struct.Struct(">HHHBBHH")
 _MBAP_HEADER = struct.Struct(">HHHB")
-_RTU_REQUEST = struct.Struct(">BBHH")
+_READ_PDU = struct.Struct(">BHH")
 _MAX_COUNT = {1: 2000, 2: 2000, 3: 125, 4: 125}
 MAX_WRITE_COILS = 1968  # what one request PDU holds
 MAX_WRITE_REGISTERS = 123
@@ -79,6 +82,28 @@ def rtu_frame(unit: int, pdu: bytes) -> bytes:
     return body + crc16(body)
 
 
+def lrc(data: bytes | bytearray | memoryview) -> int:
+    """The Modbus ASCII LRC of `data`: the two's complement of its byte sum."""
+    return -sum(data) & 0xFF
+
+
+def ascii_frame(unit: int, pdu: bytes) -> bytes:
+    """':' + the hex of unit, PDU and LRC + CRLF (upper case, as the standard writes it)."""
+    body = bytes((unit,)) + pdu
+    return b":" + (body + bytes((lrc(body),))).hex().upper().encode() + b"\r\n"
+
+
+def parse_ascii(line: bytes | bytearray) -> bytes | None:
+    """The unit + PDU of one ASCII frame's hex characters (between ':' and CRLF); None if corrupt."""
+    if len(line) < 6 or len(line) % 2:
+        return None
+    try:
+        raw = bytes.fromhex(line.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return raw[:-1] if lrc(raw[:-1]) == raw[-1] else None
+
+
 def expected_bytes(code: int, count: int) -> int:
     """Data bytes of a successful reply to a read of `count` bits or registers."""
     return (count + 7) // 8 if code in (1, 2) else 2 * count
@@ -127,7 +152,7 @@ def _echo_of(pdu: bytes) -> bytes:
 class TcpEndpoint:
     host: str
     port: int = 502
-    framing: Literal["tcp", "rtu"] = "tcp"
+    framing: Literal["tcp", "rtu", "ascii"] = "tcp"
 
     @property
     def key(self) -> str:
@@ -141,10 +166,11 @@ class SerialEndpoint:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
+    framing: Literal["rtu", "ascii"] = "rtu"
 
     @property
     def key(self) -> str:
-        return f"modbus-rtu:{self.port}"
+        return f"modbus-{self.framing}:{self.port}"
 
 
 Endpoint = TcpEndpoint | SerialEndpoint
@@ -183,10 +209,15 @@ class ModbusLink:
     # is likely dead (a half-open TCP connection to a rebooted gateway). Units that never answered
     # prove nothing, and one silent unit among live ones costs its own timeout, never a reconnect.
     SILENT_LIMIT = 3
+    # The standard's largest gap between two characters of an ASCII frame; a frame that stalls
+    # longer (or longer than the request's timeout) is incomplete and dropped.
+    ASCII_CHAR_TIMEOUT = 1.0
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.rtu = isinstance(endpoint, SerialEndpoint) or endpoint.framing == "rtu"
+        self.framing: Literal["tcp", "rtu", "ascii"] = endpoint.framing
+        self._char_timeout = self.ASCII_CHAR_TIMEOUT
+        self._last_data = 0.0
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
         self._lock = asyncio.Lock()
@@ -207,8 +238,8 @@ class ModbusLink:
     def name(self) -> str:
         e = self.endpoint
         if isinstance(e, SerialEndpoint):
-            return e.port
-        return f"{e.host}:{e.port}" + (" (rtu)" if e.framing == "rtu" else "")
+            return e.port + (" (ascii)" if e.framing == "ascii" else "")
+        return f"{e.host}:{e.port}" + (f" ({e.framing})" if e.framing != "tcp" else "")
 
     @property
     def connected(self) -> bool:
@@ -288,11 +319,17 @@ class ModbusLink:
                     transport, _ = await loop.create_connection(
                         lambda: protocol, self.endpoint.host, self.endpoint.port
                     )
-        except (OSError, TimeoutError, ValueError) as exc:
+        # termios.error is no OSError: a port that refuses its character format (a pty told 7E1).
+        except (OSError, TimeoutError, ValueError, termios.error) as exc:
             self._failures += 1
             # Several devices on one dead endpoint: one attempt per back-off step, not one per device.
             self._retry_at = time.monotonic() + min(0.2 * 2 ** (self._failures - 1), 5.0)
-            reason = "timed out" if isinstance(exc, TimeoutError) else (getattr(exc, "strerror", None) or str(exc))
+            if isinstance(exc, TimeoutError):
+                reason = "timed out"
+            elif isinstance(exc, termios.error):
+                reason = f"the port refuses its settings ({exc.args[-1]})"
+            else:
+                reason = getattr(exc, "strerror", None) or str(exc)
             self._last_error = f"cannot connect: {reason}"
             raise LinkError(f"{self.name}: {self._last_error}") from None
         self._failures = 0
@@ -320,32 +357,28 @@ class ModbusLink:
         return transport  # type: ignore[no-any-return]
 
     async def _exchange(self, unit: int, code: int, address: int, count: int, timeout: float) -> bytes:
-        transport = self._transport
-        if transport is None:
-            raise LinkError(f"{self.name}: not connected")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        if self.rtu:
-            body = _RTU_REQUEST.pack(unit, code, address, count)
-            frame = body + crc16(body)
-            tid = 0
-        else:
-            self._tid = tid = self._tid % 65535 + 1
-            frame = _MBAP_REQUEST.pack(tid, 0, 6, unit, code, address, count)
-        return await self._await_reply(transport, frame, _Pending(future, tid, unit, code, count), timeout)
+        return await self._transact(unit, _READ_PDU.pack(code, address, count), count, None, timeout)
 
     async def _send(self, unit: int, pdu: bytes, echo: bytes, timeout: float) -> bytes:
+        return await self._transact(unit, pdu, 0, echo, timeout)
+
+    async def _transact(self, unit: int, pdu: bytes, count: int, echo: bytes | None, timeout: float) -> bytes:
         transport = self._transport
         if transport is None:
             raise LinkError(f"{self.name}: not connected")
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        if self.rtu:
-            frame = rtu_frame(unit, pdu)
-            tid = 0
-        else:
-            self._tid = tid = self._tid % 65535 + 1
-            frame = _MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu
-        return await self._await_reply(transport, frame, _Pending(future, tid, unit, pdu[0], 0, echo), timeout)
+        frame, tid = self._frame(unit, pdu)
+        self._char_timeout = min(self.ASCII_CHAR_TIMEOUT, timeout)
+        return await self._await_reply(transport, frame, _Pending(future, tid, unit, pdu[0], count, echo), timeout)
+
+    def _frame(self, unit: int, pdu: bytes) -> tuple[bytes, int]:
+        """The request on the wire and the transaction id its reply carries (0: none, a serial framing)."""
+        if self.framing == "rtu":
+            return rtu_frame(unit, pdu), 0
+        if self.framing == "ascii":
+            return ascii_frame(unit, pdu), 0
+        self._tid = tid = self._tid % 65535 + 1
+        return _MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu, tid
 
     async def _await_reply(
         self, transport: asyncio.Transport, frame: bytes, pending: _Pending, timeout: float
@@ -397,21 +430,29 @@ class ModbusLink:
         if protocol is not self._protocol:
             return
         buf = self._buf
+        if self.framing == "ascii":
+            now = time.monotonic()
+            if buf and now - self._last_data > self._char_timeout:
+                buf.clear()  # the frame in progress stalled: incomplete, whatever follows
+            self._last_data = now
         buf += data
         pending = self._pending
         if pending is None or pending.future.done():
             # A late answer to a request that already timed out: nobody wants it.
-            if not self.rtu:
+            if self.framing == "tcp":
                 self._skip_mbap()
             else:
                 buf.clear()
             return
-        if self.rtu:
-            self._parse_rtu(pending)
-            if len(buf) > _BUFFER_LIMIT:
-                del buf[:-_BUFFER_LIMIT]  # line noise; a reply is never this long
-        else:
+        if self.framing == "tcp":
             self._parse_mbap(pending)
+            return
+        if self.framing == "rtu":
+            self._parse_rtu(pending)
+        else:
+            self._parse_ascii(pending)
+        if len(buf) > _BUFFER_LIMIT:
+            del buf[:-_BUFFER_LIMIT]  # line noise; a reply is never this long
 
     def _skip_mbap(self) -> None:
         buf = self._buf
@@ -466,6 +507,38 @@ class ModbusLink:
             _resolve(pending, pdu)
             return
 
+    def _parse_ascii(self, pending: _Pending) -> None:
+        buf = self._buf
+        while True:
+            start = buf.find(b":")
+            if start < 0:
+                buf.clear()  # no frame begins here: noise
+                return
+            end = buf.find(b"\r\n", start)
+            nxt = buf.find(b":", start + 1)
+            if nxt >= 0 and (end < 0 or nxt < end):
+                del buf[:nxt]  # a new ':' restarts the frame (the standard's resynchronisation)
+                continue
+            if end < 0:
+                del buf[:start]
+                return
+            line = bytes(buf[start + 1 : end])
+            del buf[: end + 2]
+            body = parse_ascii(line)
+            if body is None:
+                # A corrupt frame that claims to be the answer fails the request now; one that
+                # does not (another unit's late reply, noise) is skipped like an RTU one.
+                head = line[:4].decode("ascii", "replace").upper()
+                if head in (f"{pending.unit:02X}{pending.code:02X}", f"{pending.unit:02X}{pending.code | 0x80:02X}"):
+                    if not pending.future.done():
+                        pending.future.set_exception(ReplyError(f"corrupt ASCII frame (bad LRC): {line[:40]!r}"))
+                    return
+                continue
+            if len(body) < 2 or body[0] != pending.unit or body[1] & 0x7F != pending.code:
+                continue
+            _resolve(pending, body[1:])
+            return
+
 
 def _expire(future: asyncio.Future[bytes]) -> None:
     if not future.done():
@@ -503,12 +576,15 @@ def describe(exc: BaseException) -> str:
 
 def endpoint_of(device: Any, bus: Any) -> Endpoint | None:
     """The device's connection: its own `tcp`, else its bus' `tcp` or `serial` settings."""
-    framing: Literal["tcp", "rtu"] = "rtu" if getattr(device, "transport", "tcp") == "rtu_over_tcp" else "tcp"
+    transport = getattr(device, "transport", "tcp")
+    framing: Literal["tcp", "rtu", "ascii"] = (
+        "rtu" if transport == "rtu_over_tcp" else "ascii" if transport == "ascii_over_tcp" else "tcp"
+    )
     if device.tcp is not None:
         return TcpEndpoint(device.tcp.host, device.tcp.port, framing)
     if bus is not None and bus.tcp is not None:
         return TcpEndpoint(bus.tcp.host, bus.tcp.port, framing)
     if bus is not None and bus.serial is not None:
         s = bus.serial
-        return SerialEndpoint(s.port, s.baudrate, s.bytesize, s.parity, s.stopbits)
+        return SerialEndpoint(s.port, s.baudrate, s.bytesize, s.parity, s.stopbits, getattr(s, "framing", "rtu"))
     return None

@@ -188,7 +188,10 @@ class ModbusDevice(DeviceConfig):
 
     driver: Literal["modbus"]
     tcp: TcpSettings | None = None
-    transport: Literal["tcp", "rtu_over_tcp"] = "tcp"
+    transport: Literal["tcp", "rtu_over_tcp", "ascii_over_tcp"] = Field(
+        default="tcp",
+        description="on `tcp` (the device's or its bus'): MBAP, or RTU / ASCII frames through a converter",
+    )
     unit: Annotated[int, Field(ge=0, le=255)] = 1
     function: Function = "holding"
     byte_order: Order = "big"
@@ -221,7 +224,7 @@ class ModbusDevice(DeviceConfig):
     def implicit_bus(self) -> str | None:
         if self.tcp is None:
             return None
-        framing = "rtu" if self.transport == "rtu_over_tcp" else "tcp"
+        framing = {"rtu_over_tcp": "rtu", "ascii_over_tcp": "ascii"}.get(self.transport, "tcp")
         return f"modbus-{framing}:{self.tcp.host}:{self.tcp.port}"
 
     def protocol_address(self) -> dict[str, Any]:

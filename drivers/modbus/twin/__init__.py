@@ -1,4 +1,4 @@
-"""The Modbus device twin: a profile's registers over Modbus TCP, RTU over TCP or a serial line.
+"""The Modbus device twin: a profile's registers over Modbus TCP, RTU / ASCII over TCP or a serial line.
 
 Its own small server (not pymodbus'): the benchmark runs a hundred twins in one process, and the
 tests need behaviours a stock server lacks: per-unit faults (silent, slow, garbage, cut off
@@ -10,7 +10,7 @@ exponent point, type and byte/word order, on a timer (default every second) of t
 (``self.clock``), not per request. Writes (FC 5, 6, 15, 16, 22) land in the register image, pin
 the points they touch to what was written and are remembered in ``self.writes``.
 
-Command line: ``edgegw simulate PROFILE [--port N] [--units 1,2 | 1-64] [--rtu]
+Command line: ``edgegw simulate PROFILE [--port N] [--units 1,2 | 1-64] [--rtu | --framing ascii]
 [--serial PATH|pty --baudrate 9600 --wire-time] [--var name=value] [--interval 1s]``.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, Self
 
 from drivers.modbus.codec import BIT_FUNCTIONS, FUNCTION_CODES, ValueSpec, decode, encode, spec_of, type_range
 from drivers.modbus.config import ModbusDevice, ModbusPoint
-from drivers.modbus.twin.transport import MbapServer, PtyTransport, RtuServer, ServerBase
+from drivers.modbus.twin.transport import AsciiServer, MbapServer, PtyTransport, RtuServer, ServerBase
 from gateway.models import parse_duration
 from gateway.twin import DemoDevice, Signal, Twin, TwinClock, Write, check_sim, faulty_reply, signal_for
 
@@ -148,8 +148,9 @@ class ModbusTwin(Twin):
     ``points`` without a ``unit_id`` are served on every unit of ``units``; a point with a
     ``unit_id`` on that unit only. Device-level defaults (function, orders, numbering, unreadable
     ranges answered with exception 2) are keyword arguments; :meth:`create` takes them from a
-    profile. ``serial`` serves RTU on that serial port / pty end instead of TCP (``peer``: the end
-    a client opens, for :meth:`device_config`); ``serial="pty"`` makes the pty pair itself.
+    profile. ``serial`` serves RTU (or ASCII, ``framing="ascii"``) on that serial port / pty end
+    instead of TCP (``peer``: the end a client opens, for :meth:`device_config`); ``serial="pty"``
+    makes the pty pair itself. ASCII defaults to 7 data bits and even parity unless given.
 
     Use ``async with ModbusTwin(...) as twin:``; ``twin.port`` is the TCP port (``port=0`` picks a
     free one), ``twin.peer`` the path a client opens when serving a serial line.
@@ -195,12 +196,12 @@ class ModbusTwin(Twin):
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        framing: Literal["tcp", "rtu"] = "tcp",
+        framing: Literal["tcp", "rtu", "ascii"] = "tcp",
         serial: str | None = None,
         peer: str | None = None,
         baudrate: int = 9600,
-        bytesize: int = 8,
-        parity: str = "N",
+        bytesize: int | None = None,
+        parity: str | None = None,
         stopbits: int = 1,
         wire_time: bool = False,
         function: str = "holding",
@@ -213,14 +214,20 @@ class ModbusTwin(Twin):
         clock: TwinClock | None = None,
     ) -> None:
         super().__init__(clock=clock, seed=seed)
-        if framing not in ("tcp", "rtu"):
-            raise ValueError(f"framing is 'tcp' or 'rtu', not {framing!r}")
+        if framing not in ("tcp", "rtu", "ascii"):
+            raise ValueError(f"framing is 'tcp', 'rtu' or 'ascii', not {framing!r}")
         self.host = host
         self.port = port
-        self.framing: Literal["tcp", "rtu"] = "rtu" if serial is not None else framing
+        # A serial line has no MBAP: RTU unless ASCII is asked for.
+        self.framing: Literal["tcp", "rtu", "ascii"] = "rtu" if serial is not None and framing == "tcp" else framing
         self.serial = serial
         self.peer = peer
-        self.baudrate, self.bytesize, self.parity, self.stopbits = baudrate, bytesize, parity, stopbits
+        # ASCII lines are 7E1 by default, but a pty the twin makes has no character format: Linux
+        # forces 8N1 on it and refuses 7E1 when the client sets it, so its bus config says 8N1.
+        ascii = self.framing == "ascii" and serial != "pty"
+        self.bytesize = bytesize if bytesize is not None else 7 if ascii else 8
+        self.parity = parity if parity is not None else "E" if ascii else "N"
+        self.baudrate, self.stopbits = baudrate, stopbits
         self.wire_time = wire_time
         self.update_interval = update_interval
         self.requests = 0
@@ -281,8 +288,8 @@ class ModbusTwin(Twin):
         """A twin of a profile and/or inline points (as a device config gives them).
 
         Options: ``units`` (each one the ``unit`` of one simulated device; default the profile's),
-        ``framing`` ('tcp' | 'rtu'), ``serial`` (a path or 'pty'), ``peer``, ``baudrate``,
-        ``bytesize``, ``parity``, ``stopbits``, ``wire_time``, ``update_interval``, ``seed``,
+        ``framing`` ('tcp' | 'rtu' | 'ascii'), ``serial`` (a path or 'pty'), ``peer``, ``baudrate``,
+        ``bytesize``, ``parity``, ``stopbits`` (ASCII on a path: 7E1 unless given), ``wire_time``, ``update_interval``, ``seed``,
         ``clock``, ``base_dir`` (of a relative profile path), and for inline points the device
         layout: ``function``, ``byte_order``, ``word_order``, ``numbering``, ``unreadable``.
         """
@@ -373,8 +380,8 @@ class ModbusTwin(Twin):
             out["bus"] = BUS_ID
         else:
             out["tcp"] = {"host": _client_host(self.host), "port": self.port}
-            if self.framing == "rtu":
-                out["transport"] = "rtu_over_tcp"
+            if self.framing != "tcp":
+                out["transport"] = f"{self.framing}_over_tcp"
         out["unit"] = unit
         return out
 
@@ -392,16 +399,19 @@ class ModbusTwin(Twin):
                 "bytesize": self.bytesize,
                 "parity": self.parity,
                 "stopbits": self.stopbits,
+                **({"framing": "ascii"} if self.framing == "ascii" else {}),
             },
         }
 
     def describe(self) -> str:
         if self.serial is not None:
             where = self.peer if self.serial == "pty" and self.peer else self.serial
-            kind = "Modbus RTU"
+            kind = "Modbus ASCII" if self.framing == "ascii" else "Modbus RTU"
+            if self.framing == "ascii":  # not the 8N1 an RTU line usually is: say what to configure
+                where += f" ({self.baudrate} {self.bytesize}{self.parity}{self.stopbits})"
         else:
             where = f"{self.host}:{self.port}"
-            kind = "RTU over TCP" if self.framing == "rtu" else "Modbus TCP"
+            kind = {"rtu": "RTU over TCP", "ascii": "ASCII over TCP"}.get(self.framing, "Modbus TCP")
         count = sum(len(u.points) for u in self._units.values())
         return f"{kind} on {where}, unit ids {_format_units(self.units)}, {count} points"
 
@@ -697,9 +707,8 @@ class ModbusTwin(Twin):
             return
         loop = asyncio.get_running_loop()
         track = self.serial is None
-        factory: Callable[[], ServerBase] = (
-            (lambda: RtuServer(self, track)) if self.framing == "rtu" else (lambda: MbapServer(self, track))
-        )
+        server = {"rtu": RtuServer, "ascii": AsciiServer}.get(self.framing, MbapServer)
+        factory: Callable[[], ServerBase] = lambda: server(self, track)  # noqa: E731
         if self.serial == "pty":
             self._serial_transport = PtyTransport.open(loop, factory())
             self.peer = self._serial_transport.peer
@@ -749,11 +758,19 @@ class ModbusTwin(Twin):
         parser.add_argument("--units", default=None, help="unit ids, e.g. 1,2 or 1-64 (default: the profile's unit)")
         parser.add_argument("--rtu", action="store_true", help="RTU framing on TCP (a serial-to-Ethernet converter)")
         parser.add_argument(
-            "--serial", default=None, help="serve RTU on this serial port / pty end instead of TCP ('pty': make one)"
+            "--framing",
+            choices=["tcp", "rtu", "ascii"],
+            default=None,
+            help="tcp (MBAP), rtu or ascii; on --serial: rtu (default) or ascii",
+        )
+        parser.add_argument(
+            "--serial",
+            default=None,
+            help="serve RTU/ASCII on this serial port / pty end instead of TCP ('pty': make one)",
         )
         parser.add_argument("--baudrate", type=int, default=9600)
-        parser.add_argument("--parity", choices=["N", "E", "O"], default="N")
-        parser.add_argument("--bytesize", type=int, choices=[7, 8], default=8)
+        parser.add_argument("--parity", choices=["N", "E", "O"], default=None, help="default N (E with ascii)")
+        parser.add_argument("--bytesize", type=int, choices=[7, 8], default=None, help="default 8 (7 with ascii)")
         parser.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
         parser.add_argument("--wire-time", action="store_true", help="delay serial replies by their time on the wire")
         parser.add_argument("--interval", default="1s", help="how often values change (default 1s)")
@@ -762,7 +779,7 @@ class ModbusTwin(Twin):
     def options_from_args(cls, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "units": parse_units(args.units) if args.units else None,
-            "framing": "rtu" if args.rtu else "tcp",
+            "framing": args.framing or ("rtu" if args.rtu else "tcp"),
             "serial": args.serial,
             "baudrate": args.baudrate,
             "parity": args.parity,

@@ -1,4 +1,4 @@
-"""The Modbus twin's wire: MBAP and RTU framing over a stream, and a pseudo-terminal of its own.
+"""The Modbus twin's wire: MBAP, RTU and ASCII framing over a stream, and a pseudo-terminal of its own.
 
 The servers cut requests out of the byte stream and hand each to the twin
 (:meth:`ModbusTwin.handle`); the twin decides what, when and how much of a reply goes back
@@ -13,7 +13,7 @@ import struct
 import tty
 from typing import TYPE_CHECKING
 
-from drivers.modbus.client import crc16
+from drivers.modbus.client import ascii_frame, crc16, parse_ascii
 
 if TYPE_CHECKING:
     from drivers.modbus.twin import ModbusTwin
@@ -116,6 +116,41 @@ class RtuServer(ServerBase):
             if reply is not None:
                 body = bytes((unit,)) + reply
                 self.twin._send_reply(self, unit, body + crc16(body), size)
+
+
+# The longest ASCII request: a 123-register write is 2 * 253 hex characters plus ':', LRC, CRLF.
+_MAX_ASCII = 600
+
+
+class AsciiServer(ServerBase):
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            start = buf.find(b":")
+            if start < 0:
+                buf.clear()
+                return
+            if start:
+                del buf[:start]
+            end = buf.find(b"\r\n")
+            nxt = buf.find(b":", 1)
+            if nxt >= 0 and (end < 0 or nxt < end):
+                del buf[:nxt]  # a new ':' starts a new frame; the one before is dropped
+                continue
+            if end < 0:
+                if len(buf) > _MAX_ASCII:
+                    buf.clear()
+                return
+            body = parse_ascii(buf[1:end])
+            size = end + 2
+            del buf[:size]
+            if body is None or len(body) < 2:
+                continue  # a bad LRC: a device stays silent
+            unit = body[0]
+            reply = self.twin.handle(unit, body[1:])
+            if reply is not None:
+                self.twin._send_reply(self, unit, ascii_frame(unit, reply), size)
 
 
 class PtyTransport(asyncio.Transport):
