@@ -321,7 +321,8 @@ def _request_id(payload: bytes) -> str | None:
 
 
 def _fingerprint(device: DeviceConfig) -> tuple[str, tuple[str, ...]]:
-    return device.model_dump_json(), tuple(p.model_dump_json() for p in device.resolved_points)
+    points = (*device.resolved_points, *device.calculated_points)
+    return device.model_dump_json(), tuple(p.model_dump_json() for p in points)
 
 
 def _keep_sections(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:

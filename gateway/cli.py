@@ -70,7 +70,28 @@ def _load(path: str, environment: Environment = "require") -> GatewayConfig | No
     return cfg
 
 
+def cmd_check_profiles(files: list[str]) -> int:
+    """`check --profile`: each file validated as a profile alone."""
+    from gateway.config import check_profile
+
+    status = EXIT_OK
+    for path in files:
+        profile, points, issues = check_profile(path)
+        for issue in issues:
+            print(issue, file=sys.stderr)
+        if issues or profile is None:
+            print(f"{path}: invalid profile ({_plural(len(issues), 'error')})", file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        calc = sum(1 for p in points if p.calc is not None)
+        extra = f", {calc} calculated" if calc else ""
+        print(f"{path}: ok (profile {profile.name}, driver {profile.driver}, {len(points)} points{extra})")
+    return status
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.profile:
+        return cmd_check_profiles(args.files)
     status = EXIT_OK
     for path in args.files:
         cfg = _load(path, "require" if args.strict else "warn")
@@ -135,7 +156,7 @@ async def _one_off(cfg: GatewayConfig, device_id: str, discover: bool) -> AsyncI
             found, points = await discover_points(driver)
             if not driver.ctx.points:
                 driver = await rebuild(driver, points, partial(build_driver, device, bus, state, runtime, log))
-        yield _OneOff(device, driver, Normalizer(device.id, driver.ctx.points)), found
+        yield _OneOff(device, driver, Normalizer(device.id, driver.ctx.points, device.calculated_points)), found
     finally:
         await driver.stop()
         await bus.close()
@@ -319,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("files", nargs="+")
     c.add_argument("--verbose", "-v", action="store_true")
+    c.add_argument(
+        "--profile",
+        action="store_true",
+        help="the files are device profiles: each validated alone, with its default vars",
+    )
     c.add_argument(
         "--strict", action="store_true", help="missing run-time files and variables are errors too (as for `run`)"
     )

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 
 from gateway.buses import BusConfig
+from gateway.calc import CalcError, Compiled, compile_expr, evaluation_order
 from gateway.models import (
     CONFIG_DIR,
     PORT_RANGE,
@@ -42,6 +43,7 @@ __all__ = [
     "DeviceConfig",
     "GatewayConfig",
     "PointConfig",
+    "check_profile",
     "load_config",
     "parse_config",
     "parse_device",
@@ -401,7 +403,8 @@ def _resolve_device(
     _merge_inline(raw, device, path, profile_vars, points, issues)
     actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
     resolved = _validated_points(type(device).point_model, points, issues)
-    device._resolved = tuple(resolved)
+    device._resolved = tuple(p for p in resolved if p.calc is None)
+    device._calculated = _checked_calcs(resolved, points, issues)
     device._resolved_actions = _validated_actions(type(device).action_model, actions, getattr(raw, "file", ""), issues)
     device._profile_meta = profile_meta
     return device, issues
@@ -501,8 +504,10 @@ def _validated_points(point_model: type[PointConfig], points: _Points, issues: l
     """Each point through the driver's point model; references between points checked."""
     resolved: list[PointConfig] = []
     for point, pfile, pline, where in points.values():
+        # A calculated point has no protocol address: the base model, not the driver's.
+        model = PointConfig if isinstance(point, Mapping) and point.get("calc") is not None else point_model
         try:
-            resolved.append(_compact(point_model.model_validate(point)))
+            resolved.append(_compact(model.model_validate(point)))
         except ValidationError as exc:
             for issue in _issues_from(exc, point, f"{where}.", pfile):
                 issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
@@ -516,6 +521,45 @@ def _validated_points(point_model: type[PointConfig], points: _Points, issues: l
     return resolved
 
 
+def _checked_calcs(resolved: list[PointConfig], points: _Points, issues: list[ConfigIssue]) -> tuple[PointConfig, ...]:
+    """The `calc` points compiled and checked (syntax, point ids, cycles), in evaluation order."""
+    by_id = {p.id: p for p in resolved}
+    compiled: dict[str, Compiled] = {}
+
+    def issue(pid: str, message: str) -> None:
+        point, pfile, pline, where = points[pid]
+        issues.append(ConfigIssue(pfile, getattr(point, "lines", {}).get("calc", pline), f"{where}.calc", message))
+
+    for p in resolved:
+        if p.exponent_point is not None and by_id.get(p.exponent_point, p).calc is not None:
+            _, pfile, pline, where = points[p.id]
+            msg = f"{p.exponent_point!r} is a calculated point; an exponent is read from the device"
+            issues.append(ConfigIssue(pfile, pline, f"{where}.exponent_point", msg))
+        if p.calc is None:
+            continue
+        try:
+            c = compile_expr(p.calc)
+        except CalcError as exc:
+            issue(p.id, str(exc))
+            continue
+        unknown = [pid for pid in c.inputs if pid not in by_id]
+        if unknown:
+            # An input that is there but invalid has its own issue already.
+            missing = [pid for pid in unknown if pid not in points]
+            if missing:
+                issue(p.id, f"no point {', '.join(map(repr, missing))} in this device")
+            continue
+        compiled[p.id] = c
+    try:
+        order = evaluation_order(compiled)
+    except CalcError as exc:
+        for pid in compiled:
+            if pid in str(exc).split(": ", 1)[1].split(" -> "):
+                issue(pid, str(exc))
+        return ()
+    return tuple(by_id[pid] for pid in order)
+
+
 _NO_FIELDS_SET: set[str] = set()
 
 
@@ -527,6 +571,51 @@ def _compact(point: PointConfig) -> PointConfig:
     """
     object.__setattr__(point, "__pydantic_fields_set__", _NO_FIELDS_SET)
     return point
+
+
+def check_profile(path: Path | str) -> tuple[Profile | None, list[PointConfig], list[ConfigIssue]]:
+    """A profile file on its own, expanded with its default vars: (profile, its points, issues).
+
+    Every point goes through the driver's point model (a `calc` point through the base model) and
+    every expression is checked, as when a device uses the profile.
+    """
+    path = Path(path)
+    try:
+        profile = load_profile(path)
+    except ProfileError as exc:
+        return None, [], [ConfigIssue(exc.file, exc.line, "(profile)", exc.message)]
+    except YamlError as exc:
+        return None, [], [ConfigIssue(exc.file, exc.line, "(yaml)", exc.message)]
+    except (OSError, ValueError) as exc:
+        return None, [], [ConfigIssue(str(path), 0, "(profile)", str(exc))]
+    spec = DRIVERS.get(profile.driver)
+    if spec is None:
+        msg = f"unknown driver {profile.driver!r}; known: {sorted(DRIVERS)}"
+        return profile, [], [ConfigIssue(str(path), 1, "driver", msg)]
+    issues: list[ConfigIssue] = []
+    points: _Points = {}
+    # What a device's fields would be (the model's defaults, then the profile's device defaults).
+    defaults = {name: f.default for name, f in spec.device_model.model_fields.items()}
+    env = {
+        k: v
+        for k, v in {**defaults, **profile.device}.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool)
+    }
+    env.update(profile.vars)
+    with _config_dir(path.resolve().parent):
+        try:
+            for point, pfile, pline in expand(profile.points, env):
+                pid = str(point.get("id", ""))
+                if pid in points:
+                    issues.append(ConfigIssue(pfile, pline, f"profile {profile.name}: {pid}", "duplicate point id"))
+                points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
+        except ProfileError as exc:
+            issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
+        resolved = _validated_points(spec.device_model.point_model, points, issues)
+        _checked_calcs(resolved, points, issues)
+        actions = {name: (a, f"profile {profile.name}: actions.{name}") for name, a in profile.actions.items()}
+        _validated_actions(spec.device_model.action_model, actions, str(path), issues)
+    return profile, resolved, issues
 
 
 def parse_device(raw: Mapping[str, Any], base_dir: Path | None = None) -> DeviceConfig:

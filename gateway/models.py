@@ -232,6 +232,23 @@ class PointConfig(Strict):
     step: float | None = Field(default=None, description="a written value must be min (or 0) plus a multiple of this")
     # Hints for the device twins (`edgegw simulate`): {value: x} or {min: a, max: b, period: 60s}.
     sim: dict[str, Any] | None = None
+    calc: str | None = Field(
+        default=None, description="a calculated point: an expression over other points of the device (gateway/calc.py)"
+    )
+
+    @model_validator(mode="after")
+    def _calc_alone(self) -> PointConfig:
+        # A calculated point is computed by the core from engineering values: nothing to read or scale.
+        if self.calc is not None:
+            bad = [
+                name
+                for name, default in (("scale", 1.0), ("offset", 0.0), ("exponent_point", None), ("rate", None))
+                if getattr(self, name) != default
+            ]
+            bad += [name for name in ("invalid", "writable") if getattr(self, name)]
+            if bad:
+                raise ValueError(f"a calc point cannot have {', '.join(bad)}: write it in the expression")
+        return self
 
     @field_validator("quantity")
     @classmethod
@@ -375,6 +392,7 @@ class DeviceConfig(Strict):
     commands: DeviceCommands = Field(default_factory=DeviceCommands)
 
     _resolved: tuple[PointConfig, ...] = PrivateAttr(default=())
+    _calculated: tuple[PointConfig, ...] = PrivateAttr(default=())
     _resolved_actions: dict[str, ActionConfig] = PrivateAttr(default_factory=dict)
     _profile_meta: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -389,6 +407,11 @@ class DeviceConfig(Strict):
     def resolved_points(self) -> tuple[PointConfig, ...]:
         """The device's points after the profile and inline points were merged and validated."""
         return self._resolved
+
+    @property
+    def calculated_points(self) -> tuple[PointConfig, ...]:
+        """The device's `calc` points, in evaluation order; never in `resolved_points` (no driver reads them)."""
+        return self._calculated
 
     @property
     def profile_meta(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import TypeVar
 
+from gateway.calc import Compiled, combine, compile_expr
 from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
 from gateway.models import PointConfig
 from gateway.points import Quality
@@ -269,11 +270,13 @@ class _RateState:
 class Normalizer:
     """A device's points compiled for normalisation and encoding."""
 
-    def __init__(self, device_id: str, points: Sequence[PointConfig]) -> None:
+    def __init__(self, device_id: str, points: Sequence[PointConfig], calculated: Sequence[PointConfig] = ()) -> None:
         self.device_id = device_id
-        self.points = list(points)
+        # The driver's points (aligned with its readings), then the calculated ones (gateway/calc.py).
+        self.points = [*points, *calculated]
+        self._n = len(points)
         self.encoder = Encoder(device_id, self.points)
-        ids = {p.id: i for i, p in enumerate(self.points)}
+        ids = {p.id: i for i, p in enumerate(points)}
         self._num: list[int] = []
         self._den: list[int] = []
         self._offset: list[float] = []
@@ -288,7 +291,7 @@ class Normalizer:
         self._rate_per: list[int] = []
         self._rate_bits: list[int] = []
         self._rates: dict[int, _RateState] = {}
-        for i, p in enumerate(self.points):
+        for i, p in enumerate(points):
             num, den = ratio(p.scale)
             self._num.append(num)
             self._den.append(den)
@@ -305,6 +308,7 @@ class Normalizer:
                 self._publish.append(i)
             # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
             self._fast.append(plain and not self._invalid[i])
+        self._calc = _Calculated(self._n, points, calculated) if calculated else None
 
     def _one(
         self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None, ts: int
@@ -386,8 +390,8 @@ class Normalizer:
         """A whole poll's readings, plus any time-stamped series entries."""
         batch = Batch(self.device_id, now_ms, self.encoder)
         values = raw.values
-        if len(values) < len(self.points):
-            values = [*values, *[PointError("driver returned no value")] * (len(self.points) - len(values))]
+        if len(values) < self._n:
+            values = [*values, *[PointError("driver returned no value")] * (self._n - len(values))]
         exps = raw.exponents
         stamps = raw.timestamps
         quals = raw.qualities
@@ -424,8 +428,10 @@ class Normalizer:
             b_quality.append(quality)
             b_errors.append(error)
             b_stamps.append(ts)
+        if self._calc is not None:
+            self._calc.run(self, batch, values, exps, stamps, quals, now_ms)
         for i, raw_value, ts in raw.series:
-            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
+            if not 0 <= i < self._n or not self.points[i].publish or raw_value is NO_VALUE:
                 continue
             value, quality, error = one(i, raw_value, exps[i] if exps is not None else None, values, ts)
             b_index.append(i)
@@ -440,7 +446,7 @@ class Normalizer:
         batch = Batch(self.device_id, now_ms, self.encoder)
         for item in pushed:
             i, raw_value = item.index, item.value
-            if not 0 <= i < len(self.points) or not self.points[i].publish or raw_value is NO_VALUE:
+            if not 0 <= i < self._n or not self.points[i].publish or raw_value is NO_VALUE:
                 continue
             ts = item.ts if item.ts is not None else now_ms
             value, quality, error = self._one(i, raw_value, None, last, ts)
@@ -457,7 +463,76 @@ class Normalizer:
         batch = Batch(self.device_id, now_ms, self.encoder)
         for i in self._publish:
             batch.add(i, None, BAD, message, now_ms)
+        if self._calc is not None:
+            for i in self._calc.publish:
+                batch.add(i, None, BAD, message, now_ms)
         return batch
+
+
+class _Calculated:
+    """A device's calculated points, compiled once: each computed from its inputs' engineering values."""
+
+    __slots__ = ("inputs", "order", "publish")
+
+    def __init__(self, n: int, points: Sequence[PointConfig], calculated: Sequence[PointConfig]) -> None:
+        slot = {p.id: i for i, p in enumerate(points)}
+        slot.update({p.id: n + j for j, p in enumerate(calculated)})
+        # (index, compiled expression, input indices); `calculated` is in evaluation order.
+        self.order: list[tuple[int, Compiled, list[int], bool]] = []
+        used: set[int] = set()
+        for j, p in enumerate(calculated):
+            assert p.calc is not None
+            c = compile_expr(p.calc)
+            # An id missing here (points discovered instead of configured) reads as a bad input.
+            idx = [slot.get(pid, -1) for pid in c.inputs]
+            used.update(i for i in idx if 0 <= i < n)
+            self.order.append((n + j, c, idx, p.publish))
+        self.inputs = sorted(used)
+        self.publish = [i for i, _c, _idx, pub in self.order if pub]
+
+    def run(
+        self,
+        norm: Normalizer,
+        batch: Batch,
+        values: Sequence[RawValue],
+        exps: Sequence[int | None] | None,
+        stamps: Sequence[int | None] | None,
+        quals: Sequence[Quality | None] | None,
+        now_ms: int,
+    ) -> None:
+        """Add the calculated points to a poll's batch (its driver points are in it already)."""
+        first: dict[int, int] = {}
+        for k, i in enumerate(batch.index):
+            first.setdefault(i, k)
+        known: dict[int, tuple[Value, str, str | None, int]] = {}
+        for i in self.inputs:
+            k = first.get(i, -1)
+            if k >= 0:
+                known[i] = (batch.values[k], batch.qualities[k], batch.errors[k], batch.stamps[k])
+                continue
+            raw_value = values[i]
+            if raw_value is NO_VALUE:
+                continue  # nothing new this poll: the calculated points that read it are not published
+            stamp = stamps[i] if stamps is not None else None
+            ts = now_ms if stamp is None else stamp
+            # Not published (a sign word, a magnitude): normalised here only, as the main loop would.
+            value, quality, error = norm._one(i, raw_value, exps[i] if exps is not None else None, values, ts)
+            q = quals[i] if quals is not None else None
+            if q is not None and q is not Quality.GOOD and quality == GOOD:
+                quality = q.value
+                if q is Quality.BAD:
+                    value, error = None, error or "device flags the value as faulty"
+            known[i] = (value, quality, error, ts)
+        missing = (None, BAD, "no such point", now_ms)
+        for i, c, idx, publish in self.order:
+            if any(j not in known and j >= 0 for j in idx):
+                continue
+            got = [known.get(j, missing) for j in idx]
+            value, quality, error = combine(c, [g[0] for g in got], [g[1] for g in got], [g[2] for g in got])
+            ts = max((g[3] for g in got), default=now_ms)
+            known[i] = (value, quality, error, ts)
+            if publish:
+                batch.add(i, value, quality, error, ts)
 
 
 def _json_value(value: Value, float_fmt: Callable[[float], str] = float.__repr__) -> str:
