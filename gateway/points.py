@@ -46,6 +46,7 @@ QUANTITIES: frozenset[str] = frozenset(
         "active_power_max",
         "thd_voltage",
         "thd_current",
+        "tdd",
         "unbalance_voltage",
         "unbalance_current",
         "leakage_current",

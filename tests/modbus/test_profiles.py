@@ -19,15 +19,15 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "profiles.md"
 
 # Points per profile with its default vars (and the arithmetic that gives them).
 EXPECTED_COUNTS = {
-    # per panel: 6 identity + 7 alarm/health + 9 mains floats + 10 int16 mains + 8 aux 3-phase
-    # + 4 x 7 aux per phase (with N) + 3 x 3 aux power per phase + 42 x 9 branch points
-    "schneider-bcpme": 2 * (6 + 7 + 9 + 10 + 8 + 4 * 7 + 3 * 3 + 42 * 9),
+    # per panel: 6 identity + 2 demand setup + 10 alarm/health + 9 mains floats + 10 int16 mains + 8 aux
+    # 3-phase + 4 x 7 aux per phase (with N) + 3 x 3 aux power per phase + 42 x (10 branch + 4 extra)
+    "schneider-bcpme": 2 * (6 + 2 + 10 + 9 + 10 + 8 + 4 * 7 + 3 * 3 + 42 * (10 + 4)),
     # 1 model + 1 CT ratio + 3 x (V L-N, I, V L-L, THD V, THD I) + I N + P/Q/S + 2 signs + 4 energies + PF + f
     "legrand-emdx3": 2 + 3 * 5 + 1 + 3 + 2 + 4 + 2,
-    # 1 UPS x 4 + 1 string x (15 registers + 7 alarm bits - 2: the alarm word is one of the 15) + 0 cells
-    "robotina-bm-sm": 4 + 20,
-    # 64 tap boxes x (7 header points + 3 breakers x (3 status bits + 1 earth leakage bit + 20 measurements))
-    "ibgw100-ibsm": 64 * (7 + 3 * (3 + 1 + 20)),
+    # 1 UPS x 4 + 1 string x (15 registers + 7 alarm bits - 2: the alarm word is one of the 15) + 120 cells x 6
+    "robotina-bm-sm": 4 + 20 + 120 * 6,
+    # 64 tap boxes x (10 header points + 3 breakers x (4 status bits + 1 earth leakage bit + 20 + 23 measurements))
+    "ibgw100-ibsm": 64 * (10 + 3 * (4 + 1 + 20 + 23)),
 }
 OURS = set(EXPECTED_COUNTS)
 
@@ -56,6 +56,7 @@ UNIT_OF: dict[str, set[str]] = {
     "frequency": {"Hz"},
     "thd_voltage": {"%"},
     "thd_current": {"%"},
+    "tdd": {"%"},
     "unbalance_voltage": {"%"},
     "unbalance_current": {"%"},
     "temperature": {"degC"},
@@ -224,7 +225,7 @@ def test_bcpme_reads_are_few() -> None:
     dev = device("schneider-bcpme")
     plan = plan_reads(list(points("schneider-bcpme").values()), dev)
     assert plan.units == (1, 2)
-    assert len([r for r in plan.reads if r.unit == 1]) <= 12
+    assert len([r for r in plan.reads if r.unit == 1]) <= 13
 
 
 # --- Schneider BCPME -------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def test_bcpme_vars_change_the_expansion() -> None:
     shifted = points("schneider-bcpme", unit=5)
     assert (shifted["panel1.ch1.current"].unit_id, shifted["panel2.ch1.current"].unit_id) == (5, 6)
     full = points("schneider-bcpme", int_currents=1, extra_blocks=1, int_voltages=0)
-    assert len(full) == EXPECTED_COUNTS["schneider-bcpme"] + 2 * 42 * (2 + 4) - 2 * 10
+    assert len(full) == EXPECTED_COUNTS["schneider-bcpme"] + 2 * 42 * 2 - 2 * 10
     cur = full["panel2.ch7.current_int"]
     assert (cur.address, cur.exponent_point) == (1342, "panel2.ch7.current_scale")
     assert full["panel2.ch7.current_scale"].address == 1006
@@ -316,7 +317,8 @@ def test_robotina_unit_ids_and_cells() -> None:
     assert pts["ups1.voltage"].unit_id == 1 and pts["ups1.voltage"].type == "int32"
     assert (pts["string1.voltage"].unit_id, pts["string1.voltage"].address) == (101, 2)
     assert pts["string1.alarm.hall_sensor"].bit == 6
-    assert not any(".cell" in pid and "cell_count" not in pid for pid in pts), "no cells by default"
+    assert "string1.cell120.soh" in pts and "string1.cell121.voltage" not in pts, "120 cells by default"
+    assert not any(".cell" in pid and "cell_count" not in pid for pid in points("robotina-bm-sm", cells=0))
     more = points("robotina-bm-sm", strings=2, first_string=3, ups=0, cells=120)
     assert not any(pid.startswith("ups") for pid in more)
     assert {p.unit_id for p in more.values()} == {103, 104}
@@ -332,7 +334,7 @@ def test_robotina_unit_ids_and_cells() -> None:
 
 def test_ibsm_vars_change_the_expansion() -> None:
     two = points("ibgw100-ibsm", meters=2)
-    assert len(two) == 2 * (7 + 3 * 24)
+    assert len(two) == 2 * (10 + 3 * 48)
     assert {p.unit_id for p in two.values()} == {1, 2}
     assert "ring 1" in two["meter2.temperature"].description
     ring2 = points("ibgw100-ibsm", meters=2, first_unit=33)
