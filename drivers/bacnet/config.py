@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from drivers.bacnet.codec import canonical_object, canonical_property
 from gateway.models import ActionConfig, DeviceConfig, Duration, PointConfig, Strict, port_number
@@ -94,22 +94,17 @@ class BacnetSection(Strict):
         return v
 
 
+#: An object reference and a property name, in canonical form whatever abbreviation was written.
+ObjectRef = Annotated[str, BeforeValidator(lambda v: canonical_object(str(v)))]
+PropertyRef = Annotated[str, BeforeValidator(lambda v: canonical_property(str(v)))]
+
+
 class BacnetPoint(PointConfig):
     """A BACnet point: one property of one object of the device."""
 
-    object: str = Field(description='"type,instance", e.g. "analog-value,3" (AV,3 and numeric types accepted)')
-    property: str = Field(default="present-value", description='a property name, optionally "name[index]"')
+    object: ObjectRef = Field(description='"type,instance", e.g. "analog-value,3" (AV,3 and numeric types accepted)')
+    property: PropertyRef = Field(default="present-value", description='a property name, optionally "name[index]"')
     cov: bool | None = Field(default=None, description="subscribe to COV for this point; default: the device's `cov`")
-
-    @field_validator("object", mode="before")
-    @classmethod
-    def _object(cls, v: Any) -> str:
-        return canonical_object(str(v))
-
-    @field_validator("property", mode="before")
-    @classmethod
-    def _property(cls, v: Any) -> str:
-        return canonical_property(str(v))
 
     def protocol_address(self) -> dict[str, Any]:
         return {"object": self.object, "property": self.property}
@@ -122,23 +117,13 @@ class BacnetPoint(PointConfig):
 class BacnetWriteStep(Strict):
     """One WriteProperty of a named action: a fixed `value` (null: relinquish) or the action argument `arg`."""
 
-    object: str = Field(description='"type,instance", e.g. "analog-value,3001"')
-    property: str = Field(default="present-value", description='a property name, optionally "name[index]"')
+    object: ObjectRef = Field(description='"type,instance", e.g. "analog-value,3001"')
+    property: PropertyRef = Field(default="present-value", description='a property name, optionally "name[index]"')
     value: int | float | bool | str | None = Field(
         default=None, description="the raw value to write, in the object's own units; null relinquishes"
     )
     arg: str | None = Field(default=None, description="write the value of this action argument instead")
     priority: Priority | None = Field(default=None, description="default: the device's `write_priority`")
-
-    @field_validator("object", mode="before")
-    @classmethod
-    def _object(cls, v: Any) -> str:
-        return canonical_object(str(v))
-
-    @field_validator("property", mode="before")
-    @classmethod
-    def _property(cls, v: Any) -> str:
-        return canonical_property(str(v))
 
     @model_validator(mode="after")
     def _value_or_arg(self) -> BacnetWriteStep:
