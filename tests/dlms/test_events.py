@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
 from drivers.dlms import codec, obis
+from drivers.dlms.config import DlmsDevice
 from drivers.dlms.twin import DlmsTwin
-from gateway.config import ConfigError
+from gateway.config import ConfigError, parse_device
 from gateway.state import StateStore
-from tests.dlms.util import POINTS, T0, device, driver, meter_objects
+from tests.dlms.util import POINTS, T0, device, driver, meter_objects, normalized, series_of
 
 pytestmark = [pytest.mark.timeout(30)]
 LOGS = ["0.0.99.98.0.255", "0.0.99.98.1.255", "0.0.99.98.2.255"]
@@ -124,3 +126,30 @@ def test_event_log_config_and_names() -> None:
 
 def _int8() -> Any:
     return codec.i8(0)
+
+
+async def test_sensemi_profile_daily_billing_reactive_tariffs_and_demand(tmp_path: Path) -> None:
+    """The shipped profile's additions read from the twin: 62 daily billing entries, reactive tariffs and demand."""
+    async with DlmsTwin.create("sensemi-sed302", transport="wrapper", start=T0) as twin:
+        twin.clock.freeze(T0)
+        raw_dev = {
+            "id": "meter",
+            **twin.device_config(),
+            "timeout": 1.0,
+            "backfill": "70d",
+            "profile_chunks_per_poll": 100,
+        }
+        dev = parse_device(raw_dev)
+        assert isinstance(dev, DlmsDevice)
+        drv = driver(dev, state=StateStore(tmp_path / "s.json"))
+        await drv.start()
+        raw = await drv.read()
+        daily = series_of(drv, raw, "billing_daily.active_import")
+        stamps = [ts for ts, _ in daily]
+        assert len(stamps) == 62 and all(b - a == 86_400_000 for a, b in itertools.pairwise(stamps))
+        got = normalized(drv, raw)
+        for pid in ("energy.reactive_import.t1", "energy.reactive_export.t4", "demand.reactive_import"):
+            assert got[pid][1] == "good", (pid, got[pid])
+        assert len(raw.events) == 0  # the twin's logs are empty until told
+        await drv.stop()
+        await drv.ctx.bus.close()
