@@ -153,3 +153,48 @@ async def test_sensemi_profile_daily_billing_reactive_tariffs_and_demand(tmp_pat
         assert len(raw.events) == 0  # the twin's logs are empty until told
         await drv.stop()
         await drv.ctx.bus.close()
+
+
+async def test_the_core_stores_the_cursor_only_once_the_polls_events_are_safe(tmp_path: Path) -> None:
+    """RawReadings.events go to on_event before the data message; the commit waits for all of them."""
+    import json
+    from collections.abc import Callable
+
+    import structlog
+
+    from gateway.buses import Bus
+    from gateway.driver import Driver, DriverContext, RawReadings
+    from gateway.models import DeviceConfig
+    from gateway.normalize import Batch
+    from gateway.scheduler import DeviceRunner
+
+    class Events(Driver[DeviceConfig, None]):
+        async def read(self) -> RawReadings:
+            return RawReadings([], commit={"cursor": 1}, events=[{"code": 1}, {"code": 2}])
+
+    order: list[str] = []
+    pending: list[Callable[[], None]] = []
+
+    def sink(_batch: Batch, on_done: Callable[[], None] | None) -> None:
+        assert on_done is not None
+        order.append("data")
+        pending.append(on_done)
+
+    def on_event(event: dict[str, Any], on_done: Callable[[], None] | None = None) -> None:
+        assert on_done is not None
+        order.append(f"event {event['code']}")
+        pending.append(on_done)
+
+    path = tmp_path / "d.json"
+    state = StateStore(path)
+    dev = DeviceConfig.model_validate({"id": "d", "driver": "x", "interval": 60})
+    ctx = DriverContext(device=dev, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=state)
+    log = structlog.get_logger("t")
+    runner = DeviceRunner(dev, lambda _p: Events(ctx), sink, lambda _d, _s: None, log, state, on_event=on_event)
+    await runner.poll_once()
+    assert order == ["event 1", "event 2", "data"]
+    pending[2]()  # the data message is safe, the events not yet
+    pending[0]()
+    assert not path.exists()
+    pending[1]()
+    assert json.loads(path.read_text())["cursor"] == 1
