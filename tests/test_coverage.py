@@ -8,7 +8,6 @@ is one the gateway really reads.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,11 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.twin import ModbusTwin
 from gateway.buses import Bus
 from gateway.config import parse_device
-from gateway.driver import DriverContext, PointError
+from gateway.driver import DriverContext
 from gateway.points import PHASES, QUANTITIES, UNITS
 from gateway.profiles import shipped_profiles
 from gateway.state import StateStore
+from tests.modbus.util import assert_reads_the_twin
 
 TABLES = Path(__file__).resolve().parent / "coverage"
 NA = "n/a:"
@@ -134,16 +134,4 @@ async def test_the_twin_serves_and_the_driver_reads_them(profile: str, profile_v
         finally:
             await driver.stop()
             await bus.close()
-    for p, got in zip(pts, values, strict=True):
-        assert isinstance(p, ModbusPoint)
-        assert not isinstance(got, PointError), f"{p.id}: {got}"
-        unit = p.unit_id if p.unit_id is not None else dev.unit
-        want = twin.value(p.id, unit)
-        if isinstance(got, bool) or isinstance(want, str | bool):
-            assert got == want, p.id
-            continue
-        assert isinstance(got, int | float) and isinstance(want, int | float)
-        exp = twin.value(p.exponent_point, unit) if p.exponent_point else 0
-        assert isinstance(exp, int)
-        step = abs(p.scale) * 10.0**exp
-        assert math.isclose(got * step + p.offset, want, rel_tol=1e-6, abs_tol=step / 2 + 1e-9), (p.id, got, want)
+    assert_reads_the_twin(dev, pts, values, twin)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import structlog
 
-from drivers.modbus.config import ModbusDevice, ModbusPoint
+from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.twin import ModbusTwin
 from gateway.buses import Bus
 from gateway.config import load_config, parse_device
-from gateway.driver import DriverContext, PointError
+from gateway.driver import DriverContext
 from gateway.profiles import shipped_profiles
 from gateway.state import StateStore
+from tests.modbus.util import assert_reads_the_twin
 
 SAMPLE = Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "sample.yaml"
 
@@ -35,20 +35,7 @@ async def test_shipped_profile_round_trip(name: str) -> None:
         assert driver.plan.rejected == ()
         values = (await driver.read()).values
         await bus.close()
-    for p, got in zip(pts, values, strict=True):
-        assert isinstance(p, ModbusPoint)
-        assert not isinstance(got, PointError), f"{p.id}: {got}"
-        unit = p.unit_id if p.unit_id is not None else dev.unit
-        want = twin.value(p.id, unit)
-        if isinstance(got, bool) or isinstance(want, str | bool):
-            assert got == want, p.id
-            continue
-        assert isinstance(got, int | float) and isinstance(want, int | float)
-        exp = twin.value(p.exponent_point, unit) if p.exponent_point else 0
-        assert isinstance(exp, int)
-        step = abs(p.scale) * 10.0**exp
-        eng = got * step + p.offset
-        assert math.isclose(eng, want, rel_tol=1e-6, abs_tol=step / 2 + 1e-9), (p.id, got, eng, want)
+    assert_reads_the_twin(dev, pts, values, twin)
 
 
 def test_sample_config_is_valid() -> None:

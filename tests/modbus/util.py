@@ -99,3 +99,21 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 2.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def assert_reads_the_twin(dev: ModbusDevice, pts: Sequence[Any], values: Sequence[RawValue], twin: ModbusTwin) -> None:
+    """Every point the driver read equals what the twin serves, within one step of its scaling."""
+    for p, got in zip(pts, values, strict=True):
+        assert isinstance(p, ModbusPoint)
+        assert not isinstance(got, PointError), f"{p.id}: {got}"
+        unit = p.unit_id if p.unit_id is not None else dev.unit
+        want = twin.value(p.id, unit)
+        if isinstance(got, bool) or isinstance(want, str | bool):
+            assert got == want, p.id
+            continue
+        assert isinstance(got, int | float) and isinstance(want, int | float)
+        exp = twin.value(p.exponent_point, unit) if p.exponent_point else 0
+        assert isinstance(exp, int)
+        step = abs(p.scale) * 10.0**exp
+        eng = got * step + p.offset
+        assert math.isclose(eng, want, rel_tol=1e-6, abs_tol=step / 2 + 1e-9), (p.id, got, eng, want)
