@@ -12,6 +12,7 @@ import pytest
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.planner import plan_reads
 from gateway.config import ConfigError, parse_device
+from gateway.models import PointConfig
 from gateway.points import PHASES, QUANTITIES, UNITS, Kind
 from gateway.profiles import expand, load_profile, shipped_profiles
 
@@ -133,12 +134,14 @@ def test_expands_and_validates_with_default_vars(name: str) -> None:
     ids = [p["id"] for p in raw]
     assert len(ids) == len(set(ids)), "duplicate point ids"
     for p in raw:
-        ModbusPoint.model_validate(p)
+        # A calculated point has no address: the base model, as the config loader does.
+        (PointConfig if "calc" in p else ModbusPoint).model_validate(p)
         for key, value in p.items():
             if isinstance(value, str):
                 assert "{" not in value and "}" not in value, f"{p['id']}.{key} kept an unexpanded expression"
     # The core's own path (profile merged into a device) agrees.
-    assert len(device(name).resolved_points) == len(raw)
+    dev = device(name)
+    assert len(dev.resolved_points) + len(dev.calculated_points) == len(raw)
 
 
 @pytest.mark.parametrize("name", sorted(OURS))
@@ -148,7 +151,7 @@ def test_expected_point_count(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_vocabulary_and_units(name: str) -> None:
-    for p in points(name).values():
+    for p in [*points(name).values(), *device(name).calculated_points]:
         assert p.quantity in QUANTITIES
         assert p.unit in UNITS
         assert p.phase in PHASES
@@ -156,7 +159,7 @@ def test_vocabulary_and_units(name: str) -> None:
         assert p.unit in allowed, f"{p.id}: {p.quantity} in {p.unit!r}, expected one of {sorted(allowed)}"
         if p.quantity in ENERGY:
             assert p.kind == Kind.COUNTER, f"{p.id}: an energy register is a counter"
-        if p.bit is not None or p.bits is not None:
+        if getattr(p, "bit", None) is not None or getattr(p, "bits", None) is not None:
             assert p.kind == Kind.STATE, f"{p.id}: a bit field is a state"
 
 
@@ -304,9 +307,13 @@ def test_emdx3_map_and_ct_ratio_scales() -> None:
     assert pts["voltage_l3l1"].address == 4114 and pts["voltage_l3l1"].phase == "L3-L1"
     assert pts["thd_current_l3"].address == 4175
     assert pts["ct_ratio"].address == 4608
-    assert (pts["active_power"].scale, pts["energy_import"].scale) == (0.01, 10.0)
+    assert (pts["active_power_magnitude"].scale, pts["energy_import"].scale) == (0.01, 10.0)
     big = points("legrand-emdx3", power_scale=1, energy_scale=1000)
-    assert (big["active_power"].scale, big["reactive_power"].scale, big["energy_export"].scale) == (1.0, 1.0, 1000.0)
+    assert (big["active_power_magnitude"].scale, big["reactive_power_magnitude"].scale, big["energy_export"].scale) == (
+        1.0,
+        1.0,
+        1000.0,
+    )
 
 
 # --- Robotina BM-GW --------------------------------------------------------------------------------
