@@ -295,6 +295,34 @@ def test_bcpme_vars_change_the_expansion() -> None:
     assert "panel1.mains.voltage_an_int" not in full
 
 
+def test_bcpme_multi_pole_meters() -> None:
+    """The legacy 2-pole and 3-pole blocks, off by default, group channels as the register list pairs them."""
+    assert not any("pole" in pid for pid in points("schneider-bcpme"))
+    full = points("schneider-bcpme", two_pole=21, three_pole=14)
+    assert len(full) == EXPECTED_COUNTS["schneider-bcpme"] + 2 * (21 * (8 + 2 * 7) + 14 * (8 + 3 * 7))
+    dev = device("schneider-bcpme", two_pole=21, three_pole=14)
+    # Top feed pairs 1+3, 2+4, 5+7: meter 3 is channels 5 (L3) and 7 (L1).
+    m3 = full["panel1.twopole3.current_pole2"]
+    assert (m3.address, wire(dev, m3), m3.phase, m3.circuit) == (5378 + 4, 5381, "L1", "1-5+7")
+    assert full["panel1.twopole3.current_pole1"].phase == "L3"
+    assert (full["panel1.twopole1.energy"].address, full["panel1.twopole1.energy"].kind) == (5000, Kind.COUNTER)
+    assert full["panel2.twopole21.apparent_power_pole2"].address == 5882 + 40  # the block's last register pair
+    assert full["panel2.twopole21.apparent_power_pole2"].unit_id == 2
+    # Triples 1+3+5, 2+4+6, 7+9+11: every 3-pole meter has one pole on each phase.
+    for k in range(1, 15):
+        assert [full[f"panel1.threepole{k}.current_pole{q}"].phase for q in (1, 2, 3)] == ["L1", "L2", "L3"]
+    t14 = full["panel1.threepole14.current_pole3"]
+    assert (t14.address, t14.circuit) == (8336 + 26, "1-38+40+42")
+    assert full["panel1.threepole14.apparent_power_pole3"].address == 8784 + 26
+    assert full["panel1.threepole2.power"].phase == "total" and full["panel1.threepole2.power"].scale == 1000
+    some = points("schneider-bcpme", two_pole=2, two_pole_first=5, panels=1)
+    assert sorted({pid.split(".")[1] for pid in some if "pole" in pid}) == ["twopole5", "twopole6"]
+    seq = points("schneider-bcpme", phase_group=1, two_pole=2, three_pole=1)
+    assert seq["panel1.twopole2.current_pole1"].circuit == "1-3+4"
+    assert [seq[f"panel1.twopole2.current_pole{q}"].phase for q in (1, 2)] == ["L3", "L1"]
+    assert seq["panel1.threepole1.current_pole3"].circuit == "1-1+2+3"
+
+
 # --- Legrand EMDX3 ---------------------------------------------------------------------------------
 
 
