@@ -79,7 +79,7 @@ CASES = [
 
 def test_one_table_per_modbus_profile_of_issue_11() -> None:
     names = {p.stem for p in TABLE_FILES}
-    assert names == {"schneider-bcpme", "legrand-emdx3", "robotina-bm-sm", "ibgw100-ibsm"}
+    assert names == {"schneider-bcpme", "legrand-emdx3", "robotina-bm-sm", "ibgw100-ibsm", "legrand-breaker-interface"}
     for path in TABLE_FILES:
         table = load_table(path)
         assert table["profile"] == path.stem and path.stem in shipped_profiles("modbus")

@@ -29,6 +29,8 @@ EXPECTED_COUNTS = {
     "robotina-bm-sm": 4 + 20 + 120 * 6,
     # 64 tap boxes x (10 header points + 3 breakers x (4 status bits + 1 earth leakage bit + 20 + 23 measurements))
     "ibgw100-ibsm": 64 * (10 + 3 * (4 + 1 + 20 + 23)),
+    # 5 status registers + 3 status bits + 2 counters + 3 phase currents + neutral (metering off)
+    "legrand-breaker-interface": 5 + 3 + 2 + 3 + 1,
 }
 OURS = set(EXPECTED_COUNTS)
 
