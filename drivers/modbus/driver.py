@@ -111,7 +111,7 @@ def profile_points(profile: Profile, device: ModbusDevice) -> list[dict[str, Any
 def plan_settings(profile: Profile, device: ModbusDevice) -> dict[str, Any]:
     """The profile's planning settings, its unreadable ranges in the device's numbering."""
     layout = profile.device
-    out = {k: layout[k] for k in _PLAN_KEYS if k in layout}
+    out: dict[str, Any] = {k: layout[k] for k in _PLAN_KEYS if k in layout}
     shift = device.numbering - int(layout.get("numbering", 0))
     if "unreadable" in out:
         out["unreadable"] = [(int(lo) + shift, int(hi) + shift) for lo, hi in out["unreadable"]]

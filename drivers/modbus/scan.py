@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from drivers.modbus.client import (
     EXCEPTION_NAMES,
@@ -176,7 +177,7 @@ def main(argv: list[str]) -> int:
         print("edgegw scan modbus: give --ascii or --rtu-over-tcp, not both", file=sys.stderr)
         return 2
     if args.serial:
-        framing = "ascii" if args.ascii else "rtu"
+        framing: Literal["rtu", "ascii"] = "ascii" if args.ascii else "rtu"
         endpoint = SerialEndpoint(args.serial, args.baudrate, args.bytesize, args.parity, args.stopbits, framing)
     else:
         endpoint = TcpEndpoint(args.host, args.port, "ascii" if args.ascii else "rtu" if args.rtu_over_tcp else "tcp")

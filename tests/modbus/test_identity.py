@@ -281,7 +281,7 @@ async def test_our_client_against_a_pymodbus_server(framer: str) -> None:
         sim,
         address=("127.0.0.1", 0),
         framer=FramerType(framer),
-        identity=ModbusDeviceIdentification(info_name=names),
+        identity=ModbusDeviceIdentification(info_name=names),  # type: ignore[no-untyped-call]
     )
     await server.serve_forever(background=True)
     try:
@@ -304,6 +304,7 @@ async def test_our_client_against_a_pymodbus_server(framer: str) -> None:
 async def test_pymodbus_client_reads_the_twins_identity(framing: str) -> None:
     from pymodbus import FramerType
     from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
     async with ModbusTwin.create("legrand-emdx3", units=[3], framing=framing, update_interval=0) as twin:
         framer = FramerType.SOCKET if framing == "tcp" else FramerType.RTU
@@ -311,11 +312,11 @@ async def test_pymodbus_client_reads_the_twins_identity(framing: str) -> None:
         await client.connect()
         try:
             rr = await client.read_device_information(read_code=2, object_id=0, device_id=3)
-            assert not rr.isError()
+            assert isinstance(rr, ReadDeviceInformationResponse)
             assert rr.information == {0: b"Legrand", 1: b"412045", 2: b"twin", 4: b"EMDX3"}
             assert rr.conformity == 0x82 and rr.more_follows == 0
             one = await client.read_device_information(read_code=4, object_id=1, device_id=3)
-            assert one.information == {1: b"412045"}
+            assert isinstance(one, ReadDeviceInformationResponse) and one.information == {1: b"412045"}
             missing = await client.read_device_information(read_code=4, object_id=5, device_id=3)
             assert missing.isError() and missing.exception_code == 2
         finally:

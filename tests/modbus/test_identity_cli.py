@@ -143,7 +143,12 @@ async def test_read_discover_picks_the_profile(tmp_path: Path) -> None:
         ModbusTwin(points(), units=[1], update_interval=0) as plain,
     ):
         emdx3.set_value("frequency", 49.9, 3)
-        dev = {"id": "m", "driver": "modbus", "tcp": {"host": "127.0.0.1", "port": emdx3.port}, "unit": 3}
+        dev: dict[str, Any] = {
+            "id": "m",
+            "driver": "modbus",
+            "tcp": {"host": "127.0.0.1", "port": emdx3.port},
+            "unit": 3,
+        }
         res = await asyncio.to_thread(edgegw, "read", "--config", str(site(tmp_path, dev)), "m", "--discover", "--json")
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
