@@ -22,6 +22,7 @@ from gateway.discovery import discover_points, rebuild
 from gateway.driver import DeviceError
 from gateway.profiles import shipped_profiles
 from gateway.state import StateStore
+from tests.harness import Collector, Daemon, Mosquitto
 from tests.modbus.util import assert_reads_the_twin, points
 
 pytestmark = pytest.mark.asyncio
@@ -204,3 +205,25 @@ async def test_discovery_brings_the_profiles_planning_settings(tmp_path: Path, m
         finally:
             await driver.stop()
             await bus.close()
+
+
+async def test_the_daemon_discovers_a_bare_device(tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
+    async with ModbusTwin.create("legrand-emdx3", units=[3], update_interval=0) as twin:
+        twin.set_value("frequency", 49.9, 3)
+        dev = {"id": "bare", "driver": "modbus", "tcp": {"host": "127.0.0.1", "port": twin.port}, "unit": 3}
+        dev.update(interval="500ms", timeout="500ms")
+        cfg = tmp_path / "site.yaml"
+        cfg.write_text(
+            f"site: lab\nmqtt: {{url: '{broker.url}', client_id: gw-fc43}}\nstate_dir: {tmp_path / 'state'}\n"
+            f"devices:\n  - {json.dumps(dev)}\n",
+            encoding="utf-8",
+        )
+        d = Daemon(cfg, tmp_path)
+        await d.start()
+        try:
+            await collector.wait_for(
+                lambda: (r := collector.latest("bare", "frequency")) and r["value"] == 49.9, what="discovered points"
+            )
+            assert collector.latest("bare", "voltage_l1n") is not None
+        finally:
+            assert await d.stop() == 0
