@@ -231,7 +231,8 @@ def cmd_read(args: argparse.Namespace) -> int:
     logs.setup("warning" if not args.verbose else "debug", "console")
     try:
         elapsed, readings, found = run_async(_read_once(cfg, args.device, args.discover or bool(args.write_profile)))
-    except NotImplementedError as exc:
+    except (NotImplementedError, DeviceError) as exc:
+        # A device that cannot tell what it is (Modbus without FC 43, no matching profile): one line.
         print(f"edgegw read: {exc}", file=sys.stderr)
         return EXIT_FAIL
     if found is not None and args.write_profile:

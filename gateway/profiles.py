@@ -7,6 +7,9 @@ A profile::
     description: ...
     status: verified | draft | assumed
     source: where the map comes from
+    identity:                       # what the device answers to identification (Modbus FC 43), optional
+      vendor_name: ...              # matched (with product_code) to suggest and pick the profile
+      product_code: ...
     vars: {panels: 2, channels: 42} # defaults; a device's `profile_vars` override them
     device: {word_order: big}       # defaults for the device's own driver options
     points:
@@ -25,6 +28,7 @@ and `a if cond else b`. A string that is exactly one `{expression}` keeps the ex
 from __future__ import annotations
 
 import ast
+import fnmatch
 import functools
 import operator
 import re
@@ -49,6 +53,70 @@ class ProfileError(Exception):
         self.message = message
 
 
+# The `identity:` keys: the standard device identification objects (Modbus FC 43 objects 0-6,
+# in that order), then how the profile is matched.
+IDENTITY_OBJECTS = (
+    "vendor_name",
+    "product_code",
+    "revision",
+    "vendor_url",
+    "product_name",
+    "model_name",
+    "user_application_name",
+)
+IDENTITY_REQUIRED = ("vendor_name", "product_code")
+MAX_IDENTITY_TEXT = 244  # what one object can hold in a Modbus reply
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a device of a profile says it is (docs/profiles.md, `identity`).
+
+    A device matches when its vendor name equals `vendor_name` and its product code equals
+    `product_code` or one of the `match` patterns (case and repeated blanks ignored; `*` and `?`
+    are wildcards in a pattern). The revision is never matched: firmware changes, the map not.
+    """
+
+    vendor_name: str
+    product_code: str
+    revision: str | None = None
+    vendor_url: str | None = None
+    product_name: str | None = None
+    model_name: str | None = None
+    user_application_name: str | None = None
+    match: tuple[str, ...] = ()
+    assumed: bool = False  # no public document says the device answers this
+
+    def objects(self) -> dict[str, str]:
+        """The identification objects declared, by name (what a twin answers)."""
+        out: dict[str, str] = {}
+        for name in IDENTITY_OBJECTS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def matches(self, vendor_name: str | None, product_code: str | None) -> bool:
+        if not vendor_name or not product_code or _norm(vendor_name) != _norm(self.vendor_name):
+            return False
+        code = _norm(product_code)
+        return any(fnmatch.fnmatchcase(code, _norm(p)) for p in (self.product_code, *self.match))
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def matching_profiles(driver: str, vendor_name: str | None, product_code: str | None) -> list[Profile]:
+    """The shipped profiles of `driver` whose identity matches (usually one; none when unknown)."""
+    out = []
+    for path in shipped_profiles(driver).values():
+        profile = load_profile(path)
+        if profile.identity is not None and profile.identity.matches(vendor_name, product_code):
+            out.append(profile)
+    return out
+
+
 @dataclass(slots=True)
 class Profile:
     name: str
@@ -61,6 +129,7 @@ class Profile:
     device: dict[str, Any] = field(default_factory=dict)
     points: LineList = field(default_factory=LineList)
     actions: dict[str, Any] = field(default_factory=dict)  # name -> the driver's action definition
+    identity: Identity | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "source": self.source}
@@ -110,7 +179,19 @@ def _load_profile(path: Path, _mtime_ns: int, _size: int) -> Profile:
     data = load_file(path)
     if not isinstance(data, LineDict):
         raise ProfileError(str(path), 1, "a profile is a mapping with at least `driver` and `points`")
-    allowed = {"profile", "driver", "description", "status", "source", "vars", "device", "points", "actions", "notes"}
+    allowed = {
+        "profile",
+        "driver",
+        "description",
+        "status",
+        "source",
+        "identity",
+        "vars",
+        "device",
+        "points",
+        "actions",
+        "notes",
+    }
     for key in data:
         if key not in allowed:
             raise ProfileError(str(path), data.lines.get(key, data.line), f"unknown profile key {key!r}")
@@ -131,7 +212,51 @@ def _load_profile(path: Path, _mtime_ns: int, _size: int) -> Profile:
         device=dict(data.get("device", {})),
         points=points,
         actions=dict(data.get("actions", {})),
+        identity=_identity(data, str(path)),
     )
+
+
+def _identity(data: LineDict, file: str) -> Identity | None:
+    """The profile's `identity:` block, checked; ProfileError with the line of the bad key."""
+    if "identity" not in data:
+        return None
+    raw = data["identity"]
+    line = data.lines.get("identity", data.line)
+    if not isinstance(raw, dict):
+        raise ProfileError(file, line, "`identity` must be a mapping (vendor_name, product_code, ...)")
+    lines = raw.lines if isinstance(raw, LineDict) else {}
+    known = (*IDENTITY_OBJECTS, "match", "assumed")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        at = lines.get(key, line)
+        if key not in known:
+            raise ProfileError(file, at, f"identity: unknown key {key!r} (known: {', '.join(known)})")
+        if key == "assumed":
+            if not isinstance(value, bool):
+                raise ProfileError(file, at, "identity.assumed must be true or false")
+            values[key] = value
+        elif key == "match":
+            items = value if isinstance(value, list) else [value]
+            values[key] = tuple(_identity_text(v, "identity.match", file, at) for v in items)
+        else:
+            values[key] = _identity_text(value, f"identity.{key}", file, at)
+    for key in IDENTITY_REQUIRED:
+        if key not in values:
+            raise ProfileError(file, line, f"identity needs `{key}` (what the device is matched by)")
+    return Identity(**values)
+
+
+def _identity_text(value: Any, where: str, file: str, line: int) -> str:
+    if not isinstance(value, str):
+        # YAML reads `revision: 1.10` as the number 1.1: what the device sends is text.
+        raise ProfileError(file, line, f'{where} must be text (quote it: {str(value)!r} -> "{value}")')
+    if not value.strip():
+        raise ProfileError(file, line, f"{where} is empty")
+    if not value.isascii() or not value.isprintable():
+        raise ProfileError(file, line, f"{where} must be printable ASCII (device identification objects are)")
+    if len(value) > MAX_IDENTITY_TEXT:
+        raise ProfileError(file, line, f"{where} is {len(value)} characters, at most {MAX_IDENTITY_TEXT}")
+    return value
 
 
 # --- safe expressions -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The Modbus client: one connection (TCP socket or serial port) shared by every device on it.
 
-A lean asyncio implementation of the read functions (1-4) and the write functions (5, 6, 15, 16,
-22) with MBAP framing (Modbus TCP), RTU framing and ASCII framing (serial lines, or RTU / ASCII over
+A lean asyncio implementation of the read functions (1-4), the write functions (5, 6, 15, 16,
+22) and Read Device Identification (43 / MEI 14, :func:`read_identification`) with MBAP framing (Modbus TCP), RTU framing and ASCII framing (serial lines, or RTU / ASCII over
 TCP through a converter). The framings differ only in how a PDU is wrapped and found in the byte
 stream (:meth:`ModbusLink._frame` and the parsers); matching a reply to its request, timeouts,
 retries and late replies are one code path. Why not pymodbus' client: on a shared connection
@@ -24,6 +24,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from drivers.modbus.codec import (
+    FC_MEI,
+    READ_BASIC,
+    READ_REGULAR,
+    DeviceIdReply,
+    Identification,
+    device_id_length,
+    device_id_request,
+    object_text,
+    parse_device_id,
+)
 from gateway.crc import crc16_reflected
 
 _MBAP_HEADER = struct.Struct(">HHHB")
@@ -294,6 +305,34 @@ class ModbusLink:
                 return
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def read_device_id(
+        self, unit: int, code: int, object_id: int, timeout: float, retries: int = 0
+    ) -> DeviceIdReply:
+        """One Read Device Identification request (FC 43 / MEI 14); see :func:`read_identification`.
+
+        Raises like read; a reply that is not a well-formed identification is a ReplyError.
+        """
+        pdu = device_id_request(code, object_id)
+        async with self._lock:
+            for attempt in range(retries + 1):
+                await self._open(timeout)
+                try:
+                    data = await self._transact(unit, pdu, 0, None, timeout)
+                except LinkTimeout:
+                    if attempt == retries:
+                        self._note_silence(unit)
+                        raise
+                    continue
+                except ReplyError:
+                    self._note_answer(unit)
+                    raise
+                self._note_answer(unit)
+                try:
+                    return parse_device_id(bytes((FC_MEI,)) + data)
+                except ValueError as exc:
+                    raise ReplyError(str(exc)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def close(self) -> None:
         """Close the connection; the next request reopens it."""
         self._drop(LinkError(f"{self.name}: connection closed"))
@@ -492,7 +531,12 @@ class ModbusLink:
             if buf[i] != unit:
                 continue
             f = buf[i + 1]
-            if f == code:
+            if f == code == FC_MEI:
+                length = device_id_length(buf, i + 1)
+                if not length:
+                    continue
+                size = 3 + length
+            elif f == code:
                 size = 3 + len(pending.echo) if pending.echo is not None else 5 + buf[i + 2]
             elif f == code | 0x80:
                 size = 5
@@ -556,6 +600,9 @@ def _resolve(pending: _Pending, pdu: bytes) -> None:
     if fc != pending.code or len(pdu) < 2:
         future.set_exception(ReplyError(f"reply with function {fc} to a function {pending.code} request"))
         return
+    if fc == FC_MEI:
+        future.set_result(pdu[1:])  # its structure is checked by the codec's parser
+        return
     if pending.echo is not None:
         if pdu != pending.echo:
             future.set_exception(ReplyError(f"reply {pdu.hex()} does not acknowledge the write {pending.echo.hex()}"))
@@ -567,6 +614,71 @@ def _resolve(pending: _Pending, pdu: bytes) -> None:
         future.set_exception(ReplyError(f"reply carries {len(pdu) - 2} data bytes (count {pdu[1]}), expected {want}"))
         return
     future.set_result(pdu[2:])
+
+
+class IdentificationUnsupported(ReplyError):
+    """The device does not answer Read Device Identification (exception 1: illegal function)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(
+            f"device identification (FC 43 / MEI 14) is not supported: exception {code} "
+            f"({EXCEPTION_NAMES.get(code, 'unknown')})"
+        )
+
+
+# A device streams at most 256 objects; more rounds than this is a device that does not progress.
+_MAX_ROUNDS = 64
+
+
+async def read_identification(
+    link: ModbusLink, unit: int, timeout: float, retries: int = 0, *, regular: bool = True
+) -> Identification:
+    """The device's identification objects, basic (0-2) and, when `regular`, regular (3-6).
+
+    Stream access: a reply with "more follows" is continued from its "next object id" until the
+    device says it is done. A device whose conformity level is basic, or that refuses the regular
+    category (exception 2 or 3), is read as basic. Exception 1 (or another refusal of the basic
+    category) raises IdentificationUnsupported; gateway exceptions 10/11 stay ExceptionReply.
+    Raises LinkTimeout, LinkError, ReplyError like a read.
+    """
+    code = READ_REGULAR if regular else READ_BASIC
+    try:
+        return await _stream(link, unit, code, timeout, retries)
+    except ExceptionReply as exc:
+        if exc.code in GATEWAY_EXCEPTIONS:
+            raise
+        if code == READ_BASIC or exc.code not in (2, 3):
+            raise IdentificationUnsupported(exc.code) from None
+    try:
+        return await _stream(link, unit, READ_BASIC, timeout, retries)
+    except ExceptionReply as exc:
+        if exc.code in GATEWAY_EXCEPTIONS:
+            raise
+        raise IdentificationUnsupported(exc.code) from None
+
+
+async def _stream(link: ModbusLink, unit: int, code: int, timeout: float, retries: int) -> Identification:
+    objects: dict[int, str] = {}
+    object_id = 0
+    conformity = 0
+    for _ in range(_MAX_ROUNDS):
+        reply = await link.read_device_id(unit, code, object_id, timeout, retries)
+        # Some devices answer a regular request as basic (their conformity level); another code is wrong.
+        if reply.code not in (READ_BASIC, code):
+            raise ReplyError(f"device identification reply for code {reply.code} to a code {code} request")
+        conformity = reply.conformity
+        for oid, value in reply.objects:
+            objects[oid] = object_text(value)
+        if not reply.more:
+            return Identification(conformity, objects)
+        if reply.next_object <= object_id:
+            raise ReplyError(
+                f"device identification does not progress: next object 0x{reply.next_object:02x} "
+                f"after a request from 0x{object_id:02x}"
+            )
+        object_id = reply.next_object
+    raise ReplyError(f"device identification still not complete after {_MAX_ROUNDS} replies")
 
 
 def describe(exc: BaseException) -> str:

@@ -465,3 +465,115 @@ def type_range(type: str) -> tuple[float, float]:
     if type == "float64":
         return -1.7976931348623157e308, 1.7976931348623157e308
     return 0.0, 1.0
+
+
+# --- device identification (FC 43 / MEI type 14) -------------------------------------------------
+
+FC_MEI = 0x2B
+MEI_DEVICE_ID = 0x0E
+# Read Device ID codes: basic stream (objects 0-2), regular stream (0-6), extended stream, one object.
+READ_BASIC, READ_REGULAR, READ_EXTENDED, READ_ONE = 1, 2, 3, 4
+# The standard's object ids and the names the profiles' `identity:` key uses for them.
+OBJECT_NAMES: dict[int, str] = {
+    0: "vendor_name",
+    1: "product_code",
+    2: "revision",
+    3: "vendor_url",
+    4: "product_name",
+    5: "model_name",
+    6: "user_application_name",
+}
+BASIC_OBJECTS = (0, 1, 2)  # mandatory for every device that answers FC 43
+MAX_PDU = 253
+_ID_HEADER = 7  # function, MEI type, read code, conformity, more follows, next object id, count
+
+
+def device_id_request(code: int, object_id: int) -> bytes:
+    """The request PDU of a Read Device Identification (`code`: READ_BASIC .. READ_ONE)."""
+    if not READ_BASIC <= code <= READ_ONE or not 0 <= object_id <= 255:
+        raise ValueError(f"bad device identification request: code {code}, object {object_id}")
+    return bytes((FC_MEI, MEI_DEVICE_ID, code, object_id))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdReply:
+    """One Read Device Identification reply: part of the objects, and where the stream goes on."""
+
+    code: int
+    conformity: int
+    more: bool
+    next_object: int
+    objects: tuple[tuple[int, bytes], ...]
+
+
+def device_id_length(buf: bytes | bytearray, start: int = 0) -> int | None:
+    """The length of the reply PDU that begins at `buf[start]` (its function code).
+
+    None while `buf` does not yet hold enough to tell; 0 when it cannot be such a reply. RTU has
+    no length field for FC 43: the reply is as long as its objects say.
+    """
+    n = len(buf)
+    if n - start < _ID_HEADER:
+        return None
+    if buf[start] != FC_MEI or buf[start + 1] != MEI_DEVICE_ID:
+        return 0
+    pos = start + _ID_HEADER
+    for _ in range(buf[start + 6]):
+        if pos + 2 > n:
+            return None
+        pos += 2 + buf[pos + 1]
+        if pos - start > MAX_PDU:
+            return 0
+    return pos - start
+
+
+def parse_device_id(pdu: bytes) -> DeviceIdReply:
+    """Decode a Read Device Identification reply PDU (from its function code); ValueError if malformed."""
+    length = device_id_length(pdu)
+    if length is None or length == 0 or length != len(pdu):
+        raise ValueError(f"malformed device identification reply: {pdu[:16].hex()}{'...' if len(pdu) > 16 else ''}")
+    code, conformity, more, next_object, count = pdu[2:7]
+    if more not in (0x00, 0xFF):
+        raise ValueError(f"malformed device identification reply: 'more follows' is 0x{more:02x}")
+    if conformity & 0x7F not in (1, 2, 3):
+        raise ValueError(f"device identification conformity level 0x{conformity:02x} is not 1, 2 or 3 (+0x80)")
+    objects: list[tuple[int, bytes]] = []
+    pos = _ID_HEADER
+    for _ in range(count):
+        oid, size = pdu[pos], pdu[pos + 1]
+        objects.append((oid, bytes(pdu[pos + 2 : pos + 2 + size])))
+        pos += 2 + size
+    return DeviceIdReply(code, conformity, more == 0xFF, next_object, tuple(objects))
+
+
+def object_text(value: bytes) -> str:
+    """An identification object as text: ASCII by the standard, anything else shown, never raised on."""
+    return value.decode("latin-1").strip("\x00 ")
+
+
+@dataclass(frozen=True, slots=True)
+class Identification:
+    """What a device answered to Read Device Identification: object id -> text, and its conformity."""
+
+    conformity: int
+    objects: dict[int, str]
+
+    def get(self, name: str) -> str | None:
+        """An object by its profile name (`vendor_name`, `product_code`, ...)."""
+        for oid, oname in OBJECT_NAMES.items():
+            if oname == name:
+                return self.objects.get(oid)
+        raise KeyError(name)
+
+    @property
+    def level(self) -> str:
+        return {1: "basic", 2: "regular", 3: "extended"}.get(self.conformity & 0x7F, "unknown")
+
+    @property
+    def missing(self) -> list[str]:
+        """The mandatory (basic) objects the device did not give."""
+        return [OBJECT_NAMES[o] for o in BASIC_OBJECTS if not self.objects.get(o)]
+
+    def as_dict(self) -> dict[str, str]:
+        """Named objects (standard names; others as `object_0xNN`), in object id order."""
+        return {OBJECT_NAMES.get(oid, f"object_0x{oid:02x}"): text for oid, text in sorted(self.objects.items())}

@@ -17,6 +17,14 @@ registers are read back in the same bus transaction and decoded as a poll decode
 exception reply is WriteRefused, no answer DeviceTimeout; a read-back that fails is a PointError in
 the result, since the write itself went through. Actions send their writes in order in one
 transaction, after every value was encoded (a bad argument sends nothing).
+
+Discovery (a device with no points and no profile, `edgegw read --discover`): the device's
+identification (FC 43 / MEI 14) picks the shipped profile whose `identity` matches (vendor name
+and product code), and its points come back with the profile's default vars, in the device's
+numbering, with the profile's function and orders on each point. The profile's planning settings
+(unreadable ranges, gaps, request sizes, write_multiple) cannot go on a point; the driver built for
+the discovered points takes them from :data:`_DISCOVERED`. Calculated points are left out (they
+belong to the configuration, not to the device).
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from drivers.modbus.client import (
     GATEWAY_EXCEPTIONS,
     ExceptionReply,
+    IdentificationUnsupported,
     LinkError,
     LinkTimeout,
     ModbusLink,
@@ -36,6 +45,7 @@ from drivers.modbus.client import (
     coils_pdu,
     endpoint_of,
     mask_pdu,
+    read_identification,
     registers_pdu,
 )
 from drivers.modbus.codec import (
@@ -61,9 +71,51 @@ from gateway.driver import (
     WriteRefused,
     WriteRequest,
 )
+from gateway.profiles import Profile, ProfileError, expand, matching_profiles, shipped_profiles
 
 if TYPE_CHECKING:
     from gateway.models import ActionConfig
+
+
+# Device settings a profile may set that only planning and writes use (not a point's own keys).
+_PLAN_KEYS: Final = ("unreadable", "max_gap", "max_registers", "max_bits", "write_multiple")
+_POINT_KEYS: Final = ("function", "byte_order", "word_order")
+# Device id -> (the device config discovery ran for, the profile's planning settings). The driver
+# rebuilt for the discovered points has the same config object; a reloaded config is another one.
+_DISCOVERED: dict[str, tuple[ModbusDevice, dict[str, Any]]] = {}
+# Identification replies are up to 253 bytes: at 9600 baud that alone is 0.3 s.
+_MIN_ID_TIMEOUT = 0.5
+
+
+def profile_points(profile: Profile, device: ModbusDevice) -> list[dict[str, Any]]:
+    """A profile's points for a device that has none of its own: see the module docstring."""
+    env: dict[str, Any] = {k: v for k, v in device if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    env.update(profile.vars)
+    env.update({k: v for k, v in device.profile_vars.items() if k in profile.vars})
+    layout = profile.device
+    shift = device.numbering - int(layout.get("numbering", 0))
+    out: list[dict[str, Any]] = []
+    for raw, _file, _line in expand(profile.points, env):
+        if "calc" in raw:
+            continue
+        point = dict(raw)
+        if shift and isinstance(point.get("address"), int):
+            point["address"] += shift
+        for key in _POINT_KEYS:
+            if key in layout and key not in point and layout[key] != getattr(device, key):
+                point[key] = layout[key]
+        out.append(point)
+    return out
+
+
+def plan_settings(profile: Profile, device: ModbusDevice) -> dict[str, Any]:
+    """The profile's planning settings, its unreadable ranges in the device's numbering."""
+    layout = profile.device
+    out: dict[str, Any] = {k: layout[k] for k in _PLAN_KEYS if k in layout}
+    shift = device.numbering - int(layout.get("numbering", 0))
+    if "unreadable" in out:
+        out["unreadable"] = [(int(lo) + shift, int(hi) + shift) for lo, hi in out["unreadable"]]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +238,11 @@ class ModbusDriver(Driver[ModbusDevice, None]):
 
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
+        # The device's settings, with a discovered profile's planning settings over them.
+        self._layout: ModbusDevice = self.config
+        found = _DISCOVERED.get(self.config.id)
+        if found is not None and found[0] is self.config and ctx.points:
+            self._layout = self.config.model_copy(update=found[1])
         self._compiled: _Compiled | None = None
         self._link: ModbusLink | None = None
         self._refused: set[str] = set()
@@ -206,7 +263,7 @@ class ModbusDriver(Driver[ModbusDevice, None]):
         self._link = None
 
     def _compile(self) -> _Compiled:
-        return compile_plan(cast(Sequence[ModbusPoint], self.ctx.points), self.config)
+        return compile_plan(cast(Sequence[ModbusPoint], self.ctx.points), self._layout)
 
     def _compiled_plan(self) -> _Compiled:
         if self._compiled is None:
@@ -274,6 +331,60 @@ class ModbusDriver(Driver[ModbusDevice, None]):
         await self._after_poll(link)
         return RawReadings(values)
 
+    # --- discovery --------------------------------------------------------------------------------
+
+    async def discover(self) -> list[dict[str, Any]]:
+        """The points of the shipped profile whose identity matches the device's (FC 43)."""
+        device = self.config
+        link = self._get_link()
+        hint = "give the device a `profile` or `points`"
+        try:
+            async with self.ctx.bus.transaction():
+                ident = await read_identification(
+                    link, device.unit, max(device.timeout, _MIN_ID_TIMEOUT), device.retries
+                )
+        except IdentificationUnsupported as exc:
+            raise DeviceError(f"cannot discover unit {device.unit}: {exc}; {hint}") from None
+        except LinkTimeout as exc:
+            raise DeviceTimeout(f"cannot discover: no answer to device identification (FC 43): {exc}") from None
+        except (ReplyError, LinkError) as exc:
+            raise DeviceError(f"cannot discover unit {device.unit}: device identification: {exc}") from None
+        finally:
+            await self._after_poll(link)
+        vendor, code = ident.get("vendor_name"), ident.get("product_code")
+        try:
+            found = matching_profiles("modbus", vendor, code)
+        except ProfileError as exc:
+            raise DeviceError(f"cannot discover: a shipped profile is broken: {exc}") from None
+        said = f"vendor {vendor!r}, product code {code!r}, revision {ident.get('revision')!r}"
+        if not found:
+            shipped = ", ".join(sorted(shipped_profiles("modbus")))
+            raise DeviceError(
+                f"no shipped Modbus profile matches unit {device.unit} ({said}; shipped: {shipped}); {hint}"
+            )
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise DeviceError(f"unit {device.unit} ({said}) matches several profiles ({names}); {hint}")
+        profile = found[0]
+        try:
+            points = profile_points(profile, device)
+        except ProfileError as exc:
+            raise DeviceError(f"cannot discover: profile {profile.name}: {exc}") from None
+        _DISCOVERED[device.id] = (device, plan_settings(profile, device))
+        assumed = profile.identity is not None and profile.identity.assumed
+        # A profile picked by an identity nobody documented is worth the operator's eye.
+        (self.ctx.log.warning if assumed else self.ctx.log.info)(
+            "device identified",
+            unit=device.unit,
+            vendor=vendor,
+            product_code=code,
+            revision=ident.get("revision"),
+            profile=profile.name,
+            identity="assumed" if assumed else "documented",
+            points=len(points),
+        )
+        return points
+
     # --- commands ---------------------------------------------------------------------------------
 
     async def write(self, request: WriteRequest) -> RawValue:
@@ -281,7 +392,7 @@ class ModbusDriver(Driver[ModbusDevice, None]):
         plan = self._write_plans.get(request.index)
         if plan is None:
             point = cast(ModbusPoint, self.ctx.points[request.index])
-            plan = self._write_plans[request.index] = write_plan(point, self.config)
+            plan = self._write_plans[request.index] = write_plan(point, self._layout)
         if request.raw is None:
             raise ValueError("Modbus has no relinquish: a write needs a value")
         pdu = plan.pdu(request.raw)
@@ -301,7 +412,7 @@ class ModbusDriver(Driver[ModbusDevice, None]):
         """Send the action's writes in order in one bus transaction; returns {"written": n}."""
         if not isinstance(spec, ModbusAction):
             raise TypeError(f"action {name!r} is not a Modbus action")
-        device = self.config
+        device = self._layout
         requests = [action_request(w, device, args, spec) for w in spec.writes]
         link = self._get_link()
         total = len(requests)

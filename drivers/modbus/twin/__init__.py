@@ -10,6 +10,11 @@ exponent point, type and byte/word order, on a timer (default every second) of t
 (``self.clock``), not per request. Writes (FC 5, 6, 15, 16, 22) land in the register image, pin
 the points they touch to what was written and are remembered in ``self.writes``.
 
+Read Device Identification (FC 43 / MEI 14) answers the profile's ``identity`` on every unit
+(stream access with "more follows" when the objects do not fit one reply, or every
+``identity_split`` objects; individual access, code 4); a twin without an identity answers
+exception 1, like a device without FC 43.
+
 Command line: ``edgegw simulate PROFILE [--port N] [--units 1,2 | 1-64] [--rtu | --framing ascii]
 [--serial PATH|pty --baudrate 9600 --wire-time] [--var name=value] [--interval 1s]``.
 """
@@ -26,10 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from drivers.modbus.codec import BIT_FUNCTIONS, FUNCTION_CODES, ValueSpec, decode, encode, spec_of, type_range
+from drivers.modbus.codec import (
+    BIT_FUNCTIONS,
+    FC_MEI,
+    FUNCTION_CODES,
+    MAX_PDU,
+    MEI_DEVICE_ID,
+    OBJECT_NAMES,
+    READ_BASIC,
+    READ_ONE,
+    READ_REGULAR,
+    ValueSpec,
+    decode,
+    encode,
+    spec_of,
+    type_range,
+)
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.twin.transport import AsciiServer, MbapServer, PtyTransport, RtuServer, ServerBase
 from gateway.models import parse_duration
+from gateway.profiles import load_profile, resolve_profile_path
 from gateway.twin import DemoDevice, Signal, Twin, TwinClock, Write, check_sim, faulty_reply, signal_for
 
 Value = float | int | bool | str
@@ -50,6 +71,8 @@ MAX_READ = {1: 2000, 2: 2000, 3: 125, 4: 125}
 MAX_WRITE_COILS = 1968  # what fits one request PDU
 MAX_WRITE_REGISTERS = 123
 BUS_ID = "modbus-twin"
+_OBJECT_IDS = {name: oid for oid, name in OBJECT_NAMES.items()}
+_UNSET: Any = object()
 
 
 def point_signal(point: ModbusPoint, function: str, rng: random.Random) -> Signal:
@@ -212,8 +235,13 @@ class ModbusTwin(Twin):
         update_interval: float = 1.0,
         seed: int | None = 0,
         clock: TwinClock | None = None,
+        identity: Mapping[str, str] | None = None,
+        identity_split: int = 0,
     ) -> None:
         super().__init__(clock=clock, seed=seed)
+        self._identity: dict[int, bytes] | None = None
+        self.identity_split = identity_split
+        self.set_identity(identity)
         if framing not in ("tcp", "rtu", "ascii"):
             raise ValueError(f"framing is 'tcp', 'rtu' or 'ascii', not {framing!r}")
         self.host = host
@@ -267,6 +295,7 @@ class ModbusTwin(Twin):
             15: self._write_coils,
             16: self._write_registers,
             22: self._mask_write,
+            FC_MEI: self._device_id,
         }
         for u in self._device_units:
             self._unit(u)
@@ -297,11 +326,14 @@ class ModbusTwin(Twin):
             raise ValueError("a Modbus twin needs a profile or points")
         units = options.pop("units", None)
         base_dir = options.pop("base_dir", None)
+        identity = options.pop("identity", _UNSET)
         layout = {k: options.pop(k) for k in _LAYOUT_KEYS if k in options}
         ref = _profile_ref(profile, base_dir)
         wanted: list[int | None] = list(units) if units else [None]
         devices = [_device_of(ref, points, vars, layout, unit) for unit in wanted]
         first = devices[0]
+        if identity is _UNSET:
+            identity = _profile_identity(ref)
         twin = cls(
             _modbus_points(first),
             [first.unit],
@@ -312,6 +344,7 @@ class ModbusTwin(Twin):
             word_order=first.word_order,
             numbering=first.numbering,
             unreadable=first.unreadable,
+            identity=identity,
             **options,
         )
         for device in devices[1:]:
@@ -353,6 +386,20 @@ class ModbusTwin(Twin):
         for tp in sorted(staged, key=_write_order):
             if not tp.passive:
                 self._encode(tp, self._signal_value(tp))
+
+    def set_identity(self, identity: Mapping[str, str] | None) -> None:
+        """Answer FC 43 with these objects (profile `identity` names); None: answer exception 1."""
+        if identity is None:
+            self._identity = None
+            return
+        objects: dict[int, bytes] = {}
+        for name, text in identity.items():
+            if name not in _OBJECT_IDS:
+                continue  # `match`, `assumed`: how a profile is matched, not what a device says
+            objects[_OBJECT_IDS[name]] = str(text).encode("ascii", "replace")[: MAX_PDU - 9]
+        for oid in (0, 1, 2):  # the basic objects are mandatory: a device always has them
+            objects.setdefault(oid, b"twin" if oid == 2 else b"unknown")
+        self._identity = objects
 
     def _unit(self, unit: int) -> _Unit:
         if unit not in self._units:
@@ -663,6 +710,40 @@ class ModbusTwin(Twin):
         self._store_registers(u, address, result.to_bytes(2, "big"))
         return pdu
 
+    def _device_id(self, u: _Unit, pdu: bytes) -> bytes:
+        """Read Device Identification: stream access (codes 1-3) and individual access (code 4)."""
+        objects = self._identity
+        if objects is None or len(pdu) < 2 or pdu[1] != MEI_DEVICE_ID:
+            return _exception(FC_MEI, 1)
+        if len(pdu) != 4:
+            return _exception(FC_MEI, 3)
+        code, start = pdu[2], pdu[3]
+        regular = any(3 <= oid <= 0x7F for oid in objects)
+        # A device of basic conformity refuses the regular and extended categories.
+        if not READ_BASIC <= code <= READ_ONE or (code in (2, 3) and not regular):
+            return _exception(FC_MEI, 3)
+        conformity = 0x80 | (2 if regular else 1)
+        if code == READ_ONE:
+            if start not in objects:
+                return _exception(FC_MEI, 2)
+            ids = [start]
+        else:
+            last = 2 if code == READ_BASIC else 0x7F if code == READ_REGULAR else 0xFF
+            ids = sorted(oid for oid in objects if oid <= last)
+            if start not in ids:
+                start = 0  # the standard: an unknown object id restarts the stream at the beginning
+            ids = ids[ids.index(start) :]
+        out = bytearray()
+        count, size = 0, 7
+        for oid in ids:
+            value = objects[oid]
+            if count and (size + 2 + len(value) > MAX_PDU or count == self.identity_split):
+                return bytes((FC_MEI, MEI_DEVICE_ID, code, conformity, 0xFF, oid, count)) + out
+            out += bytes((oid, len(value))) + value
+            count += 1
+            size += 2 + len(value)
+        return bytes((FC_MEI, MEI_DEVICE_ID, code, conformity, 0, 0, count)) + out
+
     def _store_bits(self, u: _Unit, address: int, bits: bytes) -> None:
         _table_write(u.tables[1], address, bits)
         self._pin_written(u, 1, address, len(bits))
@@ -805,6 +886,13 @@ def _profile_ref(profile: str | Path | None, base_dir: Path | None) -> str | Non
             path = base_dir / path
         return str(path.resolve())
     return text
+
+
+def _profile_identity(ref: str | None) -> dict[str, str] | None:
+    if ref is None:
+        return None
+    identity = load_profile(resolve_profile_path(ref, "modbus")).identity
+    return identity.objects() if identity is not None else None
 
 
 def _device_of(

@@ -92,6 +92,8 @@ def _rtu_request_size(buf: bytearray) -> int | None:
         return 8
     if fc == 22:
         return 10
+    if fc == 43:
+        return 7  # Read Device Identification: MEI type, code, object id
     if fc in (15, 16):
         return 9 + buf[6] if len(buf) >= 7 else None
     # A function we do not serve: the frame is as long as its CRC says (it came in one piece).
