@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.buses import Bus, BusConfig
+from gateway.buses import Bus, BusConfig, FailoverSettings, PathSet, TcpSettings, tcp_probe
 
 
 async def test_transactions_are_serialised_and_fifo() -> None:
@@ -48,3 +48,189 @@ async def test_turnaround_is_kept_between_transactions() -> None:
     async with bus.transaction():
         pass
     assert time.monotonic() - start >= 0.045
+
+
+# --- alternate paths: the switch logic, on a clock the test turns ------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def paths(n: int = 2, clock: Clock | None = None, **settings: object) -> PathSet:
+    endpoints = [TcpSettings(host=f"10.0.0.{7 + i}", port=502) for i in range(n)]
+    fo = FailoverSettings.model_validate({"failback_after": 60, "probe_interval": 5, **settings})
+    return PathSet("b", endpoints, fo, clock=clock or Clock(), probe=None)
+
+
+def test_a_connection_failure_moves_to_the_next_path_at_once() -> None:
+    ps = paths()
+    seen: list[str] = []
+    ps.watch(lambda p: seen.append(str(p.active)))
+    assert str(ps.current()) == "10.0.0.7:502"
+    ps.connect_failed("connection refused")
+    assert str(ps.current()) == "10.0.0.8:502"
+    assert (ps.switches, ps.failovers, seen) == (1, 1, ["10.0.0.8:502"])
+
+
+def test_consecutive_timeouts_move_and_an_answer_resets_the_count() -> None:
+    ps = paths(after_timeouts=3)
+    ps.timed_out()
+    ps.timed_out()
+    ps.answered()  # not in a row
+    ps.timed_out()
+    ps.timed_out()
+    assert ps.current().index == 0
+    ps.timed_out()
+    assert ps.current().index == 1
+
+
+def test_silence_on_every_path_is_the_devices_not_the_path() -> None:
+    ps = paths(after_timeouts=2)
+    for _ in range(2):
+        ps.timed_out()
+    assert ps.current().index == 1
+    for _ in range(10):  # just as silent here: no ping-pong
+        ps.timed_out()
+    assert (ps.current().index, ps.switches) == (1, 1)
+    ps.answered()  # something answers: timeouts are evidence again
+    ps.timed_out()
+    ps.timed_out()
+    assert ps.current().index == 0
+
+
+def test_failback_only_after_the_preferred_path_was_reachable_for_the_whole_time() -> None:
+    clock = Clock()
+    ps = paths(clock=clock)
+    ps.connect_failed("refused")
+    assert ps.current().index == 1
+    ps.probe_result(True)
+    clock.now += 30
+    ps.probe_result(False)  # one failed probe restarts the wait
+    clock.now += 40
+    ps.probe_result(True)
+    clock.now += 59
+    assert ps.current().index == 1
+    clock.now += 1
+    assert ps.current().index == 0
+    assert (ps.failovers, ps.failbacks) == (1, 1)
+
+
+def test_a_preferred_path_that_fails_again_soon_waits_longer_each_time() -> None:
+    clock = Clock()
+    ps = paths(clock=clock)
+    holds = []
+    for _ in range(6):
+        ps.connect_failed("refused")
+        holds.append(ps.hold)
+        ps.probe_result(True)
+        clock.now += ps.hold
+        assert ps.current().index == 0
+        clock.now += 1  # fails again right after the return
+    assert holds == [60, 120, 240, 480, 960, 960]
+    # A preferred path that carried traffic for longer than the hold starts from the base again.
+    clock.now += 2000
+    ps.connect_failed("refused")
+    assert ps.hold == 60
+
+
+def test_no_flapping_under_an_intermittent_preferred_path() -> None:
+    clock = Clock()
+    ps = paths(clock=clock)
+    ps.connect_failed("refused")
+    # The preferred endpoint answers every other probe for ten minutes: the bus stays away.
+    for n in range(120):
+        ps.probe_result(n % 2 == 0)
+        clock.now += 5
+        assert ps.current().index == 1
+    assert ps.switches == 1
+
+
+def test_three_paths_in_order_and_all_down_is_not_announced() -> None:
+    ps = paths(3)
+    seen: list[int] = []
+    ps.watch(lambda p: seen.append(p.active.index))
+    ps.connect_failed("refused")
+    ps.connect_failed("refused")
+    assert ps.current().index == 2 and seen == [1, 2]
+    for _ in range(9):  # everything down: it keeps trying in turn, quietly
+        ps.connect_failed("refused")
+    assert seen == [1, 2] and ps.announced.index == 2
+    assert ps.current().index == 2  # 11 steps around three paths
+    ps.connect_failed("refused")
+    ps.connected()  # path 0 is back: announced
+    assert seen == [1, 2, 0]
+
+
+def test_one_endpoint_never_switches() -> None:
+    ps = paths(1)
+    ps.connect_failed("refused")
+    for _ in range(10):
+        ps.timed_out()
+    assert (ps.current().index, ps.switches) == (0, 0)
+
+
+async def test_the_probe_task_probes_the_preferred_path_off_the_bus_and_fails_back() -> None:
+    probed: list[tuple[str, int]] = []
+    reachable = asyncio.Event()
+    three_probes = asyncio.Event()
+    back = asyncio.Event()
+
+    async def probe(host: str, port: int, timeout: float) -> bool:
+        probed.append((host, port))
+        if len(probed) >= 3:
+            three_probes.set()
+        return reachable.is_set()
+
+    endpoints = [TcpSettings(host="127.0.0.1", port=1502), TcpSettings(host="127.0.0.2", port=1502)]
+    fo = FailoverSettings.model_validate({"failback_after": "0.2s", "probe_interval": "0.05s"})
+    ps = PathSet("b", endpoints, fo, probe=probe)
+    try:
+        ps.connect_failed("refused")
+        await asyncio.wait_for(three_probes.wait(), 5)
+        assert ps.current().index == 1 and set(probed) == {("127.0.0.1", 1502)}
+        reachable.set()
+        started = time.monotonic()
+        ps.watch(lambda p: back.set())
+
+        async def driver() -> None:
+            while True:  # the switch happens where a driver asks for the endpoint: a transaction boundary
+                ps.current()
+                await asyncio.sleep(0.02)
+
+        polls = asyncio.create_task(driver())
+        try:
+            await asyncio.wait_for(back.wait(), 5)
+        finally:
+            polls.cancel()
+        assert ps.current().index == 0 and time.monotonic() - started >= 0.2
+    finally:
+        await ps.close()
+
+
+async def test_tcp_probe_on_loopback() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert await tcp_probe("127.0.0.1", port, 1.0)
+    server.close()
+    await server.wait_closed()
+    assert not await tcp_probe("127.0.0.1", port, 1.0)
+
+
+def test_a_named_bus_owns_its_paths() -> None:
+    cfg = BusConfig.model_validate(
+        {"id": "gw", "tcp": [{"host": "10.0.0.7"}, {"host": "10.0.0.8"}], "failover": {"after_timeouts": 2}}
+    )
+    bus = Bus("gw", cfg)
+    assert bus.paths is not None and bus.path == "10.0.0.7:502" and bus.paths.settings.after_timeouts == 2
+    assert bus.use_paths([TcpSettings(host="x")]) is bus.paths
+    assert cfg.tcp is not None and (cfg.tcp.host, cfg.tcp.port, cfg.tcp.key) == (
+        "10.0.0.7",
+        502,
+        "10.0.0.7:502,10.0.0.8:502",
+    )
+    assert Bus("serial").path is None
