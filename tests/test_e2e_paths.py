@@ -200,3 +200,51 @@ async def test_a_half_open_path_fails_over_on_timeouts(
             ),
             what="polls on the first path",
         )
+
+
+async def test_a_dlms_meter_behind_two_wrapper_endpoints_fails_over_and_back(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    from drivers.dlms.twin import DlmsTwin
+
+    async with DlmsTwin("sensemi-sed302", transport="wrapper") as twin, two_ports(twin.port) as (a, b):
+        pa, pb = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
+        dev = twin.device_config()
+        dev.update(
+            id="sed-1",
+            tcp=[{"host": "127.0.0.1", "port": a.port}, {"host": "127.0.0.1", "port": b.port}],
+            failover={"failback_after": "2s", "probe_interval": "200ms"},
+            interval="500ms",
+            timeout="500ms",
+            backfill="0s",
+        )
+        cfg = tmp_path / "site.yaml"
+        cfg.write_text(
+            f"site: lab\nmqtt: {{url: '{broker.url}'}}\nstate_dir: {tmp_path / 'state'}\n"
+            f"devices:\n  - {json.dumps(dev)}\n",
+            encoding="utf-8",
+        )
+
+        def status() -> dict[str, Any]:
+            return [m.json() for m in collector.on("/sed-1/status")][-1]
+
+        def fresh_good() -> bool:
+            now = int(time.time() * 1000)
+            msgs = [m for m in collector.data("sed-1") if m["ts"] > now - 1500]
+            return any(all(r["quality"] == "good" for r in m["readings"]) for m in msgs)
+
+        async with daemon(cfg, tmp_path) as d:
+            await collector.wait_for(
+                lambda: collector.on("/sed-1/status") and status().get("path") == pa and status()["state"] == "online",
+                what="the meter online on the preferred path",
+            )
+            await a.down()
+            await collector.wait_for(lambda: status().get("path") == pb, timeout=10, what="the second path")
+            await collector.wait_for(fresh_good, what="readings through the second path")
+            await a.up()
+            restored = time.monotonic()
+            await collector.wait_for(lambda: status().get("path") == pa, timeout=15, what="back on the first path")
+            assert time.monotonic() - restored >= 2.0 - 0.3
+            await collector.wait_for(fresh_good, what="readings through the first path again")
+            assert [e["path_to"] for e in log_events(d, "path failover")] == [pb]
+            assert [e["path_to"] for e in log_events(d, "path failback")] == [pa]
