@@ -19,7 +19,7 @@ import structlog
 from pydantic import Field, GetCoreSchemaHandler, TypeAdapter, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
-from gateway.models import Duration, Identifier, Port, Strict
+from gateway.models import Duration, Identifier, Port, Strict, parse_duration
 
 T = TypeVar("T")
 
@@ -114,7 +114,20 @@ class FailoverSettings(Strict):
     failback_after: Duration = Field(
         default=60.0, description="the preferred path must be reachable this long before it is used again"
     )
-    probe_interval: Duration = Field(default=5.0, description="how often the preferred path is probed while away")
+    probe_interval: Duration = Field(
+        default=5.0, description="how often the preferred path is probed while away (at most failback_after)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_failback(cls, data: Any) -> Any:
+        # A failback time under the default probe interval probes as often as it needs to.
+        if isinstance(data, dict) and "probe_interval" not in data and "failback_after" in data:
+            with contextlib.suppress(ValueError, TypeError):
+                fb = parse_duration(data["failback_after"])
+                if 0 < fb < 5.0:
+                    return {**data, "probe_interval": fb}
+        return data
 
     @model_validator(mode="after")
     def _sane(self) -> FailoverSettings:
@@ -129,6 +142,39 @@ def check_failover(tcp: TcpPaths | None, failover: FailoverSettings | None) -> N
     """`failover` only makes sense with two or more endpoints (a model validator's check)."""
     if failover is not None and (tcp is None or len(tcp) < 2):
         raise ValueError("`failover` needs a list of two or more endpoints, preferred first")
+
+
+def path_conflicts(devices: Sequence[Any]) -> list[tuple[int, str, str]]:
+    """(device index, key, message) for devices that reach one endpoint but would not share its bus.
+
+    Devices behind the same endpoints switch together only if they share one bus: the same
+    endpoints in the same order and the same `failover` (the implicit bus' key names the endpoints).
+    """
+    out: list[tuple[int, str, str]] = []
+    by_key: dict[str, int] = {}
+    by_endpoint: dict[tuple[str, str], int] = {}
+    for i, dev in enumerate(devices):
+        tcp = getattr(dev, "tcp", None)
+        key = dev.implicit_bus() if isinstance(tcp, TcpPaths) else None
+        if tcp is None or key is None:
+            continue
+        first = by_key.setdefault(key, i)
+        if first != i:
+            if getattr(devices[first], "failover", None) != getattr(dev, "failover", None):
+                out.append((i, "failover", f"devices[{first}] has the same endpoints with another `failover`"))
+            continue
+        kind = key.split(":", 1)[0]
+        for e in tcp:
+            other = by_endpoint.setdefault((kind, f"{e.host.lower()}:{e.port}"), i)
+            # Two single endpoints on two buses is how it always was (e.g. a name and its address).
+            if other != i and (len(tcp) > 1 or len(devices[other].tcp) > 1):
+                msg = (
+                    f"{e.host}:{e.port} is also an endpoint of devices[{other}], which lists other endpoints: "
+                    "list the same ones in the same order, or put both devices on one named bus"
+                )
+                out.append((i, "tcp", msg))
+                break
+    return out
 
 
 class BusConfig(Strict):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from gateway.buses import Bus, BusConfig, FailoverSettings, PathSet, TcpSettings, tcp_probe
+from gateway.config import ConfigError, load_config_text
 
 
 async def test_transactions_are_serialised_and_fifo() -> None:
@@ -234,3 +235,60 @@ def test_a_named_bus_owns_its_paths() -> None:
         "10.0.0.7:502,10.0.0.8:502",
     )
     assert Bus("serial").path is None
+
+
+# --- alternate paths: config ------------------------------------------------------------------
+
+
+def config_issues(devices: str) -> list[str]:
+    try:
+        load_config_text(f"site: s\ndevices:\n{devices}", "t.yaml")
+    except ConfigError as exc:
+        return [str(i) for i in exc.issues]
+    return []
+
+
+def test_tcp_takes_one_mapping_or_a_list_preferred_first() -> None:
+    cfg = load_config_text(
+        "site: s\nbuses:\n  - {id: gw, tcp: [{host: 10.0.0.7}, {host: 10.0.0.8}]}\ndevices:\n"
+        "  - {id: a, driver: modbus, tcp: [{host: 10.0.0.7}, {host: 10.0.0.8, port: 1502}], points: []}\n"
+        "  - {id: b, driver: modbus, tcp: {host: 10.0.0.9}, points: []}\n"
+        "  - {id: c, driver: dlms, tcp: [{host: 10.0.0.7}, {host: 10.0.0.8}], failover: {failback_after: 2s}}\n"
+        "  - {id: d, driver: modbus, bus: gw, points: []}\n",
+        "t.yaml",
+    )
+    a, b, c, _ = cfg.devices
+    assert a.implicit_bus() == "modbus-tcp:10.0.0.7:502,10.0.0.8:1502"
+    assert b.implicit_bus() == "modbus-tcp:10.0.0.9:502"
+    assert c.implicit_bus() == "dlms-wrapper:10.0.0.7:4059,10.0.0.8:4059"  # DLMS' default port
+    assert a.protocol_address()["paths"] == ["10.0.0.7:502", "10.0.0.8:1502"]
+    assert "paths" not in b.protocol_address()
+    assert cfg.buses[0].tcp is not None and len(cfg.buses[0].tcp) == 2
+    assert c.failover is not None and c.failover.probe_interval == 2.0  # never longer than failback_after
+
+
+def test_path_config_errors_name_file_line_and_field() -> None:
+    assert config_issues("  - id: a\n    driver: modbus\n    tcp: []\n    points: []\n") == [
+        "t.yaml:5 devices[0].tcp: an empty list: give at least one `{host, port}`"
+    ]
+    dup = "  - id: a\n    driver: modbus\n    tcp:\n      - {host: h}\n      - {host: H, port: 502}\n    points: []\n"
+    assert config_issues(dup) == ["t.yaml:7 devices[0].tcp[1]: H:502 is listed twice (also [0])"]
+    assert config_issues("  - {id: a, driver: modbus, tcp: {host: h}, failover: {}, points: []}\n") == [
+        "t.yaml:3 devices[0].failover: `failover` needs a list of two or more endpoints, preferred first"
+    ]
+    bad = "  - id: a\n    driver: modbus\n    tcp: [{host: h}, {host: i}]\n    failover: {failback_after: 1s, probe_interval: 2s}\n"
+    assert config_issues(bad + "    points: []\n") == [
+        "t.yaml:6 devices[0].failover.failback_after: failback_after must be at least probe_interval"
+    ]
+    # Devices behind the same endpoints share one bus and switch together: they must agree.
+    two = (
+        "  - {id: a, driver: modbus, tcp: [{host: h}, {host: i}], points: []}\n"
+        "  - {id: b, driver: modbus, tcp: [{host: h}, {host: i}], failover: {after_timeouts: 1}, points: []}\n"
+        "  - {id: c, driver: modbus, tcp: [{host: i}, {host: h}], points: []}\n"
+        "  - {id: d, driver: modbus, tcp: {host: h}, transport: rtu_over_tcp, points: []}\n"
+    )
+    assert config_issues(two) == [
+        "t.yaml:4 devices[1].failover: devices[0] has the same endpoints with another `failover`",
+        "t.yaml:5 devices[2].tcp: i:502 is also an endpoint of devices[0], which lists other endpoints: "
+        "list the same ones in the same order, or put both devices on one named bus",
+    ]
