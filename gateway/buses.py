@@ -488,7 +488,7 @@ class Bus:
         return self.config.serial if self.config else None
 
     @property
-    def tcp(self) -> TcpSettings | None:
+    def tcp(self) -> TcpPaths | None:
         return self.config.tcp if self.config else None
 
     def transaction(self) -> _Transaction:

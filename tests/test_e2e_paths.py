@@ -116,7 +116,7 @@ def log_events(d: Daemon, event: str) -> list[dict[str, Any]]:
 async def metrics(port: int) -> str:
     def get() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            return r.read().decode()
+            return str(r.read().decode())
 
     return await asyncio.to_thread(get)
 
@@ -226,7 +226,8 @@ async def test_a_dlms_meter_behind_two_wrapper_endpoints_fails_over_and_back(
         )
 
         def status() -> dict[str, Any]:
-            return [m.json() for m in collector.on("/sed-1/status")][-1]
+            last: dict[str, Any] = collector.on("/sed-1/status")[-1].json()
+            return last
 
         def fresh_good() -> bool:
             now = int(time.time() * 1000)
