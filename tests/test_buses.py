@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -293,3 +294,51 @@ def test_path_config_errors_name_file_line_and_field() -> None:
         "t.yaml:5 devices[2].tcp: i:502 is also an endpoint of devices[0], which lists other endpoints: "
         "list the same ones in the same order, or put both devices on one named bus",
     ]
+
+
+# --- alternate paths: the Modbus driver on a bus with two endpoints ---------------------------
+
+
+async def test_modbus_devices_switch_together_on_a_half_open_path_but_not_for_one_dead_unit() -> None:
+    from drivers.modbus.twin import ModbusTwin
+    from gateway.driver import DeviceError
+    from tests.harness import TcpProxy
+    from tests.modbus.util import METER, assert_values, device, driver, points
+
+    pts = points(METER[:3])
+    async with ModbusTwin(pts, units=[1, 2, 3], update_interval=0) as twin:
+        a, b = TcpProxy(twin.port), TcpProxy(twin.port)
+        await a.start()
+        await b.start()
+        tcp = [{"host": "127.0.0.1", "port": a.port}, {"host": "127.0.0.1", "port": b.port}]
+        devs = [device(id=f"m{u}", unit=u, timeout=0.1, tcp=tcp, failover={"after_timeouts": 2}) for u in (1, 2, 3)]
+        bus = Bus(devs[0].implicit_bus() or "", None)
+        drivers = [await driver(dev, pts, bus) for dev in devs]
+        try:
+            for d in drivers:
+                await d.read()
+            assert bus.paths is not None and bus.path == f"127.0.0.1:{a.port}"
+            twin.faults.set("silent", target=2)  # one dead meter among live ones: never the path's fault
+            for _ in range(4):
+                for d in drivers:
+                    with contextlib.suppress(DeviceError):
+                        await d.read()
+            assert bus.paths.switches == 0
+            twin.faults.clear(2)
+            a.stall()  # the preferred path accepts but carries nothing any more
+            outcomes = []
+            for d in drivers:
+                try:
+                    await d.read()
+                    outcomes.append("ok")
+                except DeviceError:
+                    outcomes.append("timeout")
+            # two timeouts of units that answered before move the whole bus; the third reads on the other path
+            assert outcomes == ["timeout", "timeout", "ok"]
+            assert bus.path == f"127.0.0.1:{b.port}" and bus.paths.failovers == 1
+            for u, d in zip((1, 2, 3), drivers, strict=True):
+                assert_values(twin, u, pts, (await d.read()).values)
+        finally:
+            await bus.close()
+            await a.stop()
+            await b.stop()
