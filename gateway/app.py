@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from gateway import logs
-from gateway.buses import Bus
+from gateway.buses import Bus, TcpPaths
 from gateway.commands import Commands, Rejected, Request, Result, parse_request
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.driver import Driver, DriverContext, DriverRuntime
@@ -65,7 +65,12 @@ def build_driver(
 def bus_for(device: DeviceConfig, cfg: GatewayConfig) -> tuple[str, Bus]:
     """The key and a new Bus for the transport a device uses: a named bus, a shared endpoint, or its own."""
     key = device.bus or device.implicit_bus() or f"device:{device.id}"
-    return key, Bus(key, cfg.bus_config(device.bus) if device.bus else None)
+    bus = Bus(key, cfg.bus_config(device.bus) if device.bus else None)
+    tcp = getattr(device, "tcp", None)
+    if isinstance(tcp, TcpPaths):
+        # The device's own endpoints (one, or several to fail over between) belong to its bus.
+        bus.use_paths(tcp, getattr(device, "failover", None))
+    return key, bus
 
 
 async def start_runtime(

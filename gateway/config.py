@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 
-from gateway.buses import BusConfig
+from gateway.buses import BusConfig, path_conflicts
 from gateway.calc import CalcError, Compiled, compile_expr, evaluation_order
 from gateway.models import (
     CONFIG_DIR,
@@ -728,6 +728,8 @@ def _cross_check(cfg: GatewayConfig, devices: list[DeviceConfig], data: Any, sou
             issues.append(
                 ConfigIssue(source, _line(data, "buses", i), f"buses[{i}]", "a bus has either `serial` or `tcp`")
             )
+    for i, key, msg in path_conflicts(devices):
+        issues.append(ConfigIssue(source, _line(data, "devices", i, key), f"devices[{i}].{key}", msg))
     bus_driver: dict[str, str] = {}
     for i, dev in enumerate(devices):
         if dev.bus is None:

@@ -208,6 +208,24 @@ def render_metrics(gw: Gateway) -> str:
         "Transactions on the bus.",
         [({"bus": b.id}, float(b.transactions)) for b in gw.buses.values()],
     )
+    pathsets = [b.paths for b in gw.buses.values() if b.paths is not None and b.paths.redundant]
+    metric(
+        "bus_path_info",
+        "gauge",
+        "1 for the endpoint a bus with several uses, 0 for its others.",
+        [
+            ({"bus": ps.bus_id, "path": str(p), "preferred": "true" if not p.index else "false"}, float(p == ps.active))
+            for ps in pathsets
+            for p in ps.paths
+        ],
+    )
+    metric(
+        "bus_path_switches_total",
+        "counter",
+        "Changes of the endpoint a bus uses, by direction.",
+        [({"bus": ps.bus_id, "direction": "failover"}, float(ps.failovers)) for ps in pathsets]
+        + [({"bus": ps.bus_id, "direction": "failback"}, float(ps.failbacks)) for ps in pathsets],
+    )
     pub = gw.publisher
     st = pub.stats
     metric("queue_depth", "gauge", "Messages waiting in memory.", [({}, float(pub.queue_depth))])

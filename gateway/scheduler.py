@@ -47,14 +47,22 @@ class DeviceStats:
     readings: int = 0
     pushed: int = 0
     last_progress: float = field(default_factory=time.monotonic)
+    # The endpoint the device's bus uses (`host:port`; TCP only) and the one its status last named.
+    path_of: Callable[[], str | None] | None = None
+    published_path: str | None = None
 
     def status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "state": self.state.value,
             "since": self.state_since_ms,
             "last_success": self.last_success_ms,
             "last_error": self.last_error,
         }
+        if self.path_of is not None:
+            path = self.published_path = self.path_of()
+            if path is not None:
+                out["path"] = path
+        return out
 
 
 def next_deadline(now: float, interval: float) -> float:
@@ -118,6 +126,9 @@ class DeviceRunner:
         self.driver = self._wired(build(device.resolved_points))
         self.normalizer = Normalizer(device.id, self.driver.ctx.points, device.calculated_points)
         self.stats = DeviceStats()
+        bus = getattr(self.driver.ctx, "bus", None)
+        if bus is not None and hasattr(bus, "path"):
+            self.stats.path_of = lambda: bus.path
         self._rng = random.Random(hash(device.id))
         self._task: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[Batch] | None = None
@@ -278,7 +289,20 @@ class DeviceRunner:
             self._failed(error or "poll failed", now_ms)
         self.stats.readings += len(batch)
         self._hand_over(batch, commit, events)
+        self._path_changed()
         return batch
+
+    def _path_changed(self) -> None:
+        """The status names the bus' path: a switch (during this poll) publishes it again."""
+        st = self.stats
+        if st.path_of is None:
+            return
+        path = st.path_of()
+        if path != st.published_path:
+            known = st.published_path is not None
+            st.published_path = path
+            if known:
+                self.on_status(self.device, st)
 
     def _hand_over(
         self, batch: Batch, commit: dict[str, Any] | None = None, events: Sequence[dict[str, Any]] = ()

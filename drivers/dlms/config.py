@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from drivers.dlms import obis
+from gateway.buses import FailoverSettings, TcpPaths, TcpSettings, check_failover
 from gateway.models import (
     ActionConfig,
     DeviceConfig,
@@ -131,9 +132,14 @@ class DlmsPoint(PointConfig):
         return out
 
 
-class DlmsTcp(Strict):
-    host: str
+class DlmsTcp(TcpSettings):
     port: Port = 4059
+
+
+class DlmsTcpPaths(TcpPaths):
+    """`tcp:` of a DLMS device: one `{host, port}` or a list, preferred first (port 4059 by default)."""
+
+    endpoint_model = DlmsTcp
 
 
 class OpticalSettings(Strict):
@@ -364,7 +370,8 @@ class DlmsDevice(DeviceConfig):
     transport: Literal["hdlc", "wrapper"] | None = Field(
         default=None, description="default: wrapper over `tcp`, hdlc over `bus` or `optical`"
     )
-    tcp: DlmsTcp | None = None
+    tcp: DlmsTcpPaths | None = Field(default=None, description="`{host, port}`, or a list of them, preferred first")
+    failover: FailoverSettings | None = Field(default=None, description="with several `tcp` endpoints")
     optical: OpticalSettings | None = None
     # addressing (IEC 62056-46 / -47)
     client_address: Annotated[int, Field(ge=1, le=127)] | None = Field(
@@ -477,6 +484,7 @@ class DlmsDevice(DeviceConfig):
             )
         if self.resolved_transport == "wrapper" and self.tcp is None:
             raise ValueError("transport wrapper (IEC 62056-47) runs over `tcp` only")
+        check_failover(self.tcp, self.failover)
         if self.physical_address is not None and self.serial_number is not None:
             raise ValueError("give physical_address or serial_number, not both")
         if self.bus is not None and self.physical_address is None and self.serial_number is None:
@@ -558,7 +566,7 @@ class DlmsDevice(DeviceConfig):
 
     def implicit_bus(self) -> str | None:
         if self.tcp is not None:
-            return f"dlms-{self.resolved_transport}:{self.tcp.host}:{self.tcp.port}"
+            return f"dlms-{self.resolved_transport}:{self.tcp.key}"
         if self.optical is not None:
             return f"dlms-optical:{self.optical.port}"
         return None
@@ -567,6 +575,8 @@ class DlmsDevice(DeviceConfig):
         out: dict[str, Any] = {"transport": self.resolved_transport, "client": self.client_sap}
         if self.tcp is not None:
             out.update(host=self.tcp.host, port=self.tcp.port)
+            if len(self.tcp) > 1:
+                out["paths"] = [f"{e.host}:{e.port}" for e in self.tcp]
         elif self.optical is not None:
             out["optical"] = self.optical.port
         else:

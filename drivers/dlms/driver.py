@@ -129,6 +129,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         self._types: dict[Ref, codec.DataType] = {}  # attribute types the meter answered, for writes
         self._lock = asyncio.Lock()  # one poll or command at a time on the association
         self._abandoned = False  # an exchange was cancelled midway: the link state is unknown
+        self._answered_here = False  # the meter answered once: its timeouts say something about the path
         self._plan()
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -166,7 +167,8 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         bus = self.ctx.bus
         if cfg.tcp is not None:
             host, port = cfg.tcp.host, cfg.tcp.port
-            return bus.shared("dlms-tcp", lambda: TcpChannel(host, port))
+            paths = bus.use_paths(cfg.tcp, cfg.failover)
+            return bus.shared("dlms-tcp", lambda: TcpChannel(host, port, paths))
         if cfg.optical is not None:
             opt = cfg.optical
             return bus.shared(
@@ -180,7 +182,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         if bus.tcp is not None:
             # a serial-to-Ethernet converter in front of the RS-485 line: HDLC over its TCP port
             t = bus.tcp
-            return bus.shared("dlms-tcp", lambda: TcpChannel(t.host, t.port))
+            return bus.shared("dlms-tcp", lambda: TcpChannel(t.host, t.port, bus.paths))
         raise DeviceError(f"bus {bus.id!r} has neither serial nor tcp settings")
 
     def _build_client(self) -> CosemClient:
@@ -267,6 +269,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
         attempts = cfg.retries + 1
         for attempt in range(attempts):
             try:
+                await self._follow_path()
                 if not self.client.associated:
                     await self.client.associate(cfg.timeout)
                     self._scalers = {k: v for k, v in self._scalers.items() if not isinstance(v, CosemError)}
@@ -275,6 +278,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
                     with contextlib.suppress(LinkError, ProtocolError, AssociationLost, CosemError):
                         await self.client.release(cfg.timeout)
                 self._device_ok()
+                self._path_answered()
                 if cursors:
                     # The next poll reads on from here; on disk the cursor moves only once the core
                     # has these entries safe (RawReadings.commit), so a crash re-reads, never skips.
@@ -285,6 +289,7 @@ class DlmsDriver(Driver[DlmsDevice, None]):
                 self._forget()
                 raise self._device_failed(DeviceError(f"corrupted reply: {exc}")) from None
             except LinkTimeout as exc:
+                self._path_timed_out()
                 self._forget()
                 # A dead meter costs one timeout per poll, not one per retry.
                 raise self._device_failed(DeviceTimeout(str(exc))) from None
@@ -301,6 +306,35 @@ class DlmsDriver(Driver[DlmsDevice, None]):
                 self._forget()
                 raise self._device_failed(DeviceError(_describe(exc))) from None
         raise DeviceError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    # -- alternate paths (the bus decides; the driver says what it saw) ------------------------------
+
+    def _tcp_channel(self) -> TcpChannel | None:
+        channel = self.client.link.channel
+        return channel if isinstance(channel, TcpChannel) and channel.paths is not None else None
+
+    async def _follow_path(self) -> None:
+        """At a poll's start (an association boundary): leave a connection to a path the bus left."""
+        channel = self._tcp_channel()
+        if channel is None:
+            return
+        async with self.ctx.bus.transaction():
+            moved = await channel.follow()
+        if moved:
+            self._forget()
+
+    def _path_answered(self) -> None:
+        channel = self._tcp_channel()
+        if channel is not None and channel.paths is not None:
+            self._answered_here = True
+            channel.paths.answered()
+
+    def _path_timed_out(self) -> None:
+        # A meter that never answered says nothing about the path; a connect timeout was reported
+        # by the channel as a connection failure.
+        channel = self._tcp_channel()
+        if channel is not None and channel.paths is not None and self._answered_here and channel.is_open:
+            channel.paths.timed_out()
 
     def _forget(self) -> None:
         if self._client is not None:

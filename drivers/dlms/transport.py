@@ -16,6 +16,7 @@ from typing import Any
 
 from drivers.dlms import hdlc
 from drivers.dlms.hdlc import Frame, FrameReader, LinkParams
+from gateway.buses import Path, PathSet
 
 
 class LinkError(Exception):
@@ -139,13 +140,47 @@ class Channel(abc.ABC):
 
 
 class TcpChannel(Channel):
-    def __init__(self, host: str, port: int) -> None:
+    """A TCP connection; with several endpoints (`paths`, the bus') it opens on the one in use."""
+
+    def __init__(self, host: str, port: int, paths: PathSet | None = None) -> None:
         super().__init__(f"tcp {host}:{port}")
         self.host = host
         self.port = port
+        self.paths = paths if paths is not None and paths.redundant else None
+        self._on: Path | None = None  # the path of the open connection
+
+    async def follow(self) -> bool:
+        """Close a connection to a path the bus left (call it where an association may start); True if closed."""
+        paths = self.paths
+        if paths is None:
+            return False
+        path = paths.current()
+        if self._on is path or not self.is_open:
+            return False
+        await self._drop()
+        return True
+
+    async def ensure_open(self, timeout: float) -> None:
+        paths = self.paths
+        if paths is None or self.is_open:
+            await super().ensure_open(timeout)
+            return
+        generation = self.generation
+        try:
+            await super().ensure_open(timeout)
+        except LinkError as exc:
+            paths.connect_failed(str(exc).removeprefix(f"{self.name}: "))
+            raise
+        if self.generation != generation:
+            paths.connected()
 
     async def _open(self, rx: _Receiver) -> asyncio.Transport:
-        transport, _ = await asyncio.get_running_loop().create_connection(lambda: rx, self.host, self.port)
+        host, port = self.host, self.port
+        if self.paths is not None:
+            path = self._on = self.paths.active
+            host, port = path.host, path.port
+            self.name = f"tcp {path}"
+        transport, _ = await asyncio.get_running_loop().create_connection(lambda: rx, host, port)
         return transport
 
 

@@ -21,7 +21,7 @@ import asyncio
 import struct
 import termios
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from drivers.modbus.codec import (
@@ -35,6 +35,7 @@ from drivers.modbus.codec import (
     object_text,
     parse_device_id,
 )
+from gateway.buses import Path, PathSet
 from gateway.crc import crc16_reflected
 
 _MBAP_HEADER = struct.Struct(">HHHB")
@@ -164,6 +165,8 @@ class TcpEndpoint:
     host: str
     port: int = 502
     framing: Literal["tcp", "rtu", "ascii"] = "tcp"
+    # The bus' endpoints when there are several (host and port are then the preferred one).
+    paths: PathSet | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -224,8 +227,14 @@ class ModbusLink:
     # longer (or longer than the request's timeout) is incomplete and dropped.
     ASCII_CHAR_TIMEOUT = 1.0
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, paths: PathSet | None = None) -> None:
         self.endpoint = endpoint
+        # Several endpoints to one set of devices: the bus' PathSet says which one to use.
+        if paths is None and isinstance(endpoint, TcpEndpoint):
+            paths = endpoint.paths
+        self.paths = paths if paths is not None and paths.redundant else None
+        self._on: Path | None = None  # the path of the open connection
+        self._retry_path: Path | None = None
         self.framing: Literal["tcp", "rtu", "ascii"] = endpoint.framing
         self._char_timeout = self.ASCII_CHAR_TIMEOUT
         self._last_data = 0.0
@@ -250,7 +259,8 @@ class ModbusLink:
         e = self.endpoint
         if isinstance(e, SerialEndpoint):
             return e.port + (" (ascii)" if e.framing == "ascii" else "")
-        return f"{e.host}:{e.port}" + (f" ({e.framing})" if e.framing != "tcp" else "")
+        where = str(self.paths.active) if self.paths is not None else f"{e.host}:{e.port}"
+        return where + (f" ({e.framing})" if e.framing != "tcp" else "")
 
     @property
     def connected(self) -> bool:
@@ -342,22 +352,32 @@ class ModbusLink:
 
     # --- internals ------------------------------------------------------------------------------
 
-    async def _open(self, timeout: float) -> None:
+    async def _open(self, timeout: float, again: bool = True) -> None:
+        paths = self.paths
+        path = None
+        if paths is not None:
+            # Called before every exchange, with the bus held: the only place the path changes.
+            path = paths.current()
+            if path is not self._on and self.connected:
+                self._drop(LinkError(f"{self.name}: the bus moved to another path"))
         if self.connected:
             return
         now = time.monotonic()
-        if now < self._retry_at:
+        # The back-off is for the endpoint that failed; another path is tried at once.
+        if now < self._retry_at and path is self._retry_path:
             raise LinkError(f"{self.name}: {self._last_error} (next attempt in {self._retry_at - now:.1f}s)")
         loop = asyncio.get_running_loop()
         protocol = _Protocol(self)
+        began = time.monotonic()
         try:
             async with asyncio.timeout(max(timeout, 0.05)):
                 if isinstance(self.endpoint, SerialEndpoint):
                     transport = await self._open_serial(loop, protocol)
                 else:
-                    transport, _ = await loop.create_connection(
-                        lambda: protocol, self.endpoint.host, self.endpoint.port
+                    host, port = (
+                        (path.host, path.port) if path is not None else (self.endpoint.host, self.endpoint.port)
                     )
+                    transport, _ = await loop.create_connection(lambda: protocol, host, port)
         # termios.error is no OSError: a port that refuses its character format (a pty told 7E1).
         except (OSError, TimeoutError, ValueError, termios.error) as exc:
             self._failures += 1
@@ -370,7 +390,18 @@ class ModbusLink:
             else:
                 reason = getattr(exc, "strerror", None) or str(exc)
             self._last_error = f"cannot connect: {reason}"
-            raise LinkError(f"{self.name}: {self._last_error}") from None
+            self._retry_path = path
+            error = LinkError(f"{self.name}: {self._last_error}")
+            if paths is not None:
+                paths.connect_failed(reason)
+                # A refused connection is quick: the next path gets its chance within this request.
+                left = timeout - (time.monotonic() - began)
+                if again and paths.active is not path and left > timeout / 2:
+                    return await self._open(left, again=False)
+            raise error from None
+        if paths is not None:
+            paths.connected()
+        self._on = path
         self._failures = 0
         self._transport = transport  # type: ignore[assignment]
         self._protocol = protocol
@@ -440,11 +471,17 @@ class ModbusLink:
         self._silent = 0
         self._silent_units.clear()
         self._answered.add(unit)
+        if self.paths is not None:
+            self.paths.answered()
 
     def _note_silence(self, unit: int) -> None:
         self._silent += 1
         if unit in self._answered:
             self._silent_units.add(unit)
+            # The same evidence as the reconnect below: a unit that never answered says nothing
+            # about the path. The bus counts these and moves to another path after enough of them.
+            if self.paths is not None:
+                self.paths.timed_out()
         if isinstance(self.endpoint, SerialEndpoint) or self._silent < self.SILENT_LIMIT:
             return
         if len(self._silent_units) >= min(self.SILENT_LIMIT, len(self._answered)):
@@ -692,10 +729,13 @@ def endpoint_of(device: Any, bus: Any) -> Endpoint | None:
     framing: Literal["tcp", "rtu", "ascii"] = (
         "rtu" if transport == "rtu_over_tcp" else "ascii" if transport == "ascii_over_tcp" else "tcp"
     )
+    # With several endpoints, host and port are the preferred one's and the bus' PathSet chooses.
     if device.tcp is not None:
-        return TcpEndpoint(device.tcp.host, device.tcp.port, framing)
+        use = getattr(bus, "use_paths", None)
+        paths = use(device.tcp, getattr(device, "failover", None)) if use is not None else None
+        return TcpEndpoint(device.tcp.host, device.tcp.port, framing, paths)
     if bus is not None and bus.tcp is not None:
-        return TcpEndpoint(bus.tcp.host, bus.tcp.port, framing)
+        return TcpEndpoint(bus.tcp.host, bus.tcp.port, framing, getattr(bus, "paths", None))
     if bus is not None and bus.serial is not None:
         s = bus.serial
         return SerialEndpoint(s.port, s.baudrate, s.bytesize, s.parity, s.stopbits, getattr(s, "framing", "rtu"))

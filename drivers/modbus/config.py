@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from gateway.buses import TcpSettings
+from gateway.buses import FailoverSettings, TcpPaths, check_failover
 from gateway.models import ActionConfig, DeviceConfig, Duration, Identifier, PointConfig, Strict
 
 Function = Literal["holding", "input", "coil", "discrete"]
@@ -187,7 +187,8 @@ class ModbusDevice(DeviceConfig):
     action_model: ClassVar[type[ActionConfig]] = ModbusAction
 
     driver: Literal["modbus"]
-    tcp: TcpSettings | None = None
+    tcp: TcpPaths | None = Field(default=None, description="`{host, port}`, or a list of them, preferred first")
+    failover: FailoverSettings | None = Field(default=None, description="with several `tcp` endpoints")
     transport: Literal["tcp", "rtu_over_tcp", "ascii_over_tcp"] = Field(
         default="tcp",
         description="on `tcp` (the device's or its bus'): MBAP, or RTU / ASCII frames through a converter",
@@ -219,18 +220,23 @@ class ModbusDevice(DeviceConfig):
         for lo, hi in self.unreadable:
             if lo > hi:
                 raise ValueError(f"unreadable range [{lo}, {hi}] is reversed")
+        if self.failover is not None and self.bus is not None:
+            raise ValueError("`failover` of a device on a named bus goes on the bus")
+        check_failover(self.tcp, self.failover)
         return self
 
     def implicit_bus(self) -> str | None:
         if self.tcp is None:
             return None
         framing = {"rtu_over_tcp": "rtu", "ascii_over_tcp": "ascii"}.get(self.transport, "tcp")
-        return f"modbus-{framing}:{self.tcp.host}:{self.tcp.port}"
+        return f"modbus-{framing}:{self.tcp.key}"
 
     def protocol_address(self) -> dict[str, Any]:
         out: dict[str, Any] = {"unit": self.unit}
         if self.tcp is not None:
             out.update(host=self.tcp.host, port=self.tcp.port, transport=self.transport)
+            if len(self.tcp) > 1:
+                out["paths"] = [f"{e.host}:{e.port}" for e in self.tcp]
         else:
             out["bus"] = self.bus
         return out
