@@ -67,7 +67,7 @@ def write_config(tmp: Path, urls: list[str], twin: ModbusTwin, health: int, extr
     devices = "".join(device_yaml(dev, twin.port, unit) for unit, dev in enumerate(DEVICES, 1))
     path.write_text(
         f"site: lab\nmqtt: {mqtt}\nstate_dir: {tmp / 'state'}\nhealth: {{listen: '127.0.0.1:{health}'}}\n"
-        f"{{buffer}}devices:\n{devices}",
+        f"commands: {{enabled: true}}\n{{buffer}}devices:\n{devices}",
         encoding="utf-8",
     )
     return path
@@ -116,6 +116,28 @@ async def retained_on(port: int, topics: list[str], timeout: float = 10.0) -> di
     return found
 
 
+async def command_answered(port: int, collector: Collector, rid: str) -> dict[str, Any]:
+    """Send a request to the broker on `port`; the result proves the gateway subscribed there."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"operator-{rid}") as client:
+        body = {"id": rid, "point": "nope", "value": 1}
+        await client.publish("edgegw/lab/pdu-1/command", json.dumps(body).encode(), qos=1)
+    topic = "edgegw/lab/pdu-1/command/result"
+    found: dict[str, Any] = await collector.wait_for(
+        lambda: next((m.json() for m in collector.messages if m.topic == topic and m.json()["id"] == rid), None),
+        what=f"the result of {rid}",
+    )
+    return found
+
+
+async def gateway_status_becomes(port: int, reason: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = (await retained_on(port, ["edgegw/lab/gateway/status"]))["edgegw/lab/gateway/status"]
+        if status.get("reason") == reason or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.05)
+
+
 def state_topics() -> list[str]:
     return ["edgegw/lab/gateway/status"] + [f"edgegw/lab/{d}/{leaf}" for d in DEVICES for leaf in ("meta", "status")]
 
@@ -151,6 +173,12 @@ async def test_the_first_broker_stops_data_continues_on_the_second(
         assert await metric(health, f'edgegw_broker_active{{url="{b.url}"}}') == 1
         assert await metric(health, f'edgegw_broker_active{{url="{a.url}"}}') == 0
         assert await metric(health, "edgegw_broker_switches_total") == 1
+        result = await command_answered(b.port, on_b, "after-the-move")
+        assert result["status"] == "rejected", result
+        # The last will was registered with the second broker: it speaks for a gateway that vanishes.
+        await daemon.kill()
+        lost = await gateway_status_becomes(b.port, "lost")
+        assert lost["state"] == "offline" and lost["reason"] == "lost", lost
     finally:
         await on_b.stop()
         await daemon.stop()
