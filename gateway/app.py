@@ -123,7 +123,7 @@ class Gateway:
             "gateway started",
             devices=len(self.runners),
             buses=len(self.buses),
-            broker=f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+            brokers=" ".join(e.address for e in self.cfg.mqtt.endpoints),
         )
         sd_notify("READY=1\nSTATUS=" + self.summary())
 

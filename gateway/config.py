@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 
 from gateway.buses import BusConfig, path_conflicts
 from gateway.calc import CalcError, Compiled, compile_expr, evaluation_order
@@ -105,8 +105,42 @@ class TlsConfig(Strict):
         return self
 
 
+def _broker_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise ValueError("use mqtt://host[:port] or mqtts://host[:port]")
+    try:
+        if parts.port is not None:
+            port_number(parts.port)
+    except ValueError:
+        # urllib accepts port 0 and rejects -1 or 99999 with texts that name no range.
+        raise ValueError(f"bad port in url ({PORT_RANGE})") from None
+    return v
+
+
+BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    """One broker of `mqtt.url`: where to connect, and whether with TLS."""
+
+    index: int  # its place in the list: 0 is the preferred broker
+    url: str  # scheme://host:port, for logs, metrics and the gateway status (never credentials)
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
 class MqttConfig(Strict):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: list[BrokerUrl] = Field(
+        default_factory=lambda: ["mqtt://127.0.0.1:1883"],
+        description="one broker URL, or a list: nodes of one cluster, or a primary and its standby",
+    )
     client_id: str | None = None  # default: edgegw-<site>
     username: str | None = None
     password_file: Path | None = None
@@ -122,6 +156,13 @@ class MqttConfig(Strict):
     )
     reconnect_min: Duration = 0.5
     reconnect_max: Duration = 30.0
+    connect_timeout: Duration = Field(
+        default=5.0, description="longest wait for each step of a connection (TCP, TLS, CONNACK) to one broker"
+    )
+    failback_after: Duration | None = Field(
+        default=None,
+        description="return to the first broker once it accepts connections and the current one was up this long",
+    )
     per_point_topics: bool = False
     protocol: Literal["3.1.1", "5"] = Field(
         default="3.1.1", description="MQTT version; 5 honours command response topics, correlation data and expiry"
@@ -129,18 +170,35 @@ class MqttConfig(Strict):
 
     _password: SecretStr | None = None
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        # A single URL is checked here so that its error names `mqtt.url`, not `mqtt.url[0]`.
+        if isinstance(v, str):
+            return [_broker_url(v)]
+        if not isinstance(v, list | tuple):
+            raise ValueError("a broker URL, or a list of them")
+        return v
+
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError("use mqtt://host[:port] or mqtts://host[:port]")
-        try:
-            if parts.port is not None:
-                port_number(parts.port)
-        except ValueError:
-            # urllib accepts port 0 and rejects -1 or 99999 with texts that name no range.
-            raise ValueError(f"bad port in url ({PORT_RANGE})") from None
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one broker URL")
+        seen: dict[tuple[str, int], int] = {}
+        for i, url in enumerate(v):
+            ep = _endpoint(i, url, tls=False)
+            key = (ep.host.lower(), ep.port)
+            if key in seen:
+                raise ValueError(f"url[{i}] names the same broker as url[{seen[key]}] ({ep.address})")
+            seen[key] = i
+        return v
+
+    @field_validator("connect_timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0")
         return v
 
     @field_validator("topic_prefix")
@@ -162,17 +220,23 @@ class MqttConfig(Strict):
         return self._password.get_secret_value() if self._password is not None else None
 
     @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+    def endpoints(self) -> list[BrokerEndpoint]:
+        """The brokers in order of preference.
 
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if self.use_tls else 1883)
+        TLS is per broker (an mqtts:// URL, or every broker when `tls` is set); the `tls` settings
+        (CA, client certificate) are shared by all of them.
+        """
+        return [_endpoint(i, url, tls=self.tls is not None) for i, url in enumerate(self.url)]
 
-    @property
-    def use_tls(self) -> bool:
-        return self.tls is not None or urlsplit(self.url).scheme in ("mqtts", "ssl")
+
+def _endpoint(index: int, url: str, tls: bool) -> BrokerEndpoint:
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    tls = tls or scheme in ("mqtts", "ssl")
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (8883 if tls else 1883)
+    shown = f"[{host}]" if ":" in host else host
+    return BrokerEndpoint(index, f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}", host, port, tls)
 
 
 class BufferConfig(Strict):

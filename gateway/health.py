@@ -248,6 +248,18 @@ def render_metrics(gw: Gateway) -> str:
     )
     metric("broker_connected", "gauge", "1 while connected to the broker.", [({}, 1.0 if pub.connected else 0.0)])
     metric("broker_connects_total", "counter", "Successful broker connections.", [({}, float(st.connects))])
+    metric(
+        "broker_active",
+        "gauge",
+        "1 for the broker (of mqtt.url) the gateway is connected to, 0 for the others.",
+        [({"url": e.url}, 1.0 if pub.endpoint == e else 0.0) for e in pub.endpoints],
+    )
+    metric(
+        "broker_switches_total",
+        "counter",
+        "Connections made to another broker than the one before.",
+        [({}, float(st.broker_switches))],
+    )
     for kind, runtime in gw.runtimes.items():
         for name, value in runtime.counters().items():
             metric(

@@ -24,7 +24,7 @@ import json
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,17 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from gateway.config import BufferConfig, MqttConfig
+from gateway.config import BrokerEndpoint, BufferConfig, MqttConfig
 from gateway.normalize import Batch
 from gateway.state import atomic_write
 
 # How many seq numbers a device may use before the reservation on disk is moved forward.
 SEQ_BLOCK = 1000
+
+# A connection that lasted this long counts as a success: the next drop starts a new round through
+# the broker list with no backoff. A shorter one counts as a failed attempt, so that brokers that
+# accept and then drop at once (a client id taken by another gateway) are not hammered in a loop.
+STABLE_SESSION = 10.0
 
 
 @dataclass(slots=True)
@@ -67,6 +72,7 @@ class PublisherStats:
     spilled: int = 0
     connects: int = 0
     connect_failures: int = 0
+    broker_switches: int = 0
     last_progress: float = field(default_factory=time.monotonic)
 
 
@@ -114,8 +120,9 @@ class SeqCounter:
             self.error = f"cannot save seq reservations to {self.path}: {exc.strerror}"
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
-    if not cfg.use_tls:
+def tls_context(cfg: MqttConfig, endpoint: BrokerEndpoint | None = None) -> ssl.SSLContext | None:
+    """The TLS settings for one broker (the first by default); None when it is reached without TLS."""
+    if not (endpoint or cfg.endpoints[0]).tls:
         return None
     tls = cfg.tls
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
@@ -170,6 +177,11 @@ class Publisher:
         self._status_topic = f"{self.base}/gateway/status"
         # Topic filter -> handler of incoming messages (commands); subscribed again on every connect.
         self._subscriptions: dict[str, Callable[[aiomqtt.Message], None]] = {}
+        self.endpoints = cfg.endpoints
+        self.endpoint: BrokerEndpoint | None = None  # the broker of the current connection
+        self._last_endpoint: BrokerEndpoint | None = None
+        self._up_since = 0.0
+        self._leaving = False  # the session ends by choice: back to the preferred broker
 
     # -- producer side (called from the scheduler, never blocks) ------------------------------
 
@@ -351,56 +363,162 @@ class Publisher:
     # -- the connection loop ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Connect to the brokers in turn: the list is a round, and the backoff applies between rounds.
+
+        A dead broker costs one connect timeout, not a backoff: the next one is tried at once. A
+        connection that drops moves on to the next broker too (a cluster's other node, the
+        standby); with `failback_after` the gateway returns to the first broker once it accepts
+        connections again.
+        """
+        endpoints = self.endpoints
         delay = self.cfg.reconnect_min
+        index = 0
+        failed = 0  # attempts since the last stable session (or the last backoff)
         while True:
+            endpoint = endpoints[index]
+            self._up_since = 0.0
+            self._leaving = False
+            watcher = None
+            if self.cfg.failback_after is not None and endpoint.index != 0:
+                watcher = asyncio.create_task(self._failback(endpoint), name="broker-failback")
             try:
-                await self._session()
-                delay = self.cfg.reconnect_min
+                await self._session(endpoint)
             except asyncio.CancelledError:
                 raise
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
-                if self.connected:
-                    self.log.warning("broker connection lost", error=str(exc))
+                if self._leaving:
+                    pass
+                elif self.connected:
+                    self.log.warning("broker connection lost", url=endpoint.url, error=str(exc))
                 else:
                     self.stats.connect_failures += 1
                     if self.stats.connect_failures in (1, 10) or self.stats.connect_failures % 100 == 0:
                         self.log.warning(
-                            "cannot reach the broker", error=str(exc), attempts=self.stats.connect_failures
+                            "cannot reach the broker",
+                            url=endpoint.url,
+                            error=str(exc),
+                            attempts=self.stats.connect_failures,
                         )
             finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await watcher
                 self._disconnected()
-            await asyncio.sleep(delay)
-            delay = min(self.cfg.reconnect_max, delay * 2)
+            if self._leaving:
+                index, failed, delay = 0, 0, self.cfg.reconnect_min
+                continue
+            if self._up_since and time.monotonic() - self._up_since >= STABLE_SESSION:
+                failed, delay = 0, self.cfg.reconnect_min
+            else:
+                failed += 1
+            index = (index + 1) % len(endpoints)
+            if failed >= len(endpoints):
+                failed = 0
+                await asyncio.sleep(delay)
+                delay = min(self.cfg.reconnect_max, delay * 2)
 
-    def _client(self) -> aiomqtt.Client:
+    async def _failback(self, current: BrokerEndpoint) -> None:
+        """Leave `current` for the first broker once it accepts connections and `current` was up long enough.
+
+        The status retained on the broker left behind says where the gateway went, so a consumer
+        of a primary/standby pair that still reads the standby is not told "online" forever.
+        """
+        assert self.cfg.failback_after is not None
+        preferred = self.endpoints[0]
+        while True:
+            if not self._up_since:  # still connecting
+                await asyncio.sleep(0.5)
+                continue
+            up = time.monotonic() - self._up_since
+            if up < self.cfg.failback_after:
+                await asyncio.sleep(self.cfg.failback_after - up)
+                continue
+            client = self._session_client
+            if client is not None and await self._accepts(preferred):
+                self.log.info("returning to the preferred broker", url=preferred.url, previous=current.url)
+                self._leaving = True
+                now = int(time.time() * 1000)
+                moved = {"state": "offline", "reason": "moved", "since": now, "broker": preferred.address}
+                with contextlib.suppress(Exception):
+                    await client.publish(
+                        self._status_topic, json.dumps(moved).encode(), qos=1, retain=True, timeout=5.0
+                    )
+                client._client.disconnect()
+                return
+            await asyncio.sleep(self.cfg.reconnect_max)
+
+    async def _accepts(self, endpoint: BrokerEndpoint) -> bool:
+        """Whether the broker accepts a TCP connection (a probe: no MQTT session, no client id taken)."""
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return True
+
+    def _client(self, endpoint: BrokerEndpoint) -> aiomqtt.Client:
         will = aiomqtt.Will(self._status_topic, json.dumps({"state": "offline", "reason": "lost"}).encode(), 1, True)
         client = aiomqtt.Client(
-            self.cfg.host,
-            self.cfg.port,
+            endpoint.host,
+            endpoint.port,
             username=self.cfg.username,
             password=self.cfg.password,
             identifier=self.cfg.client_id or f"edgegw-{self.site}",
             will=will,
             keepalive=int(self.cfg.keepalive),
-            tls_context=tls_context(self.cfg),
+            tls_context=tls_context(self.cfg, endpoint),
             max_inflight_messages=self.cfg.max_inflight,
-            timeout=10.0,
+            # Bounds the wait for CONNACK; paho's connect_timeout bounds TCP and the TLS handshake.
+            timeout=self.cfg.connect_timeout,
             protocol=aiomqtt.ProtocolVersion.V5 if self.cfg.protocol == "5" else aiomqtt.ProtocolVersion.V311,
         )
+        client._client.connect_timeout = self.cfg.connect_timeout
         # We cap in-flight publishes ourselves; aiomqtt would warn on every one past 10.
         client.pending_calls_threshold = self.cfg.max_inflight + 10
         return client
 
-    async def _session(self) -> None:
-        async with self._client() as client:
+    @contextlib.asynccontextmanager
+    async def _connect(self, endpoint: BrokerEndpoint) -> AsyncIterator[aiomqtt.Client]:
+        """`async with` one broker's client, leaving nothing behind when the connect fails."""
+        client = self._client(endpoint)
+        try:
+            await client.__aenter__()
+        except BaseException:
+            # A CONNACK after the timeout must not leave a session behind: on a cluster it would
+            # take our client id from the connection made next, on another node.
+            with contextlib.suppress(Exception):
+                client._client._sock_close()
+            raise
+        client.timeout = 10.0  # subscribe and the like, once connected
+        try:
+            yield client
+        except BaseException as exc:
+            await client.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await client.__aexit__(None, None, None)
+
+    async def _session(self, endpoint: BrokerEndpoint) -> None:
+        async with self._connect(endpoint) as client:
+            self._up_since = time.monotonic()
+            self.endpoint = endpoint
             self.connected = True
             self.stats.connects += 1
-            if self.stats.connects == 1:
-                self.log.info("connected to the broker", host=self.cfg.host, port=self.cfg.port)
+            previous, self._last_endpoint = self._last_endpoint, endpoint
+            if previous is None:
+                self.log.info("connected to the broker", url=endpoint.url)
+            elif previous == endpoint:
+                self.log.info("reconnected to the broker", url=endpoint.url, backlog=self.backlog)
             else:
-                self.log.info("reconnected to the broker", backlog=self.backlog)
+                self.stats.broker_switches += 1
+                self.log.info(
+                    "switched to another broker", url=endpoint.url, previous=previous.url, backlog=self.backlog
+                )
             self.stats.connect_failures = 0
-            online = {"state": "online", "since": int(time.time() * 1000)}
+            online = {"state": "online", "since": int(time.time() * 1000), "broker": endpoint.address}
             self._retained[self._status_topic] = online
             self._retained_dirty = set(self._retained)
             self._session_client = client
@@ -522,6 +640,7 @@ class Publisher:
     def _disconnected(self) -> None:
         was = self.connected
         self.connected = False
+        self.endpoint = None
         self._session_client = None
         inflight = list(self._inflight.values())
         self._inflight.clear()
