@@ -829,7 +829,7 @@ def _ha_check(cfg: GatewayConfig, devices: list[DeviceConfig], data: Any, source
     msg = (
         f"with `ha` the broker must notice a dead active in time: 1.5 x keepalive + {HA_SETTLE + 0.5:g} s + one "
         f"poll interval must fit in max(3 poll intervals, 10 s) for every device; keepalive at most "
-        f"{int(limit)}s here (fastest device: {fastest:g} s), or leave keepalive out"
+        f"{limit:.1f} s here (fastest device: {fastest:g} s), or leave keepalive out"
     )
     return [ConfigIssue(source, _line(data, "mqtt", "keepalive"), "mqtt.keepalive", msg)]
 
