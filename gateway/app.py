@@ -169,6 +169,8 @@ class Gateway:
         log = log.bind(bus=bus.id)
         runtime = await self._runtime(device.driver)
         state = self._state_for(device)
+        if self.ha is not None:
+            await self.ha.prepare(device.id)
         publisher = self.publisher
         runner = DeviceRunner(
             device,

@@ -142,6 +142,7 @@ class HaCoordinator:
         self.takeovers = 0
         self._settle_until = math.inf  # not connected yet
         self._claim_deadline = 0.0
+        self._claim_after = math.inf
         self._confirmed = True
         self._member_sent = False
         self._reasserted = 0.0
@@ -194,6 +195,16 @@ class HaCoordinator:
                 self.log.info("device state taken from the broker", device=device, version=broker.get(VERSION_KEY))
         store.mirror = _StateMirror(self, device)
 
+    async def prepare(self, device: str) -> None:
+        """Reserve seq numbers for a device the active starts (one a reload added) before it polls."""
+        ceiling = self.publisher.seq.ceiling
+        if self.role != ACTIVE or (ceiling is not None and device in ceiling):
+            return
+        try:
+            await self._reserve([device], start=True)
+        except (aiomqtt.MqttError, OSError):
+            self._low.add(device)  # after the reconnect; its messages wait for it (counted drops)
+
     def status(self) -> dict[str, Any]:
         """The pair's part of the retained gateway/status (published by the active)."""
         return {"role": self.role, "instance": self.instance, "group": self.group, "epoch": self.epoch}
@@ -203,6 +214,9 @@ class HaCoordinator:
     def _on_connection(self, up: bool) -> None:
         if up:
             self._settle_until = time.monotonic() + HA_SETTLE
+            # After a connect the holder reasserts its lease first (a broker that lost its retained
+            # messages); a standby claims one settle later, so it does not take over needlessly.
+            self._claim_after = self._settle_until + HA_SETTLE
             self._confirmed = False
             self._member_sent = False
         self._kick.set()
@@ -275,7 +289,7 @@ class HaCoordinator:
             if not self._confirmed:
                 self._confirmed = True
                 pub.release()
-            if lease_free(self.top, self.members, self.instance):
+            if now >= self._claim_after and lease_free(self.top, self.members, self.instance):
                 await self._claim(now)
 
     async def _step_active(self, now: float) -> None:
@@ -373,7 +387,10 @@ class HaCoordinator:
             if interval is None:
                 continue
             window = seq_window(self.cfg.partition_window, interval)
-            first = seq_start(seq.peek(dev), self.seq_seen.get(dev)) if start else seq.peek(dev)
+            # A device this instance starts (or that a reload added) continues above anyone's
+            # reservation; one it keeps publishing continues its own count, without a jump.
+            fresh = start or seq.ceiling is None or dev not in seq.ceiling
+            first = seq_start(seq.peek(dev), self.seq_seen.get(dev)) if fresh else seq.peek(dev)
             begin[dev] = first
             tops[dev] = first + 2 * window
             seq.low_water[dev] = window

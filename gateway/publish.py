@@ -104,6 +104,8 @@ class SeqCounter:
             top = self.ceiling.get(device, 0)
             if seq >= top:
                 self.exhausted += 1
+                if self.on_low is not None:
+                    self.on_low(device)
                 return None
             if top - seq <= self.low_water.get(device, 0) and self.on_low is not None:
                 self.on_low(device)

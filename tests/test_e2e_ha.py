@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from pathlib import Path
@@ -228,3 +229,72 @@ async def scrape(port: int) -> str:
     data = await asyncio.wait_for(reader.read(), 5.0)
     writer.close()
     return data.decode()
+
+
+QUARTER_MS = 15 * 60 * 1000
+PROFILE_POINT = "load_profile.active_import"
+
+
+async def test_a_dlms_profile_cursor_survives_a_takeover_without_a_hole(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    """The standby takes the active's profile cursor from the broker: it goes on, not over, and leaves no hole."""
+    t0 = (int(time.time()) // 900) * 900
+    wanted = set(range((t0 - 12 * 3600) * 1000 + QUARTER_MS, t0 * 1000 + 1, QUARTER_MS))
+
+    def stamps(instance: str | None = None) -> list[int]:
+        return [
+            r["ts"]
+            for m in collector.data("m1")
+            if instance is None or m["instance"] == instance
+            for r in m["readings"]
+            if r["point"] == PROFILE_POINT
+        ]
+
+    async with DRIVERS["dlms"].twin_class.create("sensemi-sed102", transport="wrapper", start=t0) as twin:
+        twin.clock.freeze()  # the backfill has a fixed end
+        device = {
+            "id": "m1",
+            **twin.device_config(),
+            "interval": "500ms",
+            "timeout": "1s",
+            "backfill": "12h",
+            "profile_chunk": "15min",
+            "profile_chunks_per_poll": 1,
+        }
+        cfg = tmp_path / "site.yaml"
+        body = {"site": "lab", "mqtt": {"url": broker.url}, "ha": {"group": "g1"}, "devices": [device]}
+        cfg.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+        daemons: dict[str, Daemon] = {}
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            env = {"EDGEGW_INSTANCE": name, "XDG_STATE_HOME": str(tmp_path / name / "state")}
+            daemons[name] = Daemon(cfg, tmp_path / name, env=env)
+        try:
+            await daemons["a"].start()
+            await collector.wait_for(lambda: len(set(stamps("a"))) >= 8, timeout=40, what="a's backfill under way")
+            await daemons["b"].start()
+            await collector.wait_for(
+                lambda: any(m.json().get("role") == "standby" for m in collector.on("/ha/g1/member/b")),
+                what="b standing by",
+            )
+            await collector.wait_for(lambda: collector.on("/ha/g1/state/m1"), what="a's cursor on the broker")
+            await daemons["a"].kill()
+            await collector.wait_for(lambda: wanted <= set(stamps()), timeout=90, what="the whole backfill")
+            by_b = stamps("b")
+            assert by_b, "b published no profile entry"
+            # b went on from a's cursor (at most what a published after its last stored cursor again).
+            assert min(by_b) > min(wanted), "b started the backfill over"
+            assert len(by_b) < len(wanted)
+            got = sorted(t for t in set(stamps()) if t >= min(wanted))
+            assert all(b - a == QUARTER_MS for a, b in itertools.pairwise(got)), "a hole in the profile"
+            assert_no_seq_repeated_for(collector, "m1")
+        finally:
+            for d in daemons.values():
+                if d.proc is not None and d.proc.returncode is None:
+                    await d.stop()
+
+
+def assert_no_seq_repeated_for(collector: Collector, device: str) -> None:
+    counts = Counter(m["seq"] for m in collector.data(device))
+    assert not {s: n for s, n in counts.items() if n > 1}
