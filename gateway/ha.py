@@ -397,7 +397,7 @@ class HaCoordinator:
         seq.advance(begin, tops)  # on disk before the broker hears of it, so a restart stays above
         await asyncio.gather(*(self._publish_seq(dev, top) for dev, top in tops.items()))
         # A greater claim seen meanwhile: its holder may already count from our old reservation.
-        if self.role == ACTIVE and self.own == own and (self.top is None or self.top <= own):
+        if self.role == ACTIVE and own is not None and self.own == own and (self.top is None or self.top <= own):
             ceiling = seq.ceiling if seq.ceiling is not None else {}
             for dev, top in tops.items():
                 ceiling[dev] = max(ceiling.get(dev, 0), top)

@@ -97,18 +97,21 @@ class SeqCounter:
         self.on_low: Callable[[str], None] | None = None
         self.exhausted = 0  # HA: messages dropped because the reservation ran out (broker away too long)
 
-    def next(self, device: str) -> int | None:
+    def take(self, device: str) -> int | None:
         """The device's next seq; None in HA mode when its acknowledged reservation is used up."""
-        seq = self._next.get(device, 1)
         if self.ceiling is not None:
+            seq = self._next.get(device, 1)
             top = self.ceiling.get(device, 0)
-            if seq >= top:
-                self.exhausted += 1
+            if seq >= top or top - seq <= self.low_water.get(device, 0):
                 if self.on_low is not None:
                     self.on_low(device)
-                return None
-            if top - seq <= self.low_water.get(device, 0) and self.on_low is not None:
-                self.on_low(device)
+                if seq >= top:
+                    self.exhausted += 1
+                    return None
+        return self.next(device)
+
+    def next(self, device: str) -> int:
+        seq = self._next.get(device, 1)
         self._next[device] = seq + 1
         if seq >= self._reserved.get(device, 0):
             self._reserved[device] = seq + SEQ_BLOCK
@@ -221,7 +224,7 @@ class Publisher:
 
     def submit_batch(self, batch: Batch, on_done: Callable[[], None] | None = None) -> None:
         """A device's readings as one data message; `on_done` once it is safe (or dropped)."""
-        seq = self._seq.next(batch.device)
+        seq = self._seq.take(batch.device)
         if seq is None:
             self._seq_exhausted(batch.device, on_done)
             return

@@ -17,13 +17,16 @@ import itertools
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import yaml
 
 from gateway.registry import DRIVERS
 from tests.harness import Collector, Daemon, Mosquitto, TcpProxy, free_port
+
+if TYPE_CHECKING:
+    from drivers.modbus.twin import ModbusTwin
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -67,7 +70,7 @@ async def active_instance(collector: Collector) -> str:
 async def test_kill_minus_9_of_the_active_the_standby_takes_over(
     tmp_path: Path, broker: Mosquitto, collector: Collector
 ) -> None:
-    twin_cls = DRIVERS["modbus"].twin_class
+    twin_cls = cast("type[ModbusTwin]", DRIVERS["modbus"].twin_class)
     async with twin_cls.create(points=POINTS, units=[1, 2]) as twin:
         devices = [{"id": f"m{u}", **twin.device_config(u), "interval": "1s", "timeout": "500ms"} for u in (1, 2)]
         # One config for both boxes: the instance name and the state folder come from the environment.
@@ -127,7 +130,7 @@ async def test_kill_minus_9_of_the_active_the_standby_takes_over(
 async def test_split_brain_the_cut_off_active_drains_and_stands_by(
     tmp_path: Path, broker: Mosquitto, collector: Collector
 ) -> None:
-    twin_cls = DRIVERS["modbus"].twin_class
+    twin_cls = cast("type[ModbusTwin]", DRIVERS["modbus"].twin_class)
     proxy = Partition(broker.port)
     await proxy.start()
     async with twin_cls.create(points=POINTS, units=[1, 2]) as twin:

@@ -67,15 +67,15 @@ def test_seq_stops_at_the_acknowledged_reservation_and_asks_early(tmp_path: Path
     counter.ceiling = {}
     asked: list[str] = []
     counter.on_low = asked.append
-    assert counter.next("d") is None  # nothing reserved on the broker yet
+    assert counter.take("d") is None  # nothing reserved on the broker yet
     counter.advance({"d": 10}, {"d": 20})
     counter.ceiling["d"] = 20
     counter.low_water["d"] = 5
     assert json.loads((tmp_path / "seq.json").read_text())["d"] == 20  # on disk before use
-    got = [counter.next("d") for _ in range(10)]
+    got = [counter.take("d") for _ in range(10)]
     assert got == list(range(10, 20))
     assert asked and set(asked) == {"d"}
-    assert counter.next("d") is None and counter.exhausted == 2
+    assert counter.take("d") is None and counter.exhausted == 2
 
 
 def test_without_ha_seq_is_as_before(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_no_seq_repeats_across_takeovers_and_partitions(steps: list[tuple[str, i
         if action == "use":
             for inst in sorted(active):
                 for _ in range(n):
-                    s = counters[inst].next("d")
+                    s = counters[inst].take("d")
                     if s is not None:
                         used.append(s)
         elif action == "reserve":
