@@ -147,6 +147,11 @@ class HaCoordinator:
         self._member_sent = False
         self._reasserted = 0.0
         self._low: set[str] = set()
+        # Members heard live (not from the retained store) since our connect, and the deadline of
+        # our ping to a lease holder whose `online` may be a leftover (a broker that restarted
+        # while it died never fired its will).
+        self._fresh: set[str] = set()
+        self._probe_deadline: float | None = None
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -217,6 +222,8 @@ class HaCoordinator:
             # After a connect the holder reasserts its lease first (a broker that lost its retained
             # messages); a standby claims one settle later, so it does not take over needlessly.
             self._claim_after = self._settle_until + HA_SETTLE
+            self._fresh.clear()
+            self._probe_deadline = None
             self._confirmed = False
             self._member_sent = False
         self._kick.set()
@@ -230,7 +237,11 @@ class HaCoordinator:
             self.lease = claim
             if claim is not None and (self.top is None or claim > self.top):
                 self.top = claim
+        elif kind == "ping" and name == self.instance:
+            self._member_sent = False  # answer with our member state, live
         elif kind == "member" and name:
+            if not msg.retain:
+                self._fresh.add(name)
             try:
                 self.members[name] = str(json.loads(payload).get("state")) if payload else "gone"
             except (ValueError, AttributeError):
@@ -289,8 +300,31 @@ class HaCoordinator:
             if not self._confirmed:
                 self._confirmed = True
                 pub.release()
-            if now >= self._claim_after and lease_free(self.top, self.members, self.instance):
+            if now < self._claim_after or await self._probing(now):
+                return
+            if lease_free(self.top, self.members, self.instance):
                 await self._claim(now)
+
+    async def _probing(self, now: float) -> bool:
+        """Ask a lease holder that looks online but was not heard since our connect; True while waiting.
+
+        Its retained `online` may be all that is left of it: when a broker restarts (or a NATS
+        server shuts down) while the holder dies, its will may never be published.
+        """
+        holder = self.top.instance if self.top is not None else None
+        if holder is None or holder == self.instance or self.members.get(holder) != "online":
+            return False
+        if holder in self._fresh:
+            return False
+        if self._probe_deadline is None:
+            self._probe_deadline = now + 2 * HA_SETTLE
+            await self.publisher.publish_now(self.topic(f"ping/{holder}"), b"", retain=False)
+            return True
+        if now < self._probe_deadline:
+            return True
+        self.log.warning("the lease holder does not answer; treating it as gone", holder=holder)
+        self.members[holder] = "silent"
+        return False
 
     async def _step_active(self, now: float) -> None:
         assert self.own is not None

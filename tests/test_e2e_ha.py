@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -301,3 +302,35 @@ async def test_a_dlms_profile_cursor_survives_a_takeover_without_a_hole(
 def assert_no_seq_repeated_for(collector: Collector, device: str) -> None:
     counts = Counter(m["seq"] for m in collector.data(device))
     assert not {s: n for s, n in counts.items() if n > 1}
+
+
+async def test_a_holder_whose_retained_online_is_a_leftover_is_asked_then_replaced(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    """A broker that restarted while the active died keeps its `online` and never fires its will."""
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="ghost-maker") as client:
+        lease = {"holder": "ghost", "epoch": 5, "since": 1}
+        await client.publish("edgegw/lab/ha/g1/lease", json.dumps(lease).encode(), qos=1, retain=True)
+        member = {"state": "online", "role": "active", "instance": "ghost"}
+        await client.publish("edgegw/lab/ha/g1/member/ghost", json.dumps(member).encode(), qos=1, retain=True)
+    twin_cls = cast("type[ModbusTwin]", DRIVERS["modbus"].twin_class)
+    async with twin_cls.create(points=POINTS, units=[1]) as twin:
+        device = {"id": "m1", **twin.device_config(1), "interval": "1s", "timeout": "500ms"}
+        cfg = tmp_path / "site.yaml"
+        body = {"site": "lab", "mqtt": {"url": broker.url}, "state_dir": str(tmp_path / "state")}
+        cfg.write_text(
+            yaml.safe_dump({**body, "ha": {"group": "g1", "instance": "b"}, "devices": [device]}), encoding="utf-8"
+        )
+        daemon = Daemon(cfg, tmp_path)
+        started = time.monotonic()
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: collector.data("m1"), timeout=20, what="b polling")
+            assert time.monotonic() - started < 15
+            assert collector.data("m1")[0]["instance"] == "b"
+            assert collector.on("/ha/g1/lease")[-1].json()["epoch"] == 6
+            assert "the lease holder does not answer" in daemon.output()
+        finally:
+            await daemon.stop()
