@@ -281,6 +281,9 @@ class HaCoordinator:
             except (aiomqtt.MqttError, OSError) as exc:
                 # The connection went mid-step: the next connect starts the step over.
                 self.log.debug("ha step interrupted", error=str(exc))
+            except Exception as exc:  # the election must outlive a bug in one step
+                self.log.error("ha step failed", error=repr(exc), exc_info=exc)
+                await asyncio.sleep(1.0)
 
     async def _step(self) -> None:
         pub = self.publisher
@@ -379,10 +382,16 @@ class HaCoordinator:
     async def _become_active(self) -> None:
         assert self.own is not None
         self.role = ACTIVE
-        self.takeovers += 1
-        await self._reserve(sorted(self.devices()), start=True)
+        try:
+            await self._reserve(sorted(self.devices()), start=True)
+        except (aiomqtt.MqttError, OSError):
+            # Cut off before polling started: claim again after the reconnect (the lease is ours,
+            # so the claim is free and the epoch grows).
+            self.role, self.own = STANDBY, None
+            raise
         if self.role != ACTIVE:
             return
+        self.takeovers += 1
         self.log.warning("active: polling starts", epoch=self.own.epoch)
         await self._activate_cb()
         self._confirmed = True

@@ -247,3 +247,18 @@ def test_an_instance_name_must_be_a_topic_level(monkeypatch: pytest.MonkeyPatch)
     assert cfg.ha is not None and cfg.ha.name  # the host name
     with pytest.raises(ConfigError):
         load_config_text("site: s\nstate_dir: memory\nha: {group: 'a/b'}\n")
+
+
+def test_the_commented_ha_block_of_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEGW_INSTANCE", "box-a")
+    example = Path(__file__).resolve().parent.parent / "config" / "gateway.example.yaml"
+    lines = example.read_text(encoding="utf-8").splitlines()
+    start = lines.index("# ha:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    text = "site: s\nstate_dir: memory\n" + "\n".join(block) + "\n"
+    cfg = load_config_text(text)
+    assert cfg.ha is not None and cfg.ha.group == "hall-a" and cfg.ha.partition_window == 4 * 3600
