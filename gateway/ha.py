@@ -151,7 +151,7 @@ class HaCoordinator:
         # our ping to a lease holder whose `online` may be a leftover (a broker that restarted
         # while it died never fired its will).
         self._fresh: set[str] = set()
-        self._probe_deadline: float | None = None
+        self._probe: tuple[str, float] | None = None  # (holder, deadline)
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -223,7 +223,7 @@ class HaCoordinator:
             # messages); a standby claims one settle later, so it does not take over needlessly.
             self._claim_after = self._settle_until + HA_SETTLE
             self._fresh.clear()
-            self._probe_deadline = None
+            self._probe = None
             self._confirmed = False
             self._member_sent = False
         self._kick.set()
@@ -319,11 +319,11 @@ class HaCoordinator:
             return False
         if holder in self._fresh:
             return False
-        if self._probe_deadline is None:
-            self._probe_deadline = now + 2 * HA_SETTLE
+        if self._probe is None or self._probe[0] != holder:
+            self._probe = (holder, now + 2 * HA_SETTLE)
             await self.publisher.publish_now(self.topic(f"ping/{holder}"), b"", retain=False)
             return True
-        if now < self._probe_deadline:
+        if now < self._probe[1]:
             return True
         self.log.warning("the lease holder does not answer; treating it as gone", holder=holder)
         self.members[holder] = "silent"
@@ -389,8 +389,8 @@ class HaCoordinator:
             # so the claim is free and the epoch grows).
             self.role, self.own = STANDBY, None
             raise
-        if self.role != ACTIVE:
-            return
+        if self.role != ACTIVE or (self.top is not None and self.top > self.own):
+            return  # a greater claim came in meanwhile: the next step stands down, nothing started
         self.takeovers += 1
         self.log.warning("active: polling starts", epoch=self.own.epoch)
         await self._activate_cb()
