@@ -444,6 +444,9 @@ class HaCoordinator:
             ceiling = seq.ceiling if seq.ceiling is not None else {}
             for dev, top in tops.items():
                 ceiling[dev] = max(ceiling.get(dev, 0), top)
+                if dev in seq.stalled:
+                    seq.stalled.discard(dev)
+                    self.log.info("seq reservation renewed: publishing the device's data again", device=dev)
             seq.ceiling = ceiling
 
     async def _publish_seq(self, device: str, top: int) -> None:

@@ -96,6 +96,7 @@ class SeqCounter:
         self.low_water: dict[str, int] = {}  # HA: ask for a new reservation when fewer are left
         self.on_low: Callable[[str], None] | None = None
         self.exhausted = 0  # HA: messages dropped because the reservation ran out (broker away too long)
+        self.stalled: set[str] = set()  # HA: devices whose reservation ran out (logged once each time)
 
     def take(self, device: str) -> int | None:
         """The device's next seq; None in HA mode when its acknowledged reservation is used up."""
@@ -215,7 +216,6 @@ class Publisher:
         self.hold_on_connect = False
         self.hold = False
         self.on_connection: Callable[[bool], None] | None = None
-        self._seq_exhausted_logged: set[str] = set()
 
     # -- producer side (called from the scheduler, never blocks) ------------------------------
 
@@ -240,8 +240,8 @@ class Publisher:
     def _seq_exhausted(self, device: str, on_done: Callable[[], None] | None) -> None:
         # HA: a number past the broker-acknowledged reservation could be the new active's; drop
         # the message (counted, like a full queue) rather than risk a repeated seq.
-        if device not in self._seq_exhausted_logged:
-            self._seq_exhausted_logged.add(device)
+        if device not in self._seq.stalled:
+            self._seq.stalled.add(device)
             self.log.error("seq reservation used up without the broker: dropping this device's data", device=device)
         if on_done is not None:
             on_done()
