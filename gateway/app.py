@@ -19,8 +19,10 @@ from gateway.buses import Bus, TcpPaths
 from gateway.commands import Commands, Rejected, Request, Result, parse_request
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.driver import Driver, DriverContext, DriverRuntime
+from gateway.ha import ACTIVE, HaCoordinator
 from gateway.health import Health, sd_notify
 from gateway.models import DeviceConfig, PointConfig
+from gateway.normalize import set_instance
 from gateway.publish import Publisher
 from gateway.registry import DRIVERS, load_object
 from gateway.scheduler import DeviceRunner, DeviceStats
@@ -103,6 +105,20 @@ class Gateway:
         self.commands = commands_policy(cfg, self.log.bind(component="commands"))
         self._commands_running: set[asyncio.Task[None]] = set()
         self.started = time.time()
+        # HA mode: devices run only while this instance holds the lease (gateway/ha.py).
+        self.ha: HaCoordinator | None = None
+        self._role_lock = asyncio.Lock()
+        set_instance(cfg.ha.name if cfg.ha is not None else None)
+        if cfg.ha is not None:
+            self.ha = HaCoordinator(
+                cfg.ha,
+                self.publisher,
+                self._ha_devices,
+                self._ha_activate,
+                self._ha_deactivate,
+                self.log.bind(component="ha"),
+            )
+            self.ha.attach()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -116,11 +132,14 @@ class Gateway:
         if self.cfg.commands.enabled:
             self.publisher.subscribe(f"{self.publisher.base}/+/command", self._on_command)
         self.publisher.start()
+        if self.ha is not None:
+            self.ha.start()
         for device in self.cfg.devices:
             if device.enabled:
                 await self._add_device(device)
         self.log.info(
             "gateway started",
+            ha=None if self.ha is None else f"{self.ha.group}/{self.ha.instance}",
             devices=len(self.runners),
             buses=len(self.buses),
             brokers=" ".join(e.address for e in self.cfg.mqtt.endpoints),
@@ -143,14 +162,20 @@ class Gateway:
         if device.id not in self.states:
             path = self.state_dir / "devices" / f"{device.id}.json" if self.state_dir else None
             self.states[device.id] = StateStore(path)
+            if self.ha is not None:
+                self.ha.adopt_state(device.id, self.states[device.id])
         return self.states[device.id]
 
     async def _add_device(self, device: DeviceConfig) -> None:
+        if self.ha is not None and self.ha.role != ACTIVE:
+            return  # a standby polls nothing; activation adds every enabled device
         log = self.log.bind(device=device.id, driver=device.driver)
         bus = self._bus_for(device)
         log = log.bind(bus=bus.id)
         runtime = await self._runtime(device.driver)
         state = self._state_for(device)
+        if self.ha is not None:
+            await self.ha.prepare(device.id)
         publisher = self.publisher
         runner = DeviceRunner(
             device,
@@ -171,6 +196,8 @@ class Gateway:
     def _on_command(self, msg: Any) -> None:
         """A request on `{prefix}/{site}/{device}/command`: answered once, on its own task."""
         device = str(msg.topic).split("/")[-2]
+        if self.ha is not None and self.ha.role != ACTIVE:
+            return  # the active answers; two answers to one request would be worse than none
         props = getattr(msg, "properties", None)
         who = {str(k): str(v) for k, v in (getattr(props, "UserProperty", None) or []) if k in ("client_id", "user")}
         reply_to = getattr(props, "ResponseTopic", None) or self.publisher.topic(device, "command/result")
@@ -213,6 +240,24 @@ class Gateway:
             self._publish_meta(runner)
         self.publisher.submit_retained(self.publisher.topic(device.id, "status"), stats.status())
 
+    # -- HA roles ----------------------------------------------------------------------------
+
+    def _ha_devices(self) -> dict[str, float]:
+        return {d.id: d.interval for d in self.cfg.devices if d.enabled}
+
+    async def _ha_activate(self) -> None:
+        async with self._role_lock:
+            for device in self.cfg.devices:
+                if device.enabled and device.id not in self.runners:
+                    await self._add_device(device)
+
+    async def _ha_deactivate(self) -> None:
+        """Stop polling at once; what this instance published about the devices is the new active's now."""
+        async with self._role_lock:
+            ids = list(self.runners)
+            await asyncio.gather(*(self._remove_device(i, forget=False) for i in ids), return_exceptions=True)
+            self.publisher.forget_retained(self.publisher.topic(i, leaf) for i in ids for leaf in ("status", "meta"))
+
     # -- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
@@ -228,7 +273,7 @@ class Gateway:
             return False
         restart_needed = [
             name
-            for name in ("site", "mqtt", "buffer", "state_dir", "health", "commands")
+            for name in ("site", "mqtt", "buffer", "state_dir", "health", "commands", "ha")
             if getattr(new, name) != getattr(self.cfg, name)
         ]
         restart_needed += [k for k in DRIVERS if new.section(k) != self.cfg.section(k) and k in self.runtimes]
@@ -281,6 +326,9 @@ class Gateway:
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         sd_notify("STOPPING=1")
+        active = self.ha is not None and self.ha.role == ACTIVE
+        if self.ha is not None:
+            await self.ha.stop()  # no role change while stopping
         if self._commands_running:
             # A command under way is answered (ok, or timeout) before the devices go.
             await asyncio.wait(set(self._commands_running), timeout=2.0)
@@ -291,6 +339,10 @@ class Gateway:
         for r in runners:
             stopped = {**r.stats.status(), "state": "offline", "reason": "stopped", "since": now_ms}
             self.publisher.submit_retained(self.publisher.topic(r.device.id, "status"), stopped)
+        if active and self.ha is not None:
+            # The pair's status says the active stopped; the standby's takeover says online again.
+            stopped_ha = {"state": "offline", "reason": "stopped", "since": now_ms, **self.ha.status()}
+            self.publisher.submit_retained(self.ha.status_topic, stopped_ha)
         delivered = await self.publisher.drain(drain_timeout)
         if not delivered:
             self.log.warning("stopping before the broker acknowledged everything", backlog=self.publisher.backlog)
@@ -307,7 +359,8 @@ class Gateway:
         runners = list(self.runners.values())
         online = sum(1 for r in runners if r.stats.state.value == "online")
         broker = "connected" if self.publisher.connected else "disconnected"
-        return f"{online}/{len(runners)} devices online, broker {broker}, backlog {self.publisher.backlog}"
+        role = "" if self.ha is None else f"{self.ha.role} ({self.ha.instance}), "
+        return f"{role}{online}/{len(runners)} devices online, broker {broker}, backlog {self.publisher.backlog}"
 
 
 def commands_policy(cfg: GatewayConfig, log: structlog.typing.FilteringBoundLogger) -> Commands:
@@ -340,6 +393,7 @@ def _keep_sections(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
             "state_dir": old.state_dir,
             "health": old.health,
             "commands": old.commands,
+            "ha": old.ha,
         }
     )
 

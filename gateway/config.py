@@ -315,6 +315,70 @@ class CommandsConfig(Strict):
     timeout: Duration = Field(default=10.0, description="a command not done by then is answered `timeout`")
 
 
+#: HA mode: the keep-alive when the config names none (the broker fires a will after 1.5 x it).
+HA_KEEPALIVE = 5.0
+#: HA mode: how long an instance waits for the retained HA topics after a connect or a claim.
+HA_SETTLE = 1.0
+_INSTANCE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def default_instance(environ: Mapping[str, str] | None = None) -> str:
+    """`ha.instance` when the config names none: $EDGEGW_INSTANCE, else the short host name."""
+    env = os.environ if environ is None else environ
+    name = env.get("EDGEGW_INSTANCE", "").strip()
+    if name:
+        return name
+    import socket
+
+    host = socket.gethostname().split(".")[0]
+    return _INSTANCE_CHARS.sub("-", host).strip("-_.") or "edgegw"
+
+
+def ha_takeover_bound(interval: float) -> float:
+    """The promised takeover time for a device polled every `interval` s: max(3 intervals, 10 s)."""
+    return max(3.0 * interval, 10.0)
+
+
+def ha_keepalive_limit(intervals: list[float]) -> float:
+    """The largest keep-alive that still lets a standby poll every device within its bound after a power cut.
+
+    A dead active is noticed after 1.5 x keep-alive (the broker fires its will), then the
+    standby settles its claim, starts the drivers (0.5 s) and polls at the device's next tick.
+    """
+    if not intervals:
+        return 60.0
+    return min((ha_takeover_bound(i) - HA_SETTLE - 0.5 - 1.1 * i) / 1.5 for i in intervals)
+
+
+class HaConfig(Strict):
+    """A hot-standby pair (docs/operations.md): instances of one `group` elect one active via the broker."""
+
+    group: Identifier
+    instance: Identifier | None = Field(
+        default=None, description="this instance's name; default: $EDGEGW_INSTANCE, else the host name"
+    )
+    partition_window: Duration = Field(
+        default=4 * 3600.0,
+        description="how long an active cut off from the broker keeps publishing into its buffer (seq blocks)",
+    )
+
+    @model_validator(mode="after")
+    def _instance(self) -> HaConfig:
+        if self.instance is None:
+            name = default_instance()
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name):
+                raise ValueError(f"EDGEGW_INSTANCE {name!r} is not a valid instance name (letters, digits, _ . -)")
+            object.__setattr__(self, "instance", name)
+        if self.partition_window <= 0:
+            raise ValueError("partition_window must be positive")
+        return self
+
+    @property
+    def name(self) -> str:
+        assert self.instance is not None
+        return self.instance
+
+
 class GatewayConfig(Strict):
     """The whole file; per-driver sections (bacnet:, snmp:) are added from the registry."""
 
@@ -330,6 +394,7 @@ class GatewayConfig(Strict):
     buses: list[BusConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    ha: HaConfig | None = None
 
     _source: str = ""
     _warnings: list[ConfigIssue] = []
@@ -807,7 +872,32 @@ def _cross_check(cfg: GatewayConfig, devices: list[DeviceConfig], data: Any, sou
         if other != dev.driver:
             msg = f"bus {dev.bus!r} already carries {other} devices; one protocol per bus"
             issues.append(ConfigIssue(source, _line(data, "devices", i, "bus"), f"devices[{i}].bus", msg))
-    return issues
+    return issues + _ha_check(cfg, devices, data, source)
+
+
+def _ha_check(cfg: GatewayConfig, devices: list[DeviceConfig], data: Any, source: str) -> list[ConfigIssue]:
+    """HA mode: the keep-alive must let a standby take over within the promised bound.
+
+    A pair must notice a dead active quickly (the broker fires the will after 1.5 x keep-alive):
+    a config that names no keep-alive gets one that fits, one that names a longer one is refused.
+    """
+    if cfg.ha is None:
+        return []
+    intervals = [d.interval for d in devices if d.enabled]
+    limit = ha_keepalive_limit(intervals)
+    if "keepalive" not in cfg.mqtt.model_fields_set:
+        keepalive = max(2.0, min(HA_KEEPALIVE, float(int(limit))))
+        object.__setattr__(cfg, "mqtt", cfg.mqtt.model_copy(update={"keepalive": keepalive}))
+        return []
+    if cfg.mqtt.keepalive <= limit:
+        return []
+    fastest = min(intervals)
+    msg = (
+        f"with `ha` the broker must notice a dead active in time: 1.5 x keepalive + {HA_SETTLE + 0.5:g} s + one "
+        f"poll interval must fit in max(3 poll intervals, 10 s) for every device; keepalive at most "
+        f"{limit:.1f} s here (fastest device: {fastest:g} s), or leave keepalive out"
+    )
+    return [ConfigIssue(source, _line(data, "mqtt", "keepalive"), "mqtt.keepalive", msg)]
 
 
 def load_config(path: Path | str, environment: Environment = "require") -> GatewayConfig:

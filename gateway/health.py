@@ -276,6 +276,25 @@ def render_metrics(gw: Gateway) -> str:
             "Age of the oldest buffered message.",
             [({}, max(0.0, time.time() - oldest) if oldest else 0.0)],
         )
+    ha = gw.ha
+    if ha is not None:
+        from gateway.ha import ROLES
+
+        who = {"instance": ha.instance, "group": ha.group}
+        metric(
+            "ha_role",
+            "gauge",
+            "1 for this instance's role in its hot-standby pair.",
+            [({"role": r, **who}, 1.0 if ha.role == r else 0.0) for r in ROLES],
+        )
+        metric("ha_epoch", "gauge", "The lease epoch this instance holds (0 unless active).", [(who, float(ha.epoch))])
+        metric("ha_takeovers_total", "counter", "Times this instance became active.", [(who, float(ha.takeovers))])
+        metric(
+            "ha_seq_exhausted_total",
+            "counter",
+            "Data messages dropped: the seq reservation ran out while the broker was away.",
+            [(who, float(pub.seq.exhausted))],
+        )
     metric("process_resident_memory_bytes", "gauge", "Resident set size.", [({}, float(_rss_bytes()))])
     metric("asyncio_tasks", "gauge", "Tasks alive in the event loop.", [({}, float(len(asyncio.all_tasks())))])
     return "\n".join(lines) + "\n"

@@ -157,6 +157,17 @@ class Batch:
         return self.encoder.as_dicts(self)
 
 
+# HA mode: `,"instance":"boxA"`, set once at start (set_instance) and baked into each Encoder's
+# device fragment, so a data message names its publisher at no cost per message.
+_instance_fragment = ""
+
+
+def set_instance(instance: str | None) -> None:
+    """Name the publishing instance in every data message encoded from now on (None: don't)."""
+    global _instance_fragment
+    _instance_fragment = "" if instance is None else ',"instance":' + json.dumps(instance)
+
+
 class Encoder:
     """A device's points compiled for JSON: pre-encoded fragments per point, shared by its batches."""
 
@@ -173,7 +184,7 @@ class Encoder:
     )
 
     def __init__(self, device_id: str, points: Sequence[PointConfig]) -> None:
-        self._device_json = json.dumps(device_id)
+        self._device_json = json.dumps(device_id) + _instance_fragment
         self._ids = [p.id for p in points]
         self._units = [p.unit for p in points]
         self._prefix = ['{"point":' + json.dumps(p.id) + ',"value":' for p in points]

@@ -96,6 +96,26 @@ class SeqCounter:
             except (OSError, ValueError, TypeError, AttributeError):
                 self._reserved = {}
         self._next = dict(self._reserved)
+        # HA mode (gateway/ha.py): per device, the first number the broker has not acknowledged as
+        # reserved for this instance. None: no HA, the local reservation alone rules.
+        self.ceiling: dict[str, int] | None = None
+        self.low_water: dict[str, int] = {}  # HA: ask for a new reservation when fewer are left
+        self.on_low: Callable[[str], None] | None = None
+        self.exhausted = 0  # HA: messages dropped because the reservation ran out (broker away too long)
+        self.stalled: set[str] = set()  # HA: devices whose reservation ran out (logged once each time)
+
+    def take(self, device: str) -> int | None:
+        """The device's next seq; None in HA mode when its acknowledged reservation is used up."""
+        if self.ceiling is not None:
+            seq = self._next.get(device, 1)
+            top = self.ceiling.get(device, 0)
+            if seq >= top or top - seq <= self.low_water.get(device, 0):
+                if self.on_low is not None:
+                    self.on_low(device)
+                if seq >= top:
+                    self.exhausted += 1
+                    return None
+        return self.next(device)
 
     def next(self, device: str) -> int:
         seq = self._next.get(device, 1)
@@ -108,6 +128,22 @@ class SeqCounter:
     def close(self) -> None:
         """A clean stop: record the exact next numbers, so no gap appears."""
         self._write(self._next)
+
+    def peek(self, device: str) -> int:
+        """The number the device's next message would get."""
+        return self._next.get(device, 1)
+
+    def advance(self, devices: dict[str, int], reserve: dict[str, int]) -> None:
+        """HA: continue each device at least at `devices[d]`, with `reserve[d]` on disk before use."""
+        for device, start in devices.items():
+            self._next[device] = max(self._next.get(device, 1), start)
+        changed = False
+        for device, top in reserve.items():
+            if top > self._reserved.get(device, 0):
+                self._reserved[device] = top
+                changed = True
+        if changed:
+            self._write(self._reserved)
 
     def _write(self, data: dict[str, int]) -> None:
         if self.path is None:
@@ -182,6 +218,16 @@ class Publisher:
         self._last_endpoint: BrokerEndpoint | None = None
         self._up_since = 0.0
         self._leaving = False  # the session ends by choice: back to the preferred broker
+        # HA mode (gateway/ha.py) sets these: the will on the instance's member topic, a client id
+        # per instance, no automatic gateway/status, and nothing sent after a connect until the
+        # coordinator has seen the lease (a returning active must not publish as a stale holder).
+        self.will_topic = self._status_topic
+        self.will_extra: dict[str, Any] = {}
+        self.client_suffix = ""
+        self.announce_status = True
+        self.hold_on_connect = False
+        self.hold = False
+        self.on_connection: Callable[[bool], None] | None = None
 
     # -- producer side (called from the scheduler, never blocks) ------------------------------
 
@@ -190,7 +236,10 @@ class Publisher:
 
     def submit_batch(self, batch: Batch, on_done: Callable[[], None] | None = None) -> None:
         """A device's readings as one data message; `on_done` once it is safe (or dropped)."""
-        seq = self._seq.next(batch.device)
+        seq = self._seq.take(batch.device)
+        if seq is None:
+            self._seq_exhausted(batch.device, on_done)
+            return
         if self._seq.error is not None and self._seq.error != self._seq_error_logged:
             self._seq_error_logged = self._seq.error
             self.log.error("seq numbers may repeat after a crash", error=self._seq.error)
@@ -199,6 +248,15 @@ class Publisher:
             for item in batch.as_dicts():
                 leaf = f"points/{item['point']}"
                 self._enqueue(Outgoing(self.topic(batch.device, leaf), json.dumps(item).encode(), self.cfg.qos))
+
+    def _seq_exhausted(self, device: str, on_done: Callable[[], None] | None) -> None:
+        # HA: a number past the broker-acknowledged reservation could be the new active's; drop
+        # the message (counted, like a full queue) rather than risk a repeated seq.
+        if device not in self._seq.stalled:
+            self._seq.stalled.add(device)
+            self.log.error("seq reservation used up without the broker: dropping this device's data", device=device)
+        if on_done is not None:
+            on_done()
 
     def subscribe(self, topic_filter: str, handler: Callable[[aiomqtt.Message], None]) -> None:
         """Deliver messages on `topic_filter` to `handler` (QoS 1, from every connection on)."""
@@ -340,9 +398,9 @@ class Publisher:
         """Say offline, close the connection, keep what was not delivered on disk."""
         client = self._session_client
         if client is not None and self.connected:
-            offline = json.dumps({"state": "offline", "reason": "stopped", "since": int(time.time() * 1000)})
+            offline = {"state": "offline", "reason": "stopped", "since": int(time.time() * 1000), **self.will_extra}
             with contextlib.suppress(Exception):
-                await client.publish(self._status_topic, offline.encode(), qos=1, retain=True, timeout=2.0)
+                await client.publish(self.will_topic, json.dumps(offline).encode(), qos=1, retain=True, timeout=2.0)
         if self._syncer is not None:
             self._syncer.cancel()
         if self._task is not None:
@@ -440,9 +498,15 @@ class Publisher:
                 self._leaving = True
                 now = int(time.time() * 1000)
                 moved = {"state": "offline", "reason": "moved", "since": now, "broker": preferred.address}
+                # Where the will would have said "lost": gateway/status, or this instance's member
+                # topic in a hot-standby pair (gateway/status is the active's there).
                 with contextlib.suppress(Exception):
                     await client.publish(
-                        self._status_topic, json.dumps(moved).encode(), qos=1, retain=True, timeout=5.0
+                        self.will_topic,
+                        json.dumps({**moved, **self.will_extra}).encode(),
+                        qos=1,
+                        retain=True,
+                        timeout=5.0,
                     )
                 client._client.disconnect()
                 return
@@ -461,13 +525,14 @@ class Publisher:
         return True
 
     def _client(self, endpoint: BrokerEndpoint) -> aiomqtt.Client:
-        will = aiomqtt.Will(self._status_topic, json.dumps({"state": "offline", "reason": "lost"}).encode(), 1, True)
+        lost = json.dumps({"state": "offline", "reason": "lost", **self.will_extra}).encode()
+        will = aiomqtt.Will(self.will_topic, lost, 1, True)
         client = aiomqtt.Client(
             endpoint.host,
             endpoint.port,
             username=self.cfg.username,
             password=self.cfg.password,
-            identifier=self.cfg.client_id or f"edgegw-{self.site}",
+            identifier=(self.cfg.client_id or f"edgegw-{self.site}") + self.client_suffix,
             will=will,
             keepalive=int(self.cfg.keepalive),
             tls_context=tls_context(self.cfg, endpoint),
@@ -518,9 +583,11 @@ class Publisher:
                     "switched to another broker", url=endpoint.url, previous=previous.url, backlog=self.backlog
                 )
             self.stats.connect_failures = 0
-            online = {"state": "online", "since": int(time.time() * 1000), "broker": endpoint.address}
-            self._retained[self._status_topic] = online
+            if self.announce_status:
+                online = {"state": "online", "since": int(time.time() * 1000), "broker": endpoint.address}
+                self._retained[self._status_topic] = online
             self._retained_dirty = set(self._retained)
+            self.hold = self.hold_on_connect
             self._session_client = client
             paho = client._client
             aiomqtt_on_publish: Any = paho.on_publish
@@ -534,6 +601,8 @@ class Publisher:
             disconnected: asyncio.Future[None] = client._disconnected
             for topic_filter in self._subscriptions:
                 await client.subscribe(topic_filter, qos=1)
+            if self.on_connection is not None:
+                self.on_connection(True)
             sender = asyncio.create_task(self._send_loop(client))
             receiver = asyncio.create_task(self._receive_loop(client)) if self._subscriptions else None
             try:
@@ -567,6 +636,9 @@ class Publisher:
         zero_loss = self._buffer_cfg.sync_interval == 0
         while True:
             self._wake.clear()
+            if self.hold:
+                await self._held()
+                continue
             for topic in list(self._retained_dirty):
                 self._retained_dirty.discard(topic)
                 await client.publish(topic, self._retained_body(topic), qos=1, retain=True, timeout=timeout)
@@ -591,6 +663,33 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
+
+    async def _held(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._wake.wait()
+
+    def release(self) -> None:
+        """HA: the lease is settled after a connect; what waits may go out."""
+        self.hold = False
+        self._wake.set()
+
+    async def publish_now(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        """One QoS 1 message on the current connection, awaited to its PUBACK (HA coordination)."""
+        client = self._session_client
+        if client is None or not self.connected:
+            raise aiomqtt.MqttError("not connected to the broker")
+        await client.publish(topic, payload, qos=1, retain=retain, timeout=10.0)
+
+    def forget_retained(self, topics: Iterable[str]) -> None:
+        """Stop sending these retained topics (HA: what a stepped-down instance no longer owns)."""
+        for topic in topics:
+            self._retained.pop(topic, None)
+            self._retained_dirty.discard(topic)
+
+    @property
+    def seq(self) -> SeqCounter:
+        return self._seq
 
     def _launch(self, client: aiomqtt.Client, msg: Outgoing) -> None:
         """Hand one message to paho; its PUBACK arrives through _on_puback.
@@ -641,6 +740,8 @@ class Publisher:
         was = self.connected
         self.connected = False
         self.endpoint = None
+        if was and self.on_connection is not None:
+            self.on_connection(False)
         self._session_client = None
         inflight = list(self._inflight.values())
         self._inflight.clear()

@@ -5,7 +5,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+#: HA mode: the key that versions a device's state, so the newest copy wins at a takeover.
+VERSION_KEY = "_ha_version"
+
+
+class StateMirror(Protocol):
+    """HA: where a device's committed state is copied (the broker, gateway/ha.py)."""
+
+    def stamp(self, previous: Any) -> Any:
+        """The version of the state about to be written, given the one it replaces."""
+
+    def publish(self, data: dict[str, Any]) -> None:
+        """Called after each durable local write with the whole state, version included."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -38,6 +51,7 @@ class StateStore:
         self.path = path
         self._data: dict[str, Any] = {}
         self._dirty = False
+        self.mirror: StateMirror | None = None
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text(encoding="utf-8"))
@@ -60,6 +74,21 @@ class StateStore:
         """Apply `updates` and make them durable now (an OSError leaves them applied in memory)."""
         for key, value in updates.items():
             self.set(key, value)
+        mirror = self.mirror
+        if mirror is None or not self._dirty:
+            self.flush()
+            return
+        self._data[VERSION_KEY] = mirror.stamp(self._data.get(VERSION_KEY))
+        self.flush()
+        mirror.publish(dict(self._data))
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    def replace(self, data: dict[str, Any]) -> None:
+        """HA: take a newer copy (from the broker) as this device's state, durably."""
+        self._data = dict(data)
+        self._dirty = True
         self.flush()
 
     def flush(self) -> None:
