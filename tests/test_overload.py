@@ -271,3 +271,61 @@ async def test_the_first_data_message_does_not_wait_for_all_retained_state(
         assert publisher.stats.published == len(devices)  # retained state is not counted as data
     finally:
         await publisher.stop()
+
+
+# -- end to end: the daemon, Modbus twins, mosquitto ---------------------------------------------
+
+
+def per_device(body: str, name: str) -> dict[str, float]:
+    """A per-device counter from /metrics, summed over its other labels."""
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            device = labels.split('device="', 1)[1].split('"', 1)[0]
+            out[device] = out.get(device, 0.0) + float(value)
+    return out
+
+
+@pytest.mark.slow
+async def test_the_daemon_accounts_for_every_tick_under_overload(tmp_path: Path, broker: Mosquitto) -> None:
+    from drivers.modbus.twin import ModbusTwin
+    from tests.harness import Daemon, free_port
+    from tests.test_e2e_modbus import device_yaml, twin_points
+    from tests.test_faults import write_config
+    from tests.test_health import http_get
+
+    health = free_port()
+    async with ModbusTwin(twin_points(), units=[1, 2, 3], port=0) as twin:
+        twin.faults.set("slow", delay=0.05, target=1)  # a poll takes longer than the interval
+        devices = (
+            device_yaml("slow", twin.port, 1, interval="20ms")
+            + device_yaml("fast-a", twin.port, 2, interval="10ms")
+            + device_yaml("fast-b", twin.port, 3, interval="10ms")
+            + device_yaml("dead", free_port(), 1, interval="10ms")  # nobody listens: offline, backing off
+        )
+        daemon = Daemon(write_config(tmp_path, broker, devices, health=health), tmp_path)
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _code, body = await http_get(health, "/metrics")
+                except OSError:
+                    body = ""
+                ticks = per_device(body, "edgegw_device_ticks_total")
+                backoff = per_device(body, "edgegw_device_backoff_ticks_total")
+                if len(ticks) == 4 and min(ticks.values()) >= 50 and backoff.get("dead", 0) >= 5:
+                    break
+                assert time.monotonic() < deadline, f"no ticks yet: {ticks}\n{daemon.output()[-2000:]}"
+                await asyncio.sleep(0.2)
+            # One /metrics answer is rendered in one go: a consistent snapshot of every counter.
+            polls = per_device(body, "edgegw_device_polls_total")
+            skipped = per_device(body, "edgegw_device_skipped_ticks_total")
+            for device, n in ticks.items():
+                assert n == polls[device] + skipped[device] + backoff[device], (device, body)
+            assert skipped["slow"] > 0 and backoff["dead"] > 0
+        finally:
+            assert await daemon.stop() == 0
+    lines = [line for line in daemon.output().splitlines() if "poll skipped" in line]
+    assert len(lines) <= 4 * len(SkipReason), lines[:20]
