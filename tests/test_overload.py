@@ -95,6 +95,26 @@ async def test_a_poll_longer_than_its_interval_skips_ticks_and_every_tick_is_cou
     assert len(skips) <= len(SkipReason), skips
 
 
+async def test_a_tick_waits_for_a_poll_that_ends_before_the_next_deadline() -> None:
+    """A poll of 1.2 intervals: the device polls back to back, not on every second deadline."""
+
+    async def slower_than_interval() -> RawReadings:
+        await asyncio.sleep(0.06)
+        return RawReadings([])
+
+    runner = runner_for(slower_than_interval, 0.05, Lines())
+    runner.start()
+    try:
+        await until(lambda: runner.stats.ticks >= 30, "ticks")
+        st = runner.stats
+        assert balanced(st), st
+        # Skipping every tick that found the poll running would give one poll per two ticks;
+        # back to back gives five per six (less what a loaded machine's timers cost).
+        assert st.polls > 0.6 * st.ticks, st
+    finally:
+        await runner.stop()
+
+
 async def test_many_devices_at_a_tiny_interval_account_for_every_tick() -> None:
     def busy() -> Any:
         async def read() -> RawReadings:
