@@ -229,6 +229,12 @@ def render_metrics(gw: Gateway) -> str:
     pub = gw.publisher
     st = pub.stats
     metric("queue_depth", "gauge", "Messages waiting in memory.", [({}, float(pub.queue_depth))])
+    metric(
+        "queue_bytes",
+        "gauge",
+        "Payload and topic bytes of the messages waiting in memory.",
+        [({}, float(pub.queue_bytes))],
+    )
     metric("inflight_messages", "gauge", "Messages published, not yet acknowledged.", [({}, float(pub.inflight))])
     metric("messages_published_total", "counter", "Messages acknowledged by the broker.", [({}, float(st.published))])
     metric(
