@@ -242,9 +242,9 @@ def test_saturated_only_while_connected_and_a_window_waits() -> None:
 def test_queue_bytes_is_validated() -> None:
     from pydantic import ValidationError
 
-    assert MqttConfig(queue_bytes="8MiB").queue_bytes == 8 * 2**20
+    assert MqttConfig.model_validate({"queue_bytes": "8MiB"}).queue_bytes == 8 * 2**20
     with pytest.raises(ValidationError):
-        MqttConfig(queue_bytes="1KiB")
+        MqttConfig.model_validate({"queue_bytes": "1KiB"})
 
 
 # -- retained state does not hold the data back --------------------------------------------------
