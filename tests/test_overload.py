@@ -349,3 +349,60 @@ async def test_the_daemon_accounts_for_every_tick_under_overload(tmp_path: Path,
             assert await daemon.stop() == 0
     lines = [line for line in daemon.output().splitlines() if "poll skipped" in line]
     assert len(lines) <= 4 * len(SkipReason), lines[:20]
+
+
+@pytest.mark.slow
+async def test_a_broker_that_stops_acknowledging_makes_devices_skip_not_the_queue_grow(
+    tmp_path: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    from drivers.modbus.twin import ModbusTwin
+    from tests.harness import Daemon, TcpProxy, free_port
+    from tests.test_e2e_modbus import device_yaml, twin_points
+    from tests.test_health import http_get
+
+    health = free_port()
+    proxy = TcpProxy(broker.port)
+    await proxy.start()
+    async with ModbusTwin(twin_points(), units=[1, 2, 3], port=0) as twin:
+        devices = "".join(device_yaml(f"m{u}", twin.port, u, interval="20ms") for u in (1, 2, 3))
+        path = tmp_path / "site.yaml"
+        path.write_text(
+            f"site: lab\nmqtt: {{url: 'mqtt://127.0.0.1:{proxy.port}', client_id: gw-overload, max_inflight: 10,"
+            f" queue_size: 40}}\nstate_dir: {tmp_path / 'state'}\nhealth: {{listen: '127.0.0.1:{health}'}}\n"
+            f"devices:\n{devices}",
+            encoding="utf-8",
+        )
+        daemon = Daemon(path, tmp_path)
+        await daemon.start()
+        try:
+            await collector.wait_for(lambda: all(collector.data(f"m{u}") for u in (1, 2, 3)), what="data")
+            proxy.stall()  # connected, but nothing reaches the broker and no PUBACK comes back
+            deadline = time.monotonic() + 30
+            while True:
+                _code, body = await http_get(health, "/metrics")
+                depth = float(body.split("\nedgegw_queue_depth ", 1)[1].split("\n", 1)[0])
+                assert depth <= 40, body
+                ticks = per_device(body, "edgegw_device_ticks_total")
+                polls = per_device(body, "edgegw_device_polls_total")
+                skipped = per_device(body, "edgegw_device_skipped_ticks_total")
+                backoff = per_device(body, "edgegw_device_backoff_ticks_total")
+                for device, n in ticks.items():
+                    assert n == polls[device] + skipped[device] + backoff[device], (device, body)
+                pressure = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in body.splitlines()
+                    if line.startswith("edgegw_device_skipped_ticks_total{") and 'reason="backpressure"' in line
+                )
+                if pressure >= 100:
+                    break
+                assert time.monotonic() < deadline, body
+                await asyncio.sleep(0.1)
+            # Load was shed by skipping ticks: nothing had to be dropped at the bound.
+            assert 'edgegw_messages_dropped_total{reason="queue_full"} 0.0' in body
+            seen = len(collector.data("m1"))
+            proxy.resume()
+            await collector.wait_for(lambda: len(collector.data("m1")) > seen + 5, what="data after the stall")
+        finally:
+            proxy.resume()
+            assert await daemon.stop() == 0
+            await proxy.stop()
