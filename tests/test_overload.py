@@ -145,6 +145,34 @@ async def test_many_devices_at_a_tiny_interval_account_for_every_tick() -> None:
     assert len([1 for _l, e, _k in log.lines if e.startswith("poll skipped")]) <= len(runners) * len(SkipReason)
 
 
+async def test_devices_share_a_saturated_process_fairly() -> None:
+    """More asked than one core can do: every device gets about the same share of the polls."""
+
+    def busy() -> Any:
+        async def read() -> RawReadings:
+            await asyncio.sleep(0)  # the reply comes from the network
+            end = time.perf_counter() + 0.0003
+            while time.perf_counter() < end:
+                pass
+            return RawReadings([])
+
+        return read
+
+    runners = [runner_for(busy(), 0.01, Lines()) for _ in range(50)]
+    for r in runners:
+        r.start()
+    try:
+        await until(lambda: min(r.stats.polls for r in runners) >= 5, "every device polled")
+        start = [r.stats.polls for r in runners]
+        await until(lambda: min(r.stats.polls - s for r, s in zip(runners, start, strict=True)) >= 60, "polls")
+        polls = [r.stats.polls - s for r, s in zip(runners, start, strict=True)]
+        assert min(polls) >= 0.8 * max(polls), polls
+        assert sum(r.stats.skipped for r in runners) > 0  # it was saturated
+    finally:
+        for r in runners:
+            await r.stop()
+
+
 async def test_backoff_ticks_of_an_offline_device_are_counted() -> None:
     async def dead() -> RawReadings:
         raise DeviceError("no route to host")
