@@ -235,7 +235,7 @@ class Publisher:
             return
         self._queue.append(msg)
         self._bytes += _size(msg)
-        self._bound(disk)
+        self._bound(disk, 1)
         self._idle.clear()
         self._wake.set()
 
@@ -244,12 +244,16 @@ class Publisher:
         """How many messages may wait in memory now (queue_size, plus the backlog while away)."""
         return self.cfg.queue_size + (0 if self.connected else self._backlog_extra)
 
-    def _bound(self, disk: Any) -> None:
-        """Hold the waiting messages to their bounds, in messages and bytes: the oldest go first."""
+    def _bound(self, disk: Any, added: int) -> None:
+        """Hold the waiting messages to their bounds after `added` more came: the oldest go first.
+
+        Only what the newcomers push past the count goes: a backlog kept while the broker was
+        away (more than `queue_size`) drains once it is back, it is not cut at the first message.
+        """
         limit = self.cfg.queue_size if disk is not None else self._limit
-        while (len(self._queue) + len(self._retry) > limit or self._bytes > self.cfg.queue_bytes) and (
-            oldest := self._next_live()
-        ) is not None:
+        excess = min(added, len(self._queue) + len(self._retry) - limit)
+        while (excess > 0 or self._bytes > self.cfg.queue_bytes) and (oldest := self._next_live()) is not None:
+            excess -= 1
             if disk is not None:
                 # The broker is slower than the devices: keep the overflow on disk instead of dropping it.
                 self._to_disk(oldest)
@@ -572,6 +576,7 @@ class Publisher:
         disk_ids = [m.buffer_id for m in msgs if m.buffer_id is not None]
         if disk_ids and self._disk is not None:
             self._disk.release(disk_ids)
+        added = 0
         for m in msgs:
             if m.buffer_id is not None:
                 continue
@@ -581,7 +586,8 @@ class Publisher:
                 continue
             heapq.heappush(self._retry, m)
             self._bytes += _size(m)
-        self._bound(self._disk)
+            added += 1
+        self._bound(self._disk, added)
 
     def _next_live(self) -> Outgoing | None:
         if self._retry:

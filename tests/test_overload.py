@@ -227,6 +227,13 @@ def test_the_queue_holds_its_bound_in_messages_whether_connected_or_not() -> Non
         p._enqueue(Outgoing("t", b"x", 1))
         assert p.queue_depth <= 15
     assert p.queue_depth == 15
+    # Connected again, the backlog drains: a new message neither cuts it to 10 nor grows it.
+    p.connected = True
+    p._enqueue(Outgoing("t", b"x", 1))
+    assert p.queue_depth == 15
+    p._next_live()
+    p._enqueue(Outgoing("t", b"x", 1))
+    assert p.queue_depth == 14
 
 
 def test_the_queue_holds_its_bound_in_bytes() -> None:
