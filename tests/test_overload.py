@@ -411,6 +411,8 @@ async def test_a_broker_that_stops_acknowledging_makes_devices_skip_not_the_queu
         await daemon.start()
         try:
             await collector.wait_for(lambda: all(collector.data(f"m{u}") for u in (1, 2, 3)), what="data")
+            _code, body = await http_get(health, "/metrics")
+            rss_before = float(body.split("\nedgegw_process_resident_memory_bytes ", 1)[1].split("\n", 1)[0])
             proxy.stall()  # connected, but nothing reaches the broker and no PUBACK comes back
             deadline = time.monotonic() + 30
             while True:
@@ -432,8 +434,11 @@ async def test_a_broker_that_stops_acknowledging_makes_devices_skip_not_the_queu
                     break
                 assert time.monotonic() < deadline, body
                 await asyncio.sleep(0.1)
-            # Load was shed by skipping ticks: nothing had to be dropped at the bound.
+            # Load was shed by skipping ticks: nothing had to be dropped at the bound, and memory
+            # did not grow with the ticks the broker could not take.
             assert 'edgegw_messages_dropped_total{reason="queue_full"} 0.0' in body
+            rss = float(body.split("\nedgegw_process_resident_memory_bytes ", 1)[1].split("\n", 1)[0])
+            assert rss < 1.2 * rss_before, (rss, rss_before)
             seen = len(collector.data("m1"))
             proxy.resume()
             await collector.wait_for(lambda: len(collector.data("m1")) > seen + 5, what="data after the stall")
