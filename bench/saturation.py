@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await consumer
         await rig.stop()
+        shutil.rmtree(rig.work, ignore_errors=True)
     ticks = per_device(body, "edgegw_device_ticks_total")
     polls = per_device(body, "edgegw_device_polls_total")
     skipped = per_device(body, "edgegw_device_skipped_ticks_total")
