@@ -290,7 +290,7 @@ async def test_the_first_data_message_does_not_wait_for_all_retained_state(
     tmp_path: Path, broker: Mosquitto, collector: Collector
 ) -> None:
     """100 devices x 100 points: meta and status share the in-flight window with data."""
-    cfg = MqttConfig(url=broker.url, client_id="gw-retained", max_inflight=200)
+    cfg = MqttConfig.model_validate({"url": broker.url, "client_id": "gw-retained", "max_inflight": 200})
     publisher = Publisher(cfg, "s", BufferConfig(), None, structlog.get_logger("t"))
     points = [PointConfig.model_validate({"id": f"p{i}", "quantity": "current", "unit": "A"}) for i in range(100)]
     built: list[str] = []
