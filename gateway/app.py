@@ -185,6 +185,7 @@ class Gateway:
             log,
             state=state,
             on_event=partial(publisher.submit_event, device.id),
+            saturated=publisher.saturated,
         )
         self.runners[device.id] = runner
         self._publish_meta(runner)

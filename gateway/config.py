@@ -154,6 +154,11 @@ class MqttConfig(Strict):
     memory_backlog: Annotated[int, Field(ge=0)] = Field(
         default=20000, description="messages kept in memory while the broker is away and no disk buffer is set"
     )
+    queue_bytes: ByteSize = Field(
+        default=32 * 2**20,
+        ge=64 * 2**10,
+        description="payload and topic bytes of all messages waiting in memory (queue and memory backlog)",
+    )
     reconnect_min: Duration = 0.5
     reconnect_max: Duration = 30.0
     connect_timeout: Duration = Field(

@@ -164,13 +164,31 @@ def render_metrics(gw: Gateway) -> str:
     def per_device(get: Callable[[Any], float]) -> list[tuple[dict[str, str], float]]:
         return [({"device": r.device.id}, float(get(r))) for r in runners]
 
-    metric("device_polls_total", "counter", "Polls attempted.", per_device(lambda r: r.stats.polls))
+    # ticks == polls + skipped (all reasons) + backoff ticks, per device, exactly.
+    metric(
+        "device_ticks_total",
+        "counter",
+        "Deadlines of the device's schedule that passed.",
+        per_device(lambda r: r.stats.ticks),
+    )
+    metric("device_polls_total", "counter", "Polls started.", per_device(lambda r: r.stats.polls))
     metric("device_poll_errors_total", "counter", "Polls that failed.", per_device(lambda r: r.stats.failures))
     metric(
         "device_skipped_ticks_total",
         "counter",
-        "Ticks skipped because the previous poll still ran.",
-        per_device(lambda r: r.stats.skipped),
+        "Ticks that started no poll, by reason: busy (the previous poll still ran), late (the process "
+        "woke after the deadline), backpressure (the publisher's queue was full).",
+        [
+            ({"device": r.device.id, "reason": str(reason)}, float(n))
+            for r in runners
+            for reason, n in r.stats.skipped_by.items()
+        ],
+    )
+    metric(
+        "device_backoff_ticks_total",
+        "counter",
+        "Ticks that fell in an offline device's backoff wait.",
+        per_device(lambda r: r.stats.backoff),
     )
     metric(
         "device_poll_duration_seconds",
@@ -229,6 +247,12 @@ def render_metrics(gw: Gateway) -> str:
     pub = gw.publisher
     st = pub.stats
     metric("queue_depth", "gauge", "Messages waiting in memory.", [({}, float(pub.queue_depth))])
+    metric(
+        "queue_bytes",
+        "gauge",
+        "Payload and topic bytes of the messages waiting in memory.",
+        [({}, float(pub.queue_bytes))],
+    )
     metric("inflight_messages", "gauge", "Messages published, not yet acknowledged.", [({}, float(pub.inflight))])
     metric("messages_published_total", "counter", "Messages acknowledged by the broker.", [({}, float(st.published))])
     metric(

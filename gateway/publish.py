@@ -187,7 +187,13 @@ class Publisher:
         self.log = log
         self.stats = PublisherStats()
         self.connected = False
-        self._limit = cfg.queue_size + (0 if buffer_cfg.path else cfg.memory_backlog)
+        # While the broker is away and there is no disk buffer, the queue may also hold the backlog.
+        self._backlog_extra = 0 if buffer_cfg.path else cfg.memory_backlog
+        # Waiting messages at which the devices skip ticks (backpressure): a window's worth is
+        # enough to keep the broker link busy; more only adds latency and memory.
+        self._pressure = min(cfg.queue_size, cfg.max_inflight)
+        self._bytes = 0  # payload + topic bytes of the messages in _queue and _retry
+        self._retained_inflight = 0
         self._queue: deque[Outgoing] = deque()
         # Messages that were in flight when their publish failed: older than anything queued,
         # sent first, oldest first, whatever order their failures came in.
@@ -297,19 +303,47 @@ class Publisher:
             self._idle.clear()
             self._wake.set()
             return
-        q = self._queue
-        q.append(msg)
-        if disk is not None and len(q) > self.cfg.queue_size:
-            # The broker is slower than the devices: keep the overflow on disk instead of dropping it.
-            self._to_disk(q.popleft())
-            self.stats.spilled += 1
-            self._unsynced = True
-        elif len(q) > self._limit:
-            _done(q.popleft())
-            self.stats.dropped_queue += 1
-            self._log_drop("queue full: dropped the oldest message", self.stats.dropped_queue)
+        self._queue.append(msg)
+        self._bytes += _size(msg)
+        self._bound(disk, 1)
         self._idle.clear()
         self._wake.set()
+
+    @property
+    def _limit(self) -> int:
+        """How many messages may wait in memory now (queue_size, plus the backlog while away)."""
+        return self.cfg.queue_size + (0 if self.connected else self._backlog_extra)
+
+    def _bound(self, disk: Any, added: int) -> None:
+        """Hold the waiting messages to their bounds after `added` more came: the oldest go first.
+
+        Only what the newcomers push past the count goes: a backlog kept while the broker was
+        away (more than `queue_size`) drains once it is back, it is not cut at the first message.
+        """
+        limit = self.cfg.queue_size if disk is not None else self._limit
+        excess = min(added, len(self._queue) + len(self._retry) - limit)
+        while (excess > 0 or self._bytes > self.cfg.queue_bytes) and (oldest := self._next_live()) is not None:
+            excess -= 1
+            if disk is not None:
+                # The broker is slower than the devices: keep the overflow on disk instead of dropping it.
+                self._to_disk(oldest)
+                self.stats.spilled += 1
+                self._unsynced = True
+            else:
+                _done(oldest)
+                self.stats.dropped_queue += 1
+                self._log_drop("queue full: dropped the oldest message", self.stats.dropped_queue)
+
+    def saturated(self) -> bool:
+        """True while connected and a window's worth of messages (or the byte bound) already waits.
+
+        The devices then skip their ticks (counted, reason backpressure): at saturation load is
+        shed at the source instead of growing the queue. While the broker is away the outage
+        rules apply instead (disk buffer, or the memory backlog).
+        """
+        return self.connected and (
+            len(self._queue) + len(self._retry) >= self._pressure or self._bytes >= self.cfg.queue_bytes
+        )
 
     def _to_disk(self, msg: Outgoing) -> None:
         assert self._disk is not None
@@ -361,6 +395,10 @@ class Publisher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue) + len(self._retry)
+
+    @property
+    def queue_bytes(self) -> int:
+        return self._bytes
 
     @property
     def inflight(self) -> int:
@@ -631,7 +669,7 @@ class Publisher:
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         window = self.cfg.max_inflight
         backlog_share = max(1, window // 2)
-        timeout = max(30.0, self.cfg.keepalive * 2)
+        retained_share = max(1, window // 4)
         disk = self._disk
         zero_loss = self._buffer_cfg.sync_interval == 0
         while True:
@@ -639,9 +677,17 @@ class Publisher:
             if self.hold:
                 await self._held()
                 continue
-            for topic in list(self._retained_dirty):
-                self._retained_dirty.discard(topic)
-                await client.publish(topic, self._retained_body(topic), qos=1, retain=True, timeout=timeout)
+            free = window - len(self._inflight)
+            if self._retained_dirty and free > 0:
+                # Retained state shares the window with data, unawaited: one round trip per message
+                # (and 100 devices' meta built before any data) made the first data message wait
+                # seconds at start. Gateway status first; then at most a quarter of the window
+                # while live data waits.
+                live = self._queue or self._retry
+                share = free if not live else min(free, max(0, retained_share - self._retained_inflight))
+                for topic in self._take_retained(share):
+                    self._retained_inflight += 1
+                    self._launch(client, Outgoing(topic, self._retained_body(topic), 1, retain=True))
             if zero_loss and self._unsynced:
                 # Group commit: one fsync covers every message buffered since the last one.
                 self._sync()
@@ -657,7 +703,13 @@ class Publisher:
             while free > 0 and (msg := self._next_live()) is not None:
                 self._launch(client, msg)
                 free -= 1
-            if not self._queue and not self._retry and not self._inflight and (disk is None or not disk.stats.records):
+            if (
+                not self._queue
+                and not self._retry
+                and not self._inflight
+                and not self._retained_dirty
+                and (disk is None or not disk.stats.records)
+            ):
                 self._idle.set()
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -691,6 +743,17 @@ class Publisher:
     def seq(self) -> SeqCounter:
         return self._seq
 
+    def _take_retained(self, n: int) -> list[str]:
+        """Up to `n` dirty retained topics, the gateway's status first."""
+        dirty = self._retained_dirty
+        out: list[str] = []
+        if n > 0 and self._status_topic in dirty:
+            dirty.discard(self._status_topic)
+            out.append(self._status_topic)
+        while dirty and len(out) < n:
+            out.append(dirty.pop())
+        return out
+
     def _launch(self, client: aiomqtt.Client, msg: Outgoing) -> None:
         """Hand one message to paho; its PUBACK arrives through _on_puback.
 
@@ -710,7 +773,10 @@ class Publisher:
     def _on_puback(self, mid: int) -> None:
         msg = self._inflight.pop(mid, None)
         if msg is not None:
-            self._delivered(msg)
+            if msg.retain and msg.buffer_id is None:
+                self._retained_inflight -= 1  # state, not a data message: not counted as published
+            else:
+                self._delivered(msg)
             self._wake.set()
 
     def _delivered(self, msg: Outgoing) -> None:
@@ -727,14 +793,28 @@ class Publisher:
         disk_ids = [m.buffer_id for m in msgs if m.buffer_id is not None]
         if disk_ids and self._disk is not None:
             self._disk.release(disk_ids)
+        added = 0
         for m in msgs:
-            if m.buffer_id is None:
-                heapq.heappush(self._retry, m)
+            if m.buffer_id is not None:
+                continue
+            if m.retain:
+                # Retained state is sent again from _retained on the next connect.
+                self._retained_inflight -= 1
+                continue
+            heapq.heappush(self._retry, m)
+            self._bytes += _size(m)
+            added += 1
+        self._bound(self._disk, added)
 
     def _next_live(self) -> Outgoing | None:
         if self._retry:
-            return heapq.heappop(self._retry)
-        return self._queue.popleft() if self._queue else None
+            msg = heapq.heappop(self._retry)
+        elif self._queue:
+            msg = self._queue.popleft()
+        else:
+            return None
+        self._bytes -= _size(msg)
+        return msg
 
     def _disconnected(self) -> None:
         was = self.connected
@@ -766,6 +846,11 @@ class Publisher:
             self._unsynced = True
             if self._buffer_cfg.sync_interval == 0:
                 self._sync()
+
+
+def _size(msg: Outgoing) -> int:
+    """What a waiting message counts against `queue_bytes`."""
+    return len(msg.payload) + len(msg.topic)
 
 
 def _done(msg: Outgoing) -> None:
