@@ -70,13 +70,30 @@ class Rig:
     broker: LocalBroker
     health_port: int
     profile: Path
+    points: int
 
-    def devices(self, interval: float, timeout: str) -> str:
-        """The `devices:` entries, one per twin (JSON is YAML's flow style)."""
-        return "".join(
-            f"  - {json.dumps({'id': f'dev{i:03d}', **cfg, 'interval': interval, 'timeout': timeout})}\n"
-            for i, cfg in enumerate(self.configs)
-        )
+    def devices(self, interval: float, timeout: str, inline: bool = False) -> str:
+        """The `devices:` entries, one per twin (JSON is YAML's flow style).
+
+        With `inline`, each device lists the profile's points itself instead of naming the profile:
+        the config shape of a site that writes its points out, which must cost no more memory.
+        """
+        out = []
+        for i, cfg in enumerate(self.configs):
+            entry = {"id": f"dev{i:03d}", **cfg, "interval": interval, "timeout": timeout}
+            if inline:
+                entry.pop("profile", None)
+                entry.pop("profile_vars", None)
+                entry["points"] = self.inline_points()
+            out.append(f"  - {json.dumps(entry)}\n")
+        return "".join(out)
+
+    def inline_points(self) -> list[dict[str, Any]]:
+        """The bench profile's points written out, as a site without profiles would write them."""
+        return [
+            {"id": f"p{i}", "address": 2 * i, "type": "float32", "quantity": "current", "unit": "A", "circuit": str(i)}
+            for i in range(self.points)
+        ]
 
     def start_daemon(self, config_text: str) -> subprocess.Popen[bytes]:
         cfg = self.work / "gateway.yaml"
@@ -103,4 +120,4 @@ async def start_rig(prefix: str, devices: int, points: int, dead_every: int = 0)
     twins, configs = start_twins(devices, profile, {"points": points}, dead_every)
     broker = LocalBroker(work, free_port())
     await broker.start()
-    return Rig(work, twins, configs, broker, free_port(), profile)
+    return Rig(work, twins, configs, broker, free_port(), profile, points)

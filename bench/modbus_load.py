@@ -47,7 +47,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         f"site: bench\nmqtt: {{url: 'mqtt://127.0.0.1:{broker_port}', qos: {args.qos}, max_inflight: 200}}\n"
         f"health: {{listen: '127.0.0.1:{health_port}'}}\nlog: {{level: warning, format: json}}\n"
         + (f"buffer: {{path: {work / 'buffer'}}}\n" if args.buffer else "")
-        + f"devices:\n{rig.devices(args.interval, '1s')}"
+        + f"devices:\n{rig.devices(args.interval, '1s', inline=args.inline)}"
     )
     received = {"points": 0, "messages": 0}
     latencies: list[float] = []
@@ -107,6 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "interval_s": args.interval,
         "qos": args.qos,
         "disk_buffer": args.buffer,
+        "inline_points": args.inline,
         "duration_s": round(elapsed, 1),
         "points_per_s": round(received["points"] / elapsed),
         "messages_per_s": round(received["messages"] / elapsed, 1),
@@ -140,6 +141,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--qos", type=int, default=1)
     ap.add_argument("--buffer", action="store_true", help="with a disk buffer configured")
+    ap.add_argument("--inline", action="store_true", help="every device lists its points instead of naming the profile")
     args = ap.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -442,9 +443,24 @@ class GatewayConfig(Strict):
         return next((b for b in self.buses if b.id == bus_id), None)
 
 
-def _gateway_model() -> type[GatewayConfig]:
-    # Keyed on the registry's contents: a kind registered later (a test's fake kind) gets a new model.
-    return _gateway_model_of(tuple(DRIVERS.values()))
+def _gateway_model(data: Mapping[str, Any] | None = None) -> type[GatewayConfig]:
+    """The file's model: over the kinds `data` uses (its devices' drivers, its sections), else all.
+
+    Each kind's models cost memory for as long as the daemon runs (pydantic keeps their
+    validators), and a protocol library loads only with its kind: a Modbus-only site builds none
+    of the others. A driver the registry does not know takes the full model, whose error lists
+    every known one. Keyed on the registry's contents: a kind registered later gets a new model.
+    """
+    kinds = _kinds_used(data) if data is not None else None
+    return _gateway_model_of(tuple(spec for kind, spec in DRIVERS.items() if kinds is None or kind in kinds))
+
+
+def _kinds_used(data: Mapping[str, Any]) -> set[str] | None:
+    devices = data.get("devices")
+    drivers = [d.get("driver") for d in devices if isinstance(d, Mapping)] if isinstance(devices, list) else []
+    if not drivers or any(not isinstance(k, str) or k not in DRIVERS for k in drivers):
+        return None
+    return {*map(str, drivers), *(k for k in DRIVERS if k in data)}
 
 
 @cache
@@ -516,10 +532,12 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> LineDict:
 
 # Point id -> (the point's mapping, file, line, where it was written), in definition order.
 _Points = dict[str, tuple[dict[str, Any], str, int, str]]
+# (point model, the definition as canonical JSON) -> the validated point, shared by every device of a load.
+_Shared = dict[tuple[type[PointConfig], str], PointConfig]
 
 
 def _resolve_device(
-    raw: Mapping[str, Any], device: DeviceConfig, path: str, base_dir: Path | None
+    raw: Mapping[str, Any], device: DeviceConfig, path: str, base_dir: Path | None, shared: _Shared | None = None
 ) -> tuple[DeviceConfig, list[ConfigIssue]]:
     """Merge the device's profile and inline points and validate each point; returns the device and issues."""
     issues: list[ConfigIssue] = []
@@ -536,7 +554,9 @@ def _resolve_device(
         actions = {name: (spec, f"profile {profile.name}: actions.{name}") for name, spec in profile.actions.items()}
     _merge_inline(raw, device, path, profile_vars, points, issues)
     actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
-    resolved = _validated_points(type(device).point_model, points, issues)
+    resolved = _validated_points(type(device).point_model, points, issues, {} if shared is None else shared)
+    # The written points live on as the validated ones; the raw mappings (1 KB a point) go.
+    object.__setattr__(device, "points", [])
     device._resolved = tuple(p for p in resolved if p.calc is None)
     device._calculated = _checked_calcs(resolved, points, issues)
     device._resolved_actions = _validated_actions(type(device).action_model, actions, getattr(raw, "file", ""), issues)
@@ -634,14 +654,25 @@ def _merge_inline(
         points[pid] = (merged, pfile or file, pline, f"{path}.points[{i}]")
 
 
-def _validated_points(point_model: type[PointConfig], points: _Points, issues: list[ConfigIssue]) -> list[PointConfig]:
-    """Each point through the driver's point model; references between points checked."""
+def _validated_points(
+    point_model: type[PointConfig], points: _Points, issues: list[ConfigIssue], shared: _Shared
+) -> list[PointConfig]:
+    """Each point through the driver's point model; references between points checked.
+
+    `shared` interns the validated points of one load: a definition written the same way for many
+    devices (inline, or from one profile) is validated once and held once. Points are immutable
+    after validation, so devices can share them.
+    """
     resolved: list[PointConfig] = []
     for point, pfile, pline, where in points.values():
         # A calculated point has no protocol address: the base model, not the driver's.
         model = PointConfig if isinstance(point, Mapping) and point.get("calc") is not None else point_model
+        key = (model, json.dumps(point, sort_keys=True, default=repr))
+        if (known := shared.get(key)) is not None:
+            resolved.append(known)
+            continue
         try:
-            resolved.append(_compact(model.model_validate(point)))
+            resolved.append(shared.setdefault(key, _compact(model.model_validate(point))))
         except ValidationError as exc:
             for issue in _issues_from(exc, point, f"{where}.", pfile):
                 issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
@@ -745,7 +776,7 @@ def check_profile(path: Path | str) -> tuple[Profile | None, list[PointConfig], 
                 points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
         except ProfileError as exc:
             issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
-        resolved = _validated_points(spec.device_model.point_model, points, issues)
+        resolved = _validated_points(spec.device_model.point_model, points, issues, {})
         _checked_calcs(resolved, points, issues)
         actions = {name: (a, f"profile {profile.name}: actions.{name}") for name, a in profile.actions.items()}
         _validated_actions(spec.device_model.action_model, actions, str(path), issues)
@@ -791,7 +822,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None, environment: Env
 def _validate(
     data: dict[str, Any], source: str, base_dir: Path | None
 ) -> tuple[GatewayConfig | None, list[ConfigIssue]]:
-    model = _gateway_model()
+    model = _gateway_model(data)
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:
@@ -799,9 +830,10 @@ def _validate(
     issues: list[ConfigIssue] = []
     raw_devices = data.get("devices", [])
     devices: list[DeviceConfig] = []
+    shared: _Shared = {}
     for i, device in enumerate(cfg.devices):
         raw = raw_devices[i] if isinstance(raw_devices, list) else {}
-        resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir)
+        resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir, shared)
         devices.append(resolved)
         issues.extend(dev_issues)
     issues.extend(_cross_check(cfg, devices, data, source))
