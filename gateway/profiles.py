@@ -333,7 +333,10 @@ def _unary(node: Any, env: Mapping[str, Any], src: str) -> Any:
     operand = _eval(node.operand, env, src)
     if isinstance(node.op, ast.Not):
         return not operand
-    return -operand if isinstance(node.op, ast.USub) else +operand
+    try:
+        return -operand if isinstance(node.op, ast.USub) else +operand
+    except TypeError as exc:  # -'text', -[1]
+        raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
 
 
 def _compare(node: Any, env: Mapping[str, Any], src: str) -> Any:
@@ -342,8 +345,11 @@ def _compare(node: Any, env: Mapping[str, Any], src: str) -> Any:
     left = _eval(node.left, env, src)
     for op, comp in zip(node.ops, node.comparators, strict=True):
         right = _eval(comp, env, src)
-        if not _CMPOPS[type(op)](left, right):
-            return False
+        try:
+            if not _CMPOPS[type(op)](left, right):
+                return False
+        except TypeError as exc:  # 1 < 'a'
+            raise ValueError(f"cannot evaluate {src!r}: {exc}") from None
         left = right
     return True
 

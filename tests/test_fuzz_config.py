@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_config_text, parse_config
@@ -86,6 +86,9 @@ def test_any_text_is_valid_or_a_config_error(text: str) -> None:
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet="0123456789+-*/%()[]<>=! abnif,.'L_", max_size=30))
+@example("-''")  # a sign on text: TypeError once
+@example("1<'a'")  # an order between a number and text
+@example("+[1]")
 def test_expressions_raise_only_value_error(expr: str) -> None:
     with contextlib.suppress(ValueError):
         evaluate(expr, {"n": 3, "a": 1, "b": 2})
