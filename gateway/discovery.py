@@ -31,5 +31,6 @@ async def rebuild(driver: Driver[Any, Any], points: Sequence[PointConfig], build
     """Stop the discovering driver and start its successor with the discovered points."""
     await driver.stop()
     new = build(points)
+    new.adopt(driver.handoff())
     await new.start()
     return new

@@ -235,6 +235,17 @@ class Driver(abc.ABC, Generic[CfgT, RtT]):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot discover points")
 
+    def handoff(self) -> Any:
+        """What discovery learnt besides the points, for the driver rebuilt with them (None: nothing).
+
+        A Modbus device identified by FC 43 gets its profile's planning settings (unreadable
+        ranges, request sizes) this way: they belong to the device, not to any point.
+        """
+        return None
+
+    def adopt(self, handoff: Any) -> None:
+        """Take over what the discovering driver learnt (`handoff()`); called before `start()`."""
+
 
 class DriverRuntime:
     """A per-kind shared runtime (one BACnet/IP stack, one SNMP engine and trap listener).

@@ -22,9 +22,10 @@ Discovery (a device with no points and no profile, `edgegw read --discover`): th
 identification (FC 43 / MEI 14) picks the shipped profile whose `identity` matches (vendor name
 and product code), and its points come back with the profile's default vars, in the device's
 numbering, with the profile's function and orders on each point. The profile's planning settings
-(unreadable ranges, gaps, request sizes, write_multiple) cannot go on a point; the driver built for
-the discovered points takes them from :data:`_DISCOVERED`. Calculated points are left out (they
-belong to the configuration, not to the device).
+(unreadable ranges, gaps, request sizes, write_multiple) cannot go on a point: the driver built for
+the discovered points adopts them from the discovering one (`handoff`/`adopt`, called by the core's
+discover -> rebuild). Calculated points are left out (they belong to the configuration, not to the
+device).
 """
 
 from __future__ import annotations
@@ -80,9 +81,6 @@ if TYPE_CHECKING:
 # Device settings a profile may set that only planning and writes use (not a point's own keys).
 _PLAN_KEYS: Final = ("unreadable", "max_gap", "max_registers", "max_bits", "write_multiple")
 _POINT_KEYS: Final = ("function", "byte_order", "word_order")
-# Device id -> (the device config discovery ran for, the profile's planning settings). The driver
-# rebuilt for the discovered points has the same config object; a reloaded config is another one.
-_DISCOVERED: dict[str, tuple[ModbusDevice, dict[str, Any]]] = {}
 # Identification replies are up to 253 bytes: at 9600 baud that alone is 0.3 s.
 _MIN_ID_TIMEOUT = 0.5
 
@@ -238,11 +236,9 @@ class ModbusDriver(Driver[ModbusDevice, None]):
 
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
-        # The device's settings, with a discovered profile's planning settings over them.
+        # The device's settings, with a discovered profile's planning settings over them (adopt).
         self._layout: ModbusDevice = self.config
-        found = _DISCOVERED.get(self.config.id)
-        if found is not None and found[0] is self.config and ctx.points:
-            self._layout = self.config.model_copy(update=found[1])
+        self._discovered: dict[str, Any] | None = None
         self._compiled: _Compiled | None = None
         self._link: ModbusLink | None = None
         self._refused: set[str] = set()
@@ -257,6 +253,14 @@ class ModbusDriver(Driver[ModbusDevice, None]):
 
     async def replan(self) -> None:
         self._compiled = self._compile()
+
+    def handoff(self) -> dict[str, Any] | None:
+        """The identified profile's planning settings, for the driver rebuilt with its points."""
+        return self._discovered
+
+    def adopt(self, handoff: Any) -> None:
+        if handoff:
+            self._layout = self.config.model_copy(update=handoff)
 
     async def stop(self) -> None:
         # The connection belongs to the bus (other devices may share it); the core closes buses.
@@ -370,7 +374,7 @@ class ModbusDriver(Driver[ModbusDevice, None]):
             points = profile_points(profile, device)
         except ProfileError as exc:
             raise DeviceError(f"cannot discover: profile {profile.name}: {exc}") from None
-        _DISCOVERED[device.id] = (device, plan_settings(profile, device))
+        self._discovered = plan_settings(profile, device)
         assumed = profile.identity is not None and profile.identity.assumed
         # A profile picked by an identity nobody documented is worth the operator's eye.
         (self.ctx.log.warning if assumed else self.ctx.log.info)(
