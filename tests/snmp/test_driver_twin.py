@@ -81,6 +81,28 @@ async def test_bcpme_profile_table_rows_are_circuits(twin: SnmpTwin, runtime: Sn
     await d.stop()
 
 
+async def test_bcpme_health_bits_have_the_modbus_ids(runtime: SnmpRuntime) -> None:
+    """The health bitmap's bits are calculated points with the Modbus profile's ids."""
+    async with SnmpTwin.create("schneider-bcpme-snmp", vars={"panels": 1, "channels": 1}) as twin:
+        twin.set_value("panel1.health", 0b1_0010_0010)  # bits 1, 5, 8
+        dev = profiled(twin.port, profile_vars={"panels": 1, "channels": 1})
+        d = await driver(dev, runtime=runtime)
+        raw = await d.read()
+        norm = Normalizer(dev.id, list(dev.resolved_points), dev.calculated_points)
+        got = {str(r["point"]): r["value"] for r in norm.normalize(raw, 0).as_dicts() if r["quality"] == "good"}
+        assert got["panel1.health"] == 290
+        bits = {k.removeprefix("panel1.health."): v for k, v in got.items() if k.startswith("panel1.health.")}
+        assert bits == {
+            "frequency_out_of_range": True,
+            "voltage_clipping_a": False,
+            "voltage_clipping_b": False,
+            "voltage_clipping_c": False,
+            "current_clipping": True,
+            "strip_error": True,
+        }
+        await d.stop()
+
+
 async def test_value_types_and_formats(twin: SnmpTwin) -> None:
     base = "1.3.6.1.4.1.9999.1"
     twin.set_value(f"{base}.1.0", -42, syntax="integer")
