@@ -453,7 +453,8 @@ def profile_points(profile_ref: str | Path, panel: int, extra: Mapping[str, Any]
     if "panel" in env:
         env["panel"] = panel
     env.update(extra or {})
-    return [BacnetPoint.model_validate(raw) for raw, _, _ in expand(profile.points, env)]
+    # A calculated point has no object: the gateway computes it from the objects the twin serves.
+    return [BacnetPoint.model_validate(raw) for raw, _, _ in expand(profile.points, env) if raw.get("calc") is None]
 
 
 def _served_points(points: Sequence[BacnetPoint]) -> list[BacnetPoint]:
@@ -568,7 +569,7 @@ class BacnetTwin(Twin):
     def _add_points(self, instance: int) -> None:
         panel = instance - self.offset
         if self.points is not None:
-            points = [BacnetPoint.model_validate(p) for p in self.points]
+            points = [BacnetPoint.model_validate(p) for p in self.points if p.get("calc") is None]
         else:
             assert self.profile is not None
             points = profile_points(self.profile, panel, self.profile_vars)

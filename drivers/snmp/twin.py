@@ -520,6 +520,8 @@ class SnmpTwin(Twin):
         parsed: list[SnmpPoint] = []
         skipped: list[str] = []
         for item in raw:
+            if item.get("calc") is not None:
+                continue  # a calculated point: the gateway computes it, the agent serves its inputs
             try:
                 point = SnmpPoint.model_validate(item)
             except ValidationError as exc:

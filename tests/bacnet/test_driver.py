@@ -20,6 +20,7 @@ from drivers.bacnet.runtime import BacnetRuntime
 from drivers.bacnet.scan import scan
 from drivers.bacnet.twin import BacnetTwin, free_udp_port
 from gateway.driver import DeviceError, DeviceTimeout, PointError
+from gateway.normalize import Normalizer
 from gateway.points import Quality
 from tests.bacnet.conftest import TIMEOUT, Drivers, wait_for
 
@@ -427,3 +428,22 @@ async def test_segmented_answers_when_both_sides_segment(runtime: BacnetRuntime)
             assert seg.requests(50001)["read-property-multiple"] <= 4
         finally:
             await d.close()
+
+
+async def test_bcpme_health_bits_have_the_modbus_ids(drivers: Drivers, twin: BacnetTwin) -> None:
+    """The health bitmap (an analog value) gives its bits as calculated points with the Modbus profile's ids."""
+    twin.set_value("panel1.health", 0b1_0001_1100)  # bits 2, 3, 4 and 8
+    driver = await drivers.make(1, profile="schneider-bcpme-bacnet", profile_vars={"channels": 4, "extra_blocks": 0})
+    dev = driver.ctx.device
+    raw = await driver.read()
+    norm = Normalizer(dev.id, list(dev.resolved_points), dev.calculated_points)
+    got = {str(r["point"]): r["value"] for r in norm.normalize(raw, 0).as_dicts() if r["quality"] == "good"}
+    assert got["panel1.health"] == 284
+    assert {k.removeprefix("panel1.health."): v for k, v in got.items() if k.startswith("panel1.health.")} == {
+        "frequency_out_of_range": False,
+        "voltage_clipping_a": True,
+        "voltage_clipping_b": True,
+        "voltage_clipping_c": True,
+        "current_clipping": False,
+        "strip_error": True,
+    }

@@ -183,6 +183,6 @@ def test_sample_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "drivers" / "snmp" / "sample.yaml")
     devices = {d.id: d for d in cfg.devices}
-    assert len(devices["bcpme-1-snmp"].resolved_points) == 2 + 8 + 9 + 9 + 42 * 7
+    assert len(devices["bcpme-1-snmp"].resolved_points) == 2 + 12 + 9 + 37 + 42 * 12
     assert len(devices["ups-room-2"].resolved_points) == 4
     assert devices["switch-a1"].resolved_points == ()

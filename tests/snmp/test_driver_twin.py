@@ -52,7 +52,7 @@ async def runtime() -> AsyncIterator[SnmpRuntime]:
 async def test_bcpme_profile_table_rows_are_circuits(twin: SnmpTwin, runtime: SnmpRuntime) -> None:
     dev = profiled(twin.port)
     pts = dev.resolved_points
-    assert len(pts) == 2 + 2 * (8 + 9 + 9) + 2 * 42 * 7
+    assert len(pts) == 2 + 2 * (12 + 9 + 37) + 2 * 42 * 12
     ch7 = next(p for p in pts if p.id == "panel1.ch7.current")
     assert isinstance(ch7, SnmpPoint)
     assert ch7.oid == f"{BRANCH_CURRENT}.7" and ch7.circuit == "1-7" and ch7.phase == "L1" and ch7.scale == 0.01
@@ -71,7 +71,7 @@ async def test_bcpme_profile_table_rows_are_circuits(twin: SnmpTwin, runtime: Sn
     assert values["panel2.ch42.energy"] == 2**40 + 5
     assert values["panel1.location"] == "Panel 1" and values["panel1.model"] == 15172
     assert values["sys_descr"].startswith("edgegw SNMP twin")
-    # 588 table cells in GETBULK runs; the ~50 scalars in GETs of 20 OIDs.
+    # 1034 table cells (branch and aux tables) in GETBULK runs; the ~70 scalars in GETs of 20 OIDs.
     assert twin.requests["getbulk"] <= 20 and twin.requests["get"] <= 4, twin.requests
     assert elapsed < 2.0
     # the normaliser applies the profile's scale
@@ -79,6 +79,28 @@ async def test_bcpme_profile_table_rows_are_circuits(twin: SnmpTwin, runtime: Sn
     reading = next(r for r in batch if r["point"] == "panel1.ch7.current")
     assert reading["value"] == pytest.approx(12.34) and reading["quality"] == "good"
     await d.stop()
+
+
+async def test_bcpme_health_bits_have_the_modbus_ids(runtime: SnmpRuntime) -> None:
+    """The health bitmap's bits are calculated points with the Modbus profile's ids."""
+    async with SnmpTwin.create("schneider-bcpme-snmp", vars={"panels": 1, "channels": 1}) as twin:
+        twin.set_value("panel1.health", 0b1_0010_0010)  # bits 1, 5, 8
+        dev = profiled(twin.port, profile_vars={"panels": 1, "channels": 1})
+        d = await driver(dev, runtime=runtime)
+        raw = await d.read()
+        norm = Normalizer(dev.id, list(dev.resolved_points), dev.calculated_points)
+        got = {str(r["point"]): r["value"] for r in norm.normalize(raw, 0).as_dicts() if r["quality"] == "good"}
+        assert got["panel1.health"] == 290
+        bits = {k.removeprefix("panel1.health."): v for k, v in got.items() if k.startswith("panel1.health.")}
+        assert bits == {
+            "frequency_out_of_range": True,
+            "voltage_clipping_a": False,
+            "voltage_clipping_b": False,
+            "voltage_clipping_c": False,
+            "current_clipping": True,
+            "strip_error": True,
+        }
+        await d.stop()
 
 
 async def test_value_types_and_formats(twin: SnmpTwin) -> None:
@@ -188,7 +210,12 @@ async def test_agent_going_silent_mid_poll_keeps_what_was_read(twin: SnmpTwin) -
 
 async def test_too_big_halves_the_request() -> None:
     async with SnmpTwin.create("schneider-bcpme-snmp", max_get_varbinds=6) as twin:
-        pts = [p for p in profiled(twin.port).resolved_points if ".ch" not in p.id]
+        # the scalars only: table cells (branch and aux tables) are read with GETBULK
+        pts = [
+            p
+            for p in profiled(twin.port).resolved_points
+            if isinstance(p, SnmpPoint) and ".ch" not in p.id and ".4.20.1." not in p.oid
+        ]
         d = await driver(device(twin.port, max_varbinds=20), pts)
         raw = await d.read()
         assert not [v for v in raw.values if isinstance(v, PointError)]

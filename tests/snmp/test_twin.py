@@ -217,10 +217,10 @@ async def test_registry_twin_and_its_device_config() -> None:
         }
         assert os.environ["EDGEGW_TWIN_COMMUNITY"] == "public" and twin.section_config() is None
         line = twin.describe()
-        assert f"on udp 127.0.0.1:{twin.port}" in line and "v2c" in line and "56 points" in line
+        assert f"on udp 127.0.0.1:{twin.port}" in line and "v2c" in line and "108 points" in line
         async with polled(twin) as driver:
             result = await poll(driver)
-            assert good(result) == len(driver.ctx.points) == 56
+            assert good(result) == len(driver.ctx.points) == 108
             values = by_id(driver, result)
             # the twin's engineering value is what the normaliser makes of the raw reading
             twin.clock.freeze()
