@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -34,7 +34,7 @@ from gateway.models import (
     port_number,
     read_secret,
 )
-from gateway.profiles import Profile, ProfileError, expand, load_profile, resolve_profile_path
+from gateway.profiles import Profile, ProfileError, expand, load_profile, referenced_names, resolve_profile_path
 from gateway.registry import DRIVERS, DriverSpec
 from gateway.yamlload import MISSING, LineDict, YamlError, child_of, format_path, load_file, load_text, locate
 
@@ -532,8 +532,23 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> LineDict:
 
 # Point id -> (the point's mapping, file, line, where it was written), in definition order.
 _Points = dict[str, tuple[dict[str, Any], str, int, str]]
-# (point model, the definition as canonical JSON) -> the validated point, shared by every device of a load.
-_Shared = dict[tuple[type[PointConfig], str], PointConfig]
+_UNSET = object()
+
+
+@dataclass
+class _Shared:
+    """What the devices of one load share: a hundred devices on one profile expand and validate it once.
+
+    `expansions`: (profile file, the values of the variables its expressions read) -> its expanded
+    points (or the error). `points`: (point model, the definition as canonical JSON) -> the validated
+    point; `by_object` finds a shared expansion's definitions without encoding them again.
+    """
+
+    expansions: dict[tuple[Any, ...], list[tuple[dict[str, Any], str, int]] | ProfileError] = field(
+        default_factory=dict
+    )
+    points: dict[tuple[type[PointConfig], str], PointConfig] = field(default_factory=dict)
+    by_object: dict[tuple[type[PointConfig], int], tuple[dict[str, Any], PointConfig]] = field(default_factory=dict)
 
 
 def _resolve_device(
@@ -546,7 +561,7 @@ def _resolve_device(
     profile_vars: dict[str, Any] = {}
     actions: dict[str, tuple[Any, str]] = {}  # name -> (definition, where it was written)
     if device.profile is not None:
-        applied = _apply_profile(raw, device, path, base_dir, points, issues)
+        applied = _apply_profile(raw, device, path, base_dir, points, issues, shared or _Shared())
         if isinstance(applied, list):
             return device, applied
         device, profile = applied
@@ -554,7 +569,7 @@ def _resolve_device(
         actions = {name: (spec, f"profile {profile.name}: actions.{name}") for name, spec in profile.actions.items()}
     _merge_inline(raw, device, path, profile_vars, points, issues)
     actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
-    resolved = _validated_points(type(device).point_model, points, issues, {} if shared is None else shared)
+    resolved = _validated_points(type(device).point_model, points, issues, shared or _Shared())
     # The written points live on as the validated ones; the raw mappings (1 KB a point) go.
     object.__setattr__(device, "points", [])
     device._resolved = tuple(p for p in resolved if p.calc is None)
@@ -588,6 +603,7 @@ def _apply_profile(
     base_dir: Path | None,
     points: _Points,
     issues: list[ConfigIssue],
+    shared: _Shared,
 ) -> tuple[DeviceConfig, Profile] | list[ConfigIssue]:
     """The device with its profile's defaults, and the profile's points added to `points`.
 
@@ -616,15 +632,35 @@ def _apply_profile(
         msg = f"unknown profile variable(s) {sorted(unknown)}; {profile.name} has: {known}"
         issues.append(ConfigIssue(file, lines.get("profile_vars", 0), f"{path}.profile_vars", msg))
     env = {**_device_env(device), **profile.vars, **device.profile_vars}
-    try:
-        for point, pfile, pline in expand(profile.points, env):
-            pid = str(point.get("id", ""))
-            if pid in points:
-                issues.append(ConfigIssue(pfile, pline, f"profile {profile.name}: {pid}", "duplicate point id"))
-            points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
-    except ProfileError as exc:
-        issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
+    expanded = _expansion(profile, env, shared)
+    if isinstance(expanded, ProfileError):
+        issues.append(ConfigIssue(expanded.file, expanded.line, f"profile {profile.name}", expanded.message))
+        return device, profile
+    for point, pfile, pline in expanded:
+        pid = str(point.get("id", ""))
+        if pid in points:
+            issues.append(ConfigIssue(pfile, pline, f"profile {profile.name}: {pid}", "duplicate point id"))
+        points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
     return device, profile
+
+
+def _expansion(
+    profile: Profile, env: Mapping[str, Any], shared: _Shared
+) -> list[tuple[dict[str, Any], str, int]] | ProfileError:
+    """The profile's points for `env`, expanded once per load for every set of values its expressions read."""
+    names = referenced_names(profile.points)
+    key = None
+    if names is not None:
+        key = (profile.file, id(profile), *((n, repr(env.get(n, _UNSET))) for n in sorted(names)))
+        if key in shared.expansions:
+            return shared.expansions[key]
+    try:
+        out: list[tuple[dict[str, Any], str, int]] | ProfileError = list(expand(profile.points, env))
+    except ProfileError as exc:
+        out = exc
+    if key is not None:
+        shared.expansions[key] = out
+    return out
 
 
 def _merge_inline(
@@ -667,15 +703,21 @@ def _validated_points(
     for point, pfile, pline, where in points.values():
         # A calculated point has no protocol address: the base model, not the driver's.
         model = PointConfig if isinstance(point, Mapping) and point.get("calc") is not None else point_model
-        key = (model, json.dumps(point, sort_keys=True, default=repr))
-        if (known := shared.get(key)) is not None:
-            resolved.append(known)
+        seen = shared.by_object.get((model, id(point)))
+        if seen is not None and seen[0] is point:
+            resolved.append(seen[1])
             continue
-        try:
-            resolved.append(shared.setdefault(key, _compact(model.model_validate(point))))
-        except ValidationError as exc:
-            for issue in _issues_from(exc, point, f"{where}.", pfile):
-                issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
+        key = (model, json.dumps(point, sort_keys=True, default=repr))
+        if (known := shared.points.get(key)) is None:
+            try:
+                known = shared.points[key] = _compact(model.model_validate(point))
+            except ValidationError as exc:
+                for issue in _issues_from(exc, point, f"{where}.", pfile):
+                    issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
+                continue
+        # The entry holds the definition, so its id cannot be reused by another one during the load.
+        shared.by_object[(model, id(point))] = (point, known)
+        resolved.append(known)
     ids = {p.id for p in resolved}
     for p in resolved:
         if p.exponent_point is not None and p.exponent_point not in ids:
@@ -776,7 +818,7 @@ def check_profile(path: Path | str) -> tuple[Profile | None, list[PointConfig], 
                 points[pid] = (point, pfile, pline, f"profile {profile.name}: {pid or '?'}")
         except ProfileError as exc:
             issues.append(ConfigIssue(exc.file, exc.line, f"profile {profile.name}", exc.message))
-        resolved = _validated_points(spec.device_model.point_model, points, issues, {})
+        resolved = _validated_points(spec.device_model.point_model, points, issues, _Shared())
         _checked_calcs(resolved, points, issues)
         actions = {name: (a, f"profile {profile.name}: actions.{name}") for name, a in profile.actions.items()}
         _validated_actions(spec.device_model.action_model, actions, str(path), issues)
@@ -830,7 +872,7 @@ def _validate(
     issues: list[ConfigIssue] = []
     raw_devices = data.get("devices", [])
     devices: list[DeviceConfig] = []
-    shared: _Shared = {}
+    shared = _Shared()
     for i, device in enumerate(cfg.devices):
         raw = raw_devices[i] if isinstance(raw_devices, list) else {}
         resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir, shared)

@@ -286,14 +286,49 @@ _CMPOPS: dict[type[ast.cmpop], Any] = {
 
 def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
     """Evaluate a small arithmetic expression over `env`; no calls, no attributes."""
+    return _eval(_parsed(expr), env, expr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(expr: str) -> ast.expr:
+    """An expression's tree: a profile repeats the same few expressions for every point and device."""
     try:
         with warnings.catch_warnings():
             # "1if x else 2" parses with a SyntaxWarning on stderr; the expression is what counts.
             warnings.simplefilter("ignore", SyntaxWarning)
-            tree = ast.parse(expr.strip(), mode="eval")
+            return ast.parse(expr.strip(), mode="eval").body
     except SyntaxError as exc:
         raise ValueError(f"bad expression {expr!r}: {exc.msg}") from None
-    return _eval(tree.body, env, expr)
+
+
+def referenced_names(items: Any) -> frozenset[str] | None:
+    """Every variable name the expressions in a profile's points may read; None when one does not parse.
+
+    A profile's expansion depends on these names only, so devices that agree on them share one
+    expansion (gateway/config.py). Conservative: a name in any placeholder or repeat range counts.
+    """
+    names: set[str] = set()
+
+    def walk(value: Any, in_repeat: bool) -> bool:
+        if isinstance(value, str):
+            exprs = _PLACEHOLDER.findall(value) if "{" in value else []
+            if in_repeat and not exprs:
+                exprs = [value.strip("{}")]
+            for expr in exprs:
+                try:
+                    tree = _parsed(expr)
+                except ValueError:
+                    return False
+                names.update(n.id for n in ast.walk(tree) if isinstance(n, ast.Name))
+            return True
+        if isinstance(value, dict):
+            # Under `repeat:` a range is an expression even without braces; `values:` are values.
+            return all(walk(v, (in_repeat or k == "repeat") and k != "values") for k, v in value.items())
+        if isinstance(value, list):
+            return all(walk(v, in_repeat) for v in value)
+        return True
+
+    return frozenset(names) if walk(items, False) else None
 
 
 def _eval(node: ast.AST, env: Mapping[str, Any], src: str) -> Any:
