@@ -244,7 +244,18 @@ class SyncJob:
     appended before sync_begin() is durable once run() returned.
     """
 
-    __slots__ = ("dir_fd", "errors", "fds", "names", "next_id", "state", "state_gen", "state_lock", "state_path")
+    __slots__ = (
+        "dir_fd",
+        "durable_below",
+        "errors",
+        "fds",
+        "names",
+        "next_id",
+        "state",
+        "state_gen",
+        "state_lock",
+        "state_path",
+    )
 
     def __init__(self) -> None:
         self.fds: list[int] = []  # dup()s of the segments' fds: the loop may close the originals meanwhile
@@ -255,6 +266,7 @@ class SyncJob:
         self.state_lock: _StateWriter | None = None
         self.state_path: Path | None = None
         self.next_id = 0
+        self.durable_below = 0  # every id below this was appended before sync_begin()
         self.errors: list[tuple[str, str, OSError, str | None]] = []
 
     def run(self) -> None:
@@ -855,18 +867,21 @@ class DiskBuffer:
 
     # ------------------------------------------------------------------ take / release / ack
 
-    def take(self, limit: int) -> list[Record]:
-        """Up to `limit` unacknowledged records not already taken, released ones first, in id order."""
+    def take(self, limit: int, below: int | None = None) -> list[Record]:
+        """Up to `limit` unacknowledged records not already taken, released ones first, in id order.
+
+        ``below``: only records with a smaller id (those a finished sync made durable).
+        """
         self._check_open()
         out: list[Record] = []
         while len(out) < limit:
-            locs = self._select(limit - len(out))
+            locs = self._select(limit - len(out), _MAX_ID + 1 if below is None else below)
             if not locs:
                 break
             out.extend(self._read(locs))
         return out
 
-    def _select(self, n: int) -> list[tuple[_Segment, int]]:
+    def _select(self, n: int, below: int) -> list[tuple[_Segment, int]]:
         locs: list[tuple[_Segment, int]] = []
         heap = self._released
         while heap and len(locs) < n:
@@ -876,7 +891,7 @@ class DiskBuffer:
                 locs.append(loc)
         segs = self._segs
         si = max(bisect_right(segs, self._cursor, key=_seg_base) - 1, 0)
-        while len(locs) < n and si < len(segs):
+        while len(locs) < n and si < len(segs) and segs[si].base < below:
             seg = segs[si]
             flags = seg.flags
             j = max(seg.head, bisect_left(seg.deltas, self._cursor - seg.base)) if self._cursor > seg.base else seg.head
@@ -884,6 +899,8 @@ class DiskBuffer:
                 j = flags.find(_PENDING, j)
                 if j < 0:
                     j = len(flags)
+                    break
+                if seg.base + seg.deltas[j] >= below:
                     break
                 flags[j] = _TAKEN
                 locs.append((seg, j))
@@ -1081,6 +1098,7 @@ class DiskBuffer:
         """
         self._check_open()
         job = SyncJob()
+        job.durable_below = self._next_id
         for seg in self._unsynced:
             seg.unsynced = False
             if seg.fd is None:
