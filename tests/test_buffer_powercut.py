@@ -147,6 +147,16 @@ class RecordingOS:
 # ---------------------------------------------------------------------------- the workload
 
 
+class _Quiet:
+    """A logger that drops everything: thousands of opens, each with its own 'buffer opened' line."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kw: None
+
+
+_QUIET: Any = _Quiet()
+
+
 @dataclass
 class Run:
     """A recorded workload: the log, and what was appended (id -> topic, payload, qos, retain)."""
@@ -182,7 +192,7 @@ def record_workload(
     run = Run(rec.ops)
 
     def fresh() -> DiskBuffer:
-        buf = DiskBuffer(folder, max_bytes=max_bytes, segment_bytes=4096, compression="zstd")
+        buf = DiskBuffer(folder, max_bytes=max_bytes, segment_bytes=4096, compression="zstd", log=_QUIET)
         buf.open()
         return buf
 
@@ -358,16 +368,6 @@ def crash_images(ops: list[Op], rng: random.Random) -> Iterator[tuple[str, int, 
             for i, op in enumerate(prefix)
         ]
         yield "some", k, _image(prefix, some, tear), exp.synced
-
-
-class _Quiet:
-    """A logger that drops everything: thousands of opens, each with its own 'buffer opened' line."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **kw: None
-
-
-_QUIET: Any = _Quiet()
 
 
 def check_image(
