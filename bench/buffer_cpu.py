@@ -55,7 +55,9 @@ def _round(pool: list[tuple[str, bytes]], compression: str) -> tuple[float, floa
     return c1 - c0, c2 - c1, disk
 
 
-def _dict_round(pool: list[tuple[str, bytes]], train: list[bytes]) -> tuple[float, float, float]:
+def _dict_round(
+    pool: list[tuple[str, bytes]], train: list[bytes | bytearray | memoryview]
+) -> tuple[float, float, float]:
     """The codec alone with a trained dictionary: (compress CPU s, decompress CPU s, bytes)."""
     d = zstandard.train_dictionary(64 * 1024, train)
     cz = zstandard.ZstdCompressor(level=1, dict_data=d)
@@ -95,7 +97,7 @@ def main() -> None:
         f" away, {extra_drain * 100 * 100:.2f} % per 100 messages/s of drain"
     )
     if args.dict:
-        train = [p for _, p in pool[: n // 2]]
+        train: list[bytes | bytearray | memoryview] = [p for _, p in pool[: n // 2]]
         test = pool[n // 2 :]
         best = min((_dict_round(test, train) for _ in range(args.repeat)), key=lambda r: r[0])
         plain = zstandard.ZstdCompressor(level=1)

@@ -51,10 +51,16 @@ async def test_zero_loss_mode_reports_safe_only_after_an_fsync_in_a_worker_threa
     pub.start()
     done: list[int] = []
     try:
+
+        def on_done(i: int) -> Callable[[], None]:
+            def safe() -> None:
+                done.append(i)
+                fsynced_before_done.append(bool(threads))
+
+            return safe
+
         for i in range(50):
-            pub.submit_event(
-                "dev", {"i": i}, on_done=lambda i=i: (done.append(i), fsynced_before_done.append(bool(threads)))
-            )
+            pub.submit_event("dev", {"i": i}, on_done=on_done(i))
         assert done == []  # not before the fsync: the scheduler would commit a cursor too early
         await _until(lambda: len(done) == 50, what="the group commit")
         assert done == list(range(50)) and all(fsynced_before_done)
