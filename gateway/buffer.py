@@ -495,6 +495,7 @@ class DiskBuffer:
             "next_id": report.next_id,
             "ack_state": report.ack_state,
         }
+        self._check_space()
         damaged = (
             report.corrupt_records
             or report.truncated_files
@@ -516,6 +517,20 @@ class DiskBuffer:
         else:
             self._log.info("buffer opened", **fields)
         return report
+
+    def _check_space(self) -> None:
+        """Warn at start when the file system cannot hold max_bytes: the cap would not be what drops."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return
+        room = st.f_bavail * st.f_frsize + self._bytes
+        if room < self.max_bytes:
+            self._log.warning(
+                "buffer folder's file system has less room than buffer.max_size: a long outage will fill the disk",
+                room=room,
+                max_bytes=self.max_bytes,
+            )
 
     def _load_state(self) -> tuple[Literal["ok", "missing", "damaged"], int, int, list[tuple[int, int]]]:
         """(status, next_id, low-water mark, ranges); anything doubtful counts as damaged."""
