@@ -179,3 +179,24 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         DiskBuffer(tmp_path, 1 << 20, compression="lz4")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="when_full"):
         DiskBuffer(tmp_path, 1 << 20, when_full="drop_random")  # type: ignore[arg-type]
+
+
+def test_sealed_segments_keep_a_smaller_index_and_read_the_same(tmp_path: Path) -> None:
+    """Contiguous ids and adjacent records: the index keeps offsets and states only (5 bytes a record)."""
+    record = RECORD_OVERHEAD + len(TOPIC) + 100
+    buf = _open(tmp_path, max_bytes=30 * record, segment_bytes=10 * record, when_full="drop_newest")
+    ids = [buf.append(TOPIC, b"%03d" % i + b"." * 97) for i in range(25)]
+    segs = buf._segs
+    assert isinstance(segs[0].deltas, range) and not isinstance(segs[0].lens, type(segs[-1].lens))
+    assert isinstance(segs[-1].deltas, type(segs[0].offs))  # the active one: still growing
+    got = buf.take(10)
+    assert [r.id for r in got] == ids[:10] and got[3].payload.startswith(b"003")
+    buf.ack([ids[0], ids[5]])
+    buf.release([r.id for r in got[1:]])
+    for _ in range(10):  # over the cap: new ones dropped, so the ids of the last segment have a gap
+        buf.append(TOPIC, b"x" * 100)
+    buf.close()
+    buf = _open(tmp_path, max_bytes=30 * record, segment_bytes=10 * record)
+    rest = [r.id for r in buf.take(100)]
+    assert rest == [i for i in ids if i not in (ids[0], ids[5])] + list(range(26, 26 + len(rest) - 23))
+    buf.close()
