@@ -135,7 +135,7 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -186,6 +186,7 @@ _MAX_SEGMENT = 2**31
 _MAX_READ = 4 * 2**20  # one pread per run of adjacent records, at most this big
 _MAX_READ_FDS = 8
 _LOG_INTERVAL = 60.0
+_PROGRESS_INTERVAL = 5.0
 _BURST_QUIET = 10.0  # a drop burst ends after this long without a drop of its kind
 
 # Why records were dropped (BufferStats, metrics, the burst log lines).
@@ -438,6 +439,7 @@ class DiskBuffer:
         *,
         compression: Literal["zstd", "none"] = "none",
         when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest",
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         if compression not in ("zstd", "none"):
             raise ValueError(f"compression must be zstd or none, not {compression!r}")
@@ -454,6 +456,9 @@ class DiskBuffer:
         # One compressor per buffer, used on the appending thread only (it is not thread-safe).
         self._zc = zstandard.ZstdCompressor(level=_ZSTD_LEVEL) if compression == "zstd" else None
         self.when_full = when_full
+        # Called during open() with (segment files read, total) every few seconds: a day's backlog
+        # (8 GB) takes a minute or more to verify, and systemd must be told the start goes on.
+        self._progress = progress
         self._state_writer = _StateWriter()
         self._state_gen = 0
         self._dropped_by: dict[str, int] = {DROP_FULL: 0, DROP_NO_SPACE: 0, DROP_ERROR: 0}
@@ -653,7 +658,12 @@ class DiskBuffer:
         ri = 0
         kept: list[_Segment] = []
         empty: list[Path] = []
-        for _number, name in self._segment_names():
+        names = self._segment_names()
+        told = time.monotonic()
+        for done, (_number, name) in enumerate(names):
+            if self._progress is not None and time.monotonic() - told >= _PROGRESS_INTERVAL:
+                told = time.monotonic()
+                self._progress(done, len(names))
             read = self._read_segment(name, last_id, counts)
             if read is None:
                 unreadable += 1

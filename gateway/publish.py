@@ -174,6 +174,7 @@ class Publisher:
         self._sync_running: asyncio.Future[None] | None = None
         self._durable_waiting: list[Callable[[], None]] = []
         self._durable_below = 0
+        self._recover_logged = False
         # Drain rate: a token bucket for backlog takes, and the measured rate for /metrics.
         self._drain_tokens = 0.0
         self._drain_stamp = time.monotonic()
@@ -287,11 +288,21 @@ class Publisher:
             log=self.log,
             compression=self._buffer_cfg.compression,
             when_full=self._buffer_cfg.when_full,
+            progress=self._recovering,
         )
         report = self._disk.open()
         stats = self._disk.stats
         if stats.records:
             self.log.info("disk buffer holds messages from an earlier run", records=stats.records, report=str(report))
+
+    def _recovering(self, done: int, total: int) -> None:
+        """A long buffer check at start: keep systemd's start timeout from killing it, and say why."""
+        from gateway.health import sd_notify
+
+        if done and not self._recover_logged:
+            self._recover_logged = True
+            self.log.info("checking a large disk buffer before starting", files=total)
+        sd_notify(f"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=checking the disk buffer: {done} of {total} files")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="publisher")

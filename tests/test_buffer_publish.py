@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -95,3 +96,25 @@ async def test_the_backlog_drains_at_the_configured_rate_and_live_data_goes_firs
         assert pub.drain_rate_limit == 200
     finally:
         await pub.stop()
+
+
+def test_a_long_buffer_check_at_start_extends_systemds_start_timeout(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "buf"
+    buf = gateway.buffer.DiskBuffer(folder, max_bytes=1 << 20, segment_bytes=4096)
+    buf.open()
+    for i in range(100):
+        buf.append("t", b"%d" % i * 60)
+    buf.close()
+    monkeypatch.setattr(gateway.buffer, "_PROGRESS_INTERVAL", 0.0)
+    sock_path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(sock_path)
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+        pub = _publisher(broker, folder)
+        note = sock.recv(4096).decode()
+    assert note.startswith("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=checking the disk buffer: ")
+    assert pub.buffer_stats().records == 100
+    pub._disk.close()
