@@ -38,6 +38,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     )
     live_after = [float("inf")]  # epoch ms: messages polled after this are live
     live: list[float] = []
+    before: list[float] = []  # the same latency before the outage: the baseline on this machine now
+    measuring_before = [False]
     backlog_seen = [0]
 
     async def consume() -> None:
@@ -51,7 +53,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         payload = bytes(msg.payload)
                         start = payload.index(b'"ts":') + 5
                         ts = int(payload[start : payload.index(b",", start)])
-                        if ts >= live_after[0]:
+                        if measuring_before[0]:
+                            before.append(time.time() * 1000 - ts)
+                        elif ts >= live_after[0]:
                             live.append(time.time() * 1000 - ts)
                         else:
                             backlog_seen[0] += 1
@@ -62,6 +66,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     consumer = asyncio.create_task(consume())
     try:
         await asyncio.sleep(args.warmup)
+        measuring_before[0] = True
+        await asyncio.sleep(args.baseline)
+        measuring_before[0] = False
         await broker.stop()
         c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
         await asyncio.sleep(args.outage)
@@ -97,9 +104,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await consumer
         await rig.stop()
     live.sort()
+    before.sort()
 
-    def pct(q: float) -> float:
-        return round(live[min(len(live) - 1, int(len(live) * q))], 1) if live else float("nan")
+    def pct(q: float, values: list[float] = live) -> float:
+        return round(values[min(len(values) - 1, int(len(values) * q))], 1) if values else float("nan")
 
     buffered = m_full.get("edgegw_buffer_messages", 0)
     result: dict[str, object] = {
@@ -115,6 +123,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "drain_s": round(drain_s, 1),
         "drained_messages_per_s": round(buffered / drain_s, 1) if drain_s else None,
         "metrics_during_drain (t, rate, time_to_empty)": rates[: len(rates) : max(1, len(rates) // 6)],
+        "latency_before_outage_ms_p50": pct(0.5, before),
+        "latency_before_outage_ms_p99": pct(0.99, before),
         "live_messages_during_drain": len(live),
         "live_latency_ms_p50": pct(0.5),
         "live_latency_ms_p99": pct(0.99),
@@ -132,6 +142,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--warmup", type=float, default=10.0)
+    ap.add_argument("--baseline", type=float, default=20.0, help="seconds of latency measured before the outage")
     ap.add_argument("--outage", type=float, default=60.0)
     ap.add_argument("--compression", choices=["zstd", "none"], default="zstd")
     ap.add_argument("--drain-rate", type=float, default=1000.0)
