@@ -8,6 +8,7 @@ with sync_interval 1s), then takes and acknowledges them all, as a drain does.
 
     python bench/buffer_cpu.py
     python bench/buffer_cpu.py --dict       # also: zstd with a dictionary trained on the messages
+    python bench/buffer_cpu.py --levels     # also: other levels, several messages per frame
 
 Prints a table: bytes on disk per message, CPU per message to append and to drain, and what the
 difference costs at 100 messages/s (10k points/s) in percent of one core.
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dict", action="store_true", help="also measure zstd with a trained dictionary (codec only)")
+    ap.add_argument("--levels", action="store_true", help="also: codec only, levels 1/3/6 x frames of 1-128 messages")
     args = ap.parse_args()
     pool = list(itertools.islice(messages(), args.messages))
     n = len(pool)
@@ -115,6 +117,16 @@ def main() -> None:
         f" {codec[1] / n * 1e6:.1f} us to decompress per message, {codec[2] / n:.0f} bytes;"
         f" compressing at 100 messages/s: {codec[0] / n * 100 * 100:.2f} % of a core"
     )
+    if args.levels:
+        print("| level | messages per frame | bytes per message | compress CPU per message |")
+        print("|---|---|---|---|")
+        for level in (1, 3, 6):
+            cz = zstandard.ZstdCompressor(level=level)
+            for batch in (1, 8, 32, 128):
+                c0 = time.process_time()
+                size = sum(len(cz.compress(b"".join(p for _, p in pool[i : i + batch]))) for i in range(0, n, batch))
+                cpu = time.process_time() - c0
+                print(f"| {level} | {batch} | {size / n:.0f} | {cpu / n * 1e6:.1f} us |")
     if args.dict:
         train: list[bytes | bytearray | memoryview] = [p for _, p in pool[: n // 2]]
         test = pool[n // 2 :]
