@@ -77,7 +77,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await broker.start()
         t_back = time.monotonic()
         # Live: polled once the daemon is connected again (before that, a poll goes to the buffer).
-        while (await metrics(health_port)).get("edgegw_broker_connected", 0) != 1:
+        while True:
+            if (await metrics(health_port)).get("edgegw_broker_connected", 0) == 1:
+                break
             await asyncio.sleep(0.05)
         live_after[0] = time.time() * 1000 + 100
         rates: list[tuple[float, float, float]] = []
