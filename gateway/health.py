@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -267,7 +268,7 @@ def render_metrics(gw: Gateway) -> str:
         "Messages dropped, by reason.",
         [
             ({"reason": "queue_full"}, float(st.dropped_queue)),
-            ({"reason": "buffer_full"}, float(getattr(pub.buffer_stats(), "dropped_records", 0) or 0)),
+            *_buffer_drops(pub.buffer_stats()),
         ],
     )
     metric("broker_connected", "gauge", "1 while connected to the broker.", [({}, 1.0 if pub.connected else 0.0)])
@@ -300,6 +301,26 @@ def render_metrics(gw: Gateway) -> str:
             "Age of the oldest buffered message.",
             [({}, max(0.0, time.time() - oldest) if oldest else 0.0)],
         )
+        metric(
+            "buffer_stored_ratio",
+            "gauge",
+            "Bytes stored per payload byte appended since start (compression).",
+            [({}, bstats.stored_bytes / bstats.payload_bytes if bstats.payload_bytes else 1.0)],
+        )
+        metric("buffer_drain_rate_limit", "gauge", "buffer.drain_rate (0: no limit).", [({}, pub.drain_rate_limit)])
+        metric(
+            "buffer_drain_rate",
+            "gauge",
+            "Buffered messages acknowledged per second (last ten seconds).",
+            [({}, pub.drain_rate_measured)],
+        )
+        eta = pub.drain_eta()
+        metric(
+            "buffer_time_to_empty_seconds",
+            "gauge",
+            "Estimated time until the buffer is drained at the measured rate (+Inf: not draining).",
+            [({}, math.inf if eta is None else eta)],
+        )
     ha = gw.ha
     if ha is not None:
         from gateway.ha import ROLES
@@ -322,6 +343,18 @@ def render_metrics(gw: Gateway) -> str:
     metric("process_resident_memory_bytes", "gauge", "Resident set size.", [({}, float(_rss_bytes()))])
     metric("asyncio_tasks", "gauge", "Tasks alive in the event loop.", [({}, float(len(asyncio.all_tasks())))])
     return "\n".join(lines) + "\n"
+
+
+def _buffer_drops(bstats: Any) -> list[tuple[dict[str, str], float]]:
+    """The disk buffer's drops by reason: the size cap, a full disk, other disk errors."""
+    if bstats is None:
+        return [({"reason": "buffer_full"}, 0.0)]
+    full, no_space = bstats.dropped_full, bstats.dropped_no_space
+    return [
+        ({"reason": "buffer_full"}, float(full)),
+        ({"reason": "disk_full"}, float(no_space)),
+        ({"reason": "buffer_error"}, float(bstats.dropped_records - full - no_space)),
+    ]
 
 
 def _rss_bytes() -> int:

@@ -10,6 +10,10 @@ Delivery rules (docs/mqtt.md, docs/operations.md):
   the in-flight window with live data, so dashboards stay current while history catches up.
 * With `buffer.write_through`, every message is written to the disk buffer before it is
   published, and with `sync_interval: 0` fsynced first: nothing is lost on a power cut.
+* The fsyncs run in a worker thread (the loop goes on); with `sync_interval: 0` a message's
+  `on_done` and its publishing from the buffer wait for the fsync that covers it.
+* The backlog drains at most `buffer.drain_rate` messages/s, and only in the share of the
+  in-flight window that live data leaves.
 * Retained messages (meta, status) carry state, not history: the latest per topic is kept and
   re-sent on every connect.
 * Every drop is counted (metrics) and logged once per burst.
@@ -213,6 +217,19 @@ class Publisher:
         self._drop_logged = 0.0
         self._seq_error_logged: str | None = None
         self._unsynced = False
+        # Group commit off the loop (_sync_async): callbacks waiting for durability, the job running.
+        self._sync_lock = asyncio.Lock()
+        self._sync_wanted = asyncio.Event()
+        self._sync_running: asyncio.Future[None] | None = None
+        self._durable_waiting: list[Callable[[], None]] = []
+        self._durable_below = 0
+        self._recover_logged = False
+        # Drain rate: a token bucket for backlog takes, and the measured rate for /metrics.
+        self._drain_tokens = 0.0
+        self._drain_stamp = time.monotonic()
+        self._drained = 0
+        self._drain_mark = (time.monotonic(), 0)
+        self.drain_rate_measured = 0.0
         self._session_client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
@@ -298,8 +315,6 @@ class Publisher:
             self._to_disk(msg)
             self.stats.spilled += 1
             self._unsynced = True
-            if self._buffer_cfg.sync_interval == 0 and not self.connected:
-                self._sync()
             self._idle.clear()
             self._wake.set()
             return
@@ -348,6 +363,12 @@ class Publisher:
     def _to_disk(self, msg: Outgoing) -> None:
         assert self._disk is not None
         self._disk.append(msg.topic, msg.payload, msg.qos, msg.retain)
+        if self._buffer_cfg.sync_interval == 0:
+            # Zero loss promised: "safe" means fsynced, so on_done waits for the next group commit.
+            if msg.on_done is not None:
+                self._durable_waiting.append(msg.on_done)
+                msg.on_done = None
+            self._sync_wanted.set()
         _done(msg)
 
     def _log_drop(self, what: str, total: int) -> None:
@@ -369,11 +390,23 @@ class Publisher:
             max_bytes=self._buffer_cfg.max_size,
             segment_bytes=self._buffer_cfg.segment_size,
             log=self.log,
+            compression=self._buffer_cfg.compression,
+            when_full=self._buffer_cfg.when_full,
+            progress=self._recovering,
         )
         report = self._disk.open()
         stats = self._disk.stats
         if stats.records:
             self.log.info("disk buffer holds messages from an earlier run", records=stats.records, report=str(report))
+
+    def _recovering(self, done: int, total: int) -> None:
+        """A long buffer check at start: keep systemd's start timeout from killing it, and say why."""
+        from gateway.health import sd_notify
+
+        if done and not self._recover_logged:
+            self._recover_logged = True
+            self.log.info("checking a large disk buffer before starting", files=total)
+        sd_notify(f"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=checking the disk buffer: {done} of {total} files")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="publisher")
@@ -381,16 +414,68 @@ class Publisher:
             self._syncer = asyncio.create_task(self._sync_loop(), name="buffer-sync")
 
     async def _sync_loop(self) -> None:
-        """Bound the loss window: nothing buffered stays un-fsynced longer than sync_interval."""
+        """Bound the loss window: nothing buffered stays un-fsynced longer than sync_interval.
+
+        With `sync_interval: 0` a sync starts as soon as one is wanted (group commit: every
+        message appended while the previous fsync ran is covered by the next).
+        """
         period = self._buffer_cfg.sync_interval or 1.0
         while True:
-            await asyncio.sleep(period)
-            self._sync()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            await self._sync_async()
+            self._measure_drain()
 
     def _sync(self) -> None:
-        if self._disk is not None and self._unsynced:
+        """Ask for a sync soon (it runs in the sync task, its fsyncs in a worker thread)."""
+        if self._disk is not None:
+            self._sync_wanted.set()
+
+    async def _sync_async(self) -> None:
+        """One group commit: fsyncs in a worker thread; then the callbacks that waited for it."""
+        async with self._sync_lock:
+            disk = self._disk
+            if disk is None or not self._unsynced:
+                return
             self._unsynced = False
-            self._disk.sync()
+            waiting, self._durable_waiting = self._durable_waiting, []
+            job = disk.sync_begin()
+            self._sync_running = asyncio.get_running_loop().run_in_executor(None, job.run)
+            try:
+                # Shielded: cancelling this task (stop) must not cut the job short; stop() awaits it.
+                await asyncio.shield(self._sync_running)
+            except asyncio.CancelledError:
+                self._durable_waiting[:0] = waiting
+                raise
+            if self._disk is disk:
+                disk.sync_end(job)
+            self._durable_below = max(self._durable_below, job.durable_below)
+            for callback in waiting:
+                callback()
+            self._wake.set()  # records that just became durable may be published (sync_interval 0)
+
+    def _measure_drain(self) -> None:
+        """Backlog messages acknowledged per second, over the last ten seconds or so."""
+        now = time.monotonic()
+        t0, n0 = self._drain_mark
+        if now - t0 >= 10.0:
+            self.drain_rate_measured = (self._drained - n0) / (now - t0)
+            self._drain_mark = (now, self._drained)
+
+    @property
+    def drain_rate_limit(self) -> float:
+        return float(self._buffer_cfg.drain_rate)
+
+    def drain_eta(self) -> float | None:
+        """Estimated seconds until the disk backlog is empty (0 when empty, None when not draining)."""
+        if self._disk is None:
+            return None
+        records = self._disk.stats.records
+        if not records:
+            return 0.0
+        return records / self.drain_rate_measured if self.drain_rate_measured > 0 and self.connected else None
 
     @property
     def queue_depth(self) -> int:
@@ -441,6 +526,11 @@ class Publisher:
                 await client.publish(self.will_topic, json.dumps(offline).encode(), qos=1, retain=True, timeout=2.0)
         if self._syncer is not None:
             self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._syncer
+        if self._sync_running is not None and not self._sync_running.done():
+            with contextlib.suppress(Exception):
+                await self._sync_running
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -451,6 +541,9 @@ class Publisher:
             self._spill()
             self._disk.close()
             self._disk = None
+        waiting, self._durable_waiting = self._durable_waiting, []
+        for callback in waiting:  # close() fsynced them
+            callback()
         lost = len(self._queue) + len(self._retry)
         if lost:
             self.log.warning("stopping with undelivered messages and no disk buffer", messages=lost)
@@ -690,14 +783,17 @@ class Publisher:
                     self._launch(client, Outgoing(topic, self._retained_body(topic), 1, retain=True))
             if zero_loss and self._unsynced:
                 # Group commit: one fsync covers every message buffered since the last one.
-                self._sync()
+                await self._sync_async()
             free = window - len(self._inflight)
             if disk is not None and free > 0:
                 from_disk = sum(1 for m in self._inflight.values() if m.buffer_id is not None)
                 live = self._queue or self._retry
                 share = free if not live else min(free, max(0, backlog_share - from_disk))
+                share = self._drain_allowance(share)
                 if share:
-                    for rec in disk.take(share):
+                    recs = disk.take(share, self._durable_below if zero_loss else None)
+                    self._drain_tokens -= len(recs)
+                    for rec in recs:
                         self._launch(client, Outgoing(rec.topic, rec.payload, rec.qos, rec.retain, rec.id))
                 free = window - len(self._inflight)
             while free > 0 and (msg := self._next_live()) is not None:
@@ -713,7 +809,7 @@ class Publisher:
                 self._idle.set()
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
+                    async with asyncio.timeout(self._drain_wait(disk)):
                         await self._wake.wait()
 
     async def _held(self) -> None:
@@ -754,6 +850,24 @@ class Publisher:
             out.append(dirty.pop())
         return out
 
+    def _drain_allowance(self, share: int) -> int:
+        """How many backlog messages may go now under `buffer.drain_rate` (a token bucket)."""
+        rate = self._buffer_cfg.drain_rate
+        if not rate:
+            return share
+        now = time.monotonic()
+        # A quarter second of burst at most: the rate holds over any second, not just on average.
+        self._drain_tokens = min(max(1.0, rate / 4), self._drain_tokens + (now - self._drain_stamp) * rate)
+        self._drain_stamp = now
+        return min(share, int(self._drain_tokens))
+
+    def _drain_wait(self, disk: Any) -> float:
+        """How long the send loop may sleep: until the drain bucket has room again, at most 1 s."""
+        rate = self._buffer_cfg.drain_rate
+        if not rate or disk is None or not disk.available or self._drain_tokens >= 1.0:
+            return 1.0
+        return min(1.0, max(0.02, (1.0 - self._drain_tokens) / rate))
+
     def _launch(self, client: aiomqtt.Client, msg: Outgoing) -> None:
         """Hand one message to paho; its PUBACK arrives through _on_puback.
 
@@ -786,6 +900,7 @@ class Publisher:
         self.stats.last_progress = time.monotonic()
         if msg.buffer_id is not None and self._disk is not None:
             self._disk.ack([msg.buffer_id])
+            self._drained += 1
             self._unsynced = True
 
     def _return(self, msgs: Iterable[Outgoing]) -> None:
