@@ -155,8 +155,11 @@ class Gateway:
         spb = self.cfg.mqtt.sparkplug
         if spb is None or self.sparkplug is not None:
             return
+        # With `ha`, a client id per instance (as for the JSON session): a new active must not take
+        # over the old one's MQTT session, whose will would then say the node died.
+        suffix = f"-{self.cfg.ha.name}" if self.cfg.ha is not None else ""
         self.sparkplug = SparkplugNode(
-            spb, self.cfg.mqtt, self.cfg.site, self.cfg.buffer, self.log.bind(component="sparkplug")
+            spb, self.cfg.mqtt, self.cfg.site, self.cfg.buffer, self.log.bind(component="sparkplug"), suffix
         )
         self.sparkplug.start()
 

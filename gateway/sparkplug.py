@@ -435,13 +435,14 @@ class SparkplugNode:
         site: str,
         buffer_cfg: BufferConfig,
         log: structlog.typing.FilteringBoundLogger,
+        client_suffix: str = "",
     ) -> None:
         self.cfg = cfg
         self.group = cfg.group_id
         self.node = cfg.edge_node_id or site
         self.log = log
         # Its own client id and disk buffer: the JSON session keeps both of its own.
-        client_id = cfg.client_id or f"{mqtt.client_id or f'edgegw-{site}'}-spb"
+        client_id = (cfg.client_id or f"{mqtt.client_id or f'edgegw-{site}'}-spb") + client_suffix
         spb_buffer = buffer_cfg
         if buffer_cfg.path is not None:
             spb_buffer = buffer_cfg.model_copy(
@@ -463,6 +464,7 @@ class SparkplugNode:
         self.bd_seq = -1  # incremented per connect: the will and the NBIRTH of one session share it
         self._seq = 0
         self.host_online = cfg.primary_host is None
+        self._state_ts = 0
         self.live = False  # births sent on this connection, host online: data is real time
         self._birthing: asyncio.Task[None] | None = None
         self.births = 0
@@ -618,10 +620,16 @@ class SparkplugNode:
         try:
             body = json.loads(bytes(msg.payload))
             online = bool(body["online"]) if isinstance(body, dict) else None
-        except (ValueError, KeyError):
+            stamp = int(body.get("timestamp", 0)) if isinstance(body, dict) else 0
+        except (ValueError, KeyError, TypeError):
+            online = None
+        if online is None:
             self.log.warning("unreadable primary host STATE ignored", payload=bytes(msg.payload)[:100])
             return
-        if online is None or online == self.host_online:
+        if stamp < self._state_ts:
+            return  # an older STATE (Sparkplug 3.0: the host's newest timestamp wins)
+        self._state_ts = stamp
+        if online == self.host_online:
             return
         self.host_online = online
         self.log.info("primary host application " + ("online" if online else "offline"), host=self.cfg.primary_host)

@@ -281,3 +281,91 @@ async def test_primary_host_state_gates_publishing(tmp_path: Path, broker: Mosqu
     finally:
         await collector.stop()
         await daemon.stop()
+
+
+async def test_device_death_and_rebirth_follow_its_status(tmp_path: Path, broker: Mosquitto, twin: ModbusTwin) -> None:
+    path = write_config(tmp_path, broker.url, twin, f"{{group_id: {GROUP}}}", interval="200ms")
+    daemon = Daemon(path, tmp_path)
+    collector = Collector(broker.port)
+    await collector.start()
+    spb = Sparkplug(collector)
+    await daemon.start()
+    try:
+        await collector.wait_for(lambda: all(spb.of("DDATA", d) for d in DEVICES), what="data")
+        twin.faults.set("silent", target=2)  # pdu-2 stops answering; pdu-1 goes on
+        await collector.wait_for(lambda: spb.of("DDEATH", "pdu-2"), what="DDEATH of the offline device")
+        assert not spb.of("DDEATH", "pdu-1")
+        died = len(spb.messages())
+        await collector.wait_for(
+            lambda: len([1 for k, d, _p in spb.messages()[died:] if k == "DDATA" and d == "pdu-1"]) >= 3,
+            what="pdu-1 goes on",
+        )
+        # A dead device sends no DDATA until it is born again.
+        assert not [1 for k, d, _p in spb.messages()[died:] if d == "pdu-2"]
+        twin.faults.clear(2)
+        await collector.wait_for(lambda: len(spb.of("DBIRTH", "pdu-2")) == 2, timeout=30, what="DBIRTH on recovery")
+        await collector.wait_for(
+            lambda: [1 for k, d, _p in spb.messages()[died:] if k == "DDATA" and d == "pdu-2"], what="its data again"
+        )
+        msgs = spb.messages()[died:]
+        first = next(k for k, d, _p in msgs if d == "pdu-2")
+        assert first == "DBIRTH"
+        assert all(continuous(r) for r in session_seqs(spb.messages()))
+        # A clean stop ends the session with an NDEATH (the will's payload, published by the gateway).
+        assert await daemon.stop() == 0
+        await collector.wait_for(lambda: spb.of("NDEATH"), what="NDEATH on a clean stop")
+        assert bd_seq(spb.of("NDEATH")[0]) == bd_seq(spb.of("NBIRTH")[0])
+    finally:
+        await collector.stop()
+        await daemon.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_hot_standby_only_the_active_is_an_edge_node(tmp_path: Path, broker: Mosquitto) -> None:
+    from gateway.registry import DRIVERS
+
+    twin_cls = DRIVERS["modbus"].twin_class
+    assert twin_cls is not None
+    points = [{"id": "v", "address": 0, "type": "float32", "quantity": "voltage", "unit": "V"}]
+    collector = Collector(broker.port)
+    await collector.start()
+    spb = Sparkplug(collector)
+    async with twin_cls.create(points=points, units=[1, 2]) as twin:
+        devices = [
+            {"id": d, **twin.device_config(u), "interval": "1s", "timeout": "500ms"} for u, d in enumerate(DEVICES, 1)
+        ]
+        cfg = tmp_path / "site.yaml"
+        body = {
+            "site": "lab",
+            "mqtt": {"url": broker.url, "sparkplug": {"group_id": GROUP}},
+            "ha": {"group": "g1"},
+            "devices": devices,
+        }
+        cfg.write_text(json.dumps(body), encoding="utf-8")
+        daemons: dict[str, Daemon] = {}
+        try:
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                env = {"EDGEGW_INSTANCE": name, "XDG_STATE_HOME": str(tmp_path / name / "state")}
+                daemons[name] = Daemon(cfg, tmp_path / name, env=env)
+                await daemons[name].start()
+            await collector.wait_for(lambda: all(len(spb.of("DDATA", d)) >= 3 for d in DEVICES), what="DDATA")
+            active = next(m["instance"] for m in collector.data(DEVICES[0]))
+            standby = "b" if active == "a" else "a"
+            # One edge node: one NBIRTH, one DBIRTH per device, whichever instance stands by.
+            assert len(spb.of("NBIRTH")) == 1 and all(len(spb.of("DBIRTH", d)) == 1 for d in DEVICES)
+            first = spb.of("NBIRTH")[0]
+            await daemons[active].kill()
+            await collector.wait_for(lambda: spb.of("NDEATH"), what="the active's NDEATH (its will)")
+            assert bd_seq(spb.of("NDEATH")[0]) == bd_seq(first)
+            await collector.wait_for(lambda: len(spb.of("NBIRTH")) == 2, timeout=30, what="the standby's NBIRTH")
+            await collector.wait_for(
+                lambda: all(len(spb.of("DBIRTH", d)) == 2 for d in DEVICES), what="the standby's DBIRTHs"
+            )
+            n = len(spb.of("DDATA"))
+            await collector.wait_for(lambda: len(spb.of("DDATA")) >= n + 4, what="DDATA from the new active")
+            assert any(m["instance"] == standby for m in collector.data(DEVICES[0]))
+        finally:
+            await collector.stop()
+            for d in daemons.values():
+                await d.stop()

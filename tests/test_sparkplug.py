@@ -194,3 +194,25 @@ def test_float_metric_is_the_float32() -> None:
     table = DeviceTable("d", pts, {0: value})
     raw = PbPayload.FromString(table.ddata(b, False) or b"").metrics[0].float_value
     assert raw == value
+
+
+class _Msg:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+async def test_primary_host_state_newest_timestamp_wins() -> None:
+    import structlog
+
+    cfg = load_config_text("site: s1\nstate_dir: memory\nmqtt: {sparkplug: {group_id: g, primary_host: h}}\n")
+    assert cfg.mqtt.sparkplug is not None
+    node = SparkplugNode(cfg.mqtt.sparkplug, cfg.mqtt, cfg.site, cfg.buffer, structlog.get_logger())
+    assert not node.host_online
+    node._on_state(_Msg(b'{"online": true, "timestamp": 100}'))
+    assert node.host_online  # not connected: births wait for the connection
+    node._on_state(_Msg(b'{"online": false, "timestamp": 50}'))  # older: ignored
+    assert node.host_online and not node.publisher.hold
+    node._on_state(_Msg(b"not json"))
+    assert node.host_online
+    node._on_state(_Msg(b'{"online": false, "timestamp": 150}'))
+    assert not node.host_online and node.publisher.hold
