@@ -159,7 +159,13 @@ class Gateway:
         # over the old one's MQTT session, whose will would then say the node died.
         suffix = f"-{self.cfg.ha.name}" if self.cfg.ha is not None else ""
         self.sparkplug = SparkplugNode(
-            spb, self.cfg.mqtt, self.cfg.site, self.cfg.buffer, self.log.bind(component="sparkplug"), suffix
+            spb,
+            self.cfg.mqtt,
+            self.cfg.site,
+            self.cfg.buffer,
+            self.log.bind(component="sparkplug"),
+            suffix,
+            self.state_dir,
         )
         self.sparkplug.start()
 

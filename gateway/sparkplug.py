@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,6 +30,7 @@ from gateway.config import BufferConfig, MqttConfig, SparkplugConfig
 from gateway.models import PointConfig
 from gateway.normalize import GOOD, UNCERTAIN, Batch, Value, ratio
 from gateway.publish import Publisher
+from gateway.state import atomic_write
 
 NAMESPACE = "spBv1.0"
 BDSEQ = "bdSeq"
@@ -436,6 +438,7 @@ class SparkplugNode:
         buffer_cfg: BufferConfig,
         log: structlog.typing.FilteringBoundLogger,
         client_suffix: str = "",
+        state_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.group = cfg.group_id
@@ -461,7 +464,10 @@ class SparkplugNode:
             pub.subscribe(f"{NAMESPACE}/STATE/{cfg.primary_host}", self._on_state)
         self.devices: dict[str, _Device] = {}
         self._used_aliases: set[int] = set()
-        self.bd_seq = -1  # incremented per connect: the will and the NBIRTH of one session share it
+        # Incremented per connect: the will and the NBIRTH of one session share it. Kept in the
+        # state folder, so a host never takes a late will of the previous run for this run's.
+        self._bd_path = state_dir / "sparkplug.json" if state_dir is not None else None
+        self.bd_seq = self._load_bd_seq()
         self._seq = 0
         self.host_online = cfg.primary_host is None
         self._state_ts = 0
@@ -548,7 +554,22 @@ class SparkplugNode:
 
     def _will(self) -> tuple[str, bytes]:
         self.bd_seq = (self.bd_seq + 1) & 0xFF
+        if self._bd_path is not None:
+            try:
+                atomic_write(self._bd_path, json.dumps({"bdSeq": self.bd_seq}).encode())
+            except OSError as exc:
+                self.log.warning("cannot save the Sparkplug bdSeq", path=str(self._bd_path), error=exc.strerror)
         return topic(self.group, "NDEATH", self.node), ndeath(_now(), self.bd_seq)
+
+    def _load_bd_seq(self) -> int:
+        """The last bdSeq used (-1: none yet, the first connect uses 0)."""
+        if self._bd_path is None:
+            return -1
+        try:
+            value = json.loads(self._bd_path.read_text(encoding="utf-8"))["bdSeq"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+        return int(value) & 0xFF if isinstance(value, int) else -1
 
     def _goodbye(self) -> tuple[str, bytes]:
         return topic(self.group, "NDEATH", self.node), ndeath(_now(), self.bd_seq)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -216,3 +217,19 @@ async def test_primary_host_state_newest_timestamp_wins() -> None:
     assert node.host_online
     node._on_state(_Msg(b'{"online": false, "timestamp": 150}'))
     assert not node.host_online and node.publisher.hold
+
+
+def test_bd_seq_continues_across_restarts(tmp_path: Path) -> None:
+    import structlog
+
+    cfg = load_config_text("site: s1\nstate_dir: memory\nmqtt: {sparkplug: {group_id: g}}\n")
+    assert cfg.mqtt.sparkplug is not None
+
+    def node() -> SparkplugNode:
+        assert cfg.mqtt.sparkplug is not None
+        return SparkplugNode(cfg.mqtt.sparkplug, cfg.mqtt, cfg.site, cfg.buffer, structlog.get_logger(), "", tmp_path)
+
+    first = node()
+    wills = [NDeath.decode(first._will()[1]).bd_seq_metric.value for _ in range(3)]
+    assert wills == [0, 1, 2]
+    assert NDeath.decode(node()._will()[1]).bd_seq_metric.value == 3
