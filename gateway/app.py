@@ -167,7 +167,15 @@ class Gateway:
             suffix,
             self.state_dir,
         )
+        if self.ha is not None:
+            self.sparkplug.may_birth = self._ha_confirmed
         self.sparkplug.start()
+
+    def _ha_confirmed(self) -> bool:
+        # The coordinator releases the JSON session once it has seen this instance's lease after
+        # the connect: a returning active that lost it must not be born as the edge node.
+        pub = self.publisher
+        return self.ha is not None and self.ha.role == ACTIVE and pub.connected and not pub.hold
 
     async def _sparkplug_stop(self, drain_timeout: float) -> None:
         node, self.sparkplug = self.sparkplug, None

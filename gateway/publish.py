@@ -238,7 +238,7 @@ class Publisher:
         # stop's message as (topic, payload), not retained, built per connect; `stamp` rewrites
         # each non-retained payload as it is launched (Sparkplug's seq is the send order's).
         self.will_message: Callable[[], tuple[str, bytes]] | None = None
-        self.goodbye_message: Callable[[], tuple[str, bytes]] | None = None
+        self.goodbye_message: Callable[[], tuple[str, bytes] | None] | None = None  # None: say nothing
         self.stamp: Callable[[bytes], bytes] | None = None
 
     # -- producer side (called from the scheduler, never blocks) ------------------------------
@@ -446,12 +446,10 @@ class Publisher:
         """Say offline, close the connection, keep what was not delivered on disk."""
         client = self._session_client
         if client is not None and self.connected:
-            offline = {"state": "offline", "reason": "stopped", "since": int(time.time() * 1000), **self.will_extra}
-            topic, body, retain = self.will_topic, json.dumps(offline).encode(), True
-            if self.goodbye_message is not None:
-                (topic, body), retain = self.goodbye_message(), False
-            with contextlib.suppress(Exception):
-                await client.publish(topic, body, qos=1, retain=retain, timeout=2.0)
+            goodbye = self._farewell({"state": "offline", "reason": "stopped", "since": int(time.time() * 1000)})
+            if goodbye is not None:
+                with contextlib.suppress(Exception):
+                    await client.publish(goodbye[0], goodbye[1], qos=1, retain=goodbye[2], timeout=2.0)
         if self._syncer is not None:
             self._syncer.cancel()
         if self._task is not None:
@@ -551,14 +549,20 @@ class Publisher:
                 moved = {"state": "offline", "reason": "moved", "since": now, "broker": preferred.address}
                 # Where the will would have said "lost": gateway/status, or this instance's member
                 # topic in a hot-standby pair (gateway/status is the active's there).
-                topic, body, retain = self.will_topic, json.dumps({**moved, **self.will_extra}).encode(), True
-                if self.goodbye_message is not None:
-                    (topic, body), retain = self.goodbye_message(), False
-                with contextlib.suppress(Exception):
-                    await client.publish(topic, body, qos=1, retain=retain, timeout=5.0)
+                goodbye = self._farewell(moved)
+                if goodbye is not None:
+                    with contextlib.suppress(Exception):
+                        await client.publish(goodbye[0], goodbye[1], qos=1, retain=goodbye[2], timeout=5.0)
                 client._client.disconnect()
                 return
             await asyncio.sleep(self.cfg.reconnect_max)
+
+    def _farewell(self, body: dict[str, Any]) -> tuple[str, bytes, bool] | None:
+        """What a connection ended by choice says last: `body` where the will goes, or the second sink's own."""
+        if self.goodbye_message is not None:
+            own = self.goodbye_message()
+            return None if own is None else (own[0], own[1], False)
+        return self.will_topic, json.dumps({**body, **self.will_extra}).encode(), True
 
     async def _accepts(self, endpoint: BrokerEndpoint) -> bool:
         """Whether the broker accepts a TCP connection (a probe: no MQTT session, no client id taken)."""

@@ -473,6 +473,9 @@ class SparkplugNode:
         self._state_ts = 0
         self.live = False  # births sent on this connection, host online: data is real time
         self._birthing: asyncio.Task[None] | None = None
+        self._nbirth_sent = False  # on this connection: a clean stop's NDEATH answers it
+        # HA: births wait until the pair confirmed this instance's lease on the JSON session.
+        self.may_birth: Callable[[], bool] | None = None
         self.births = 0
         self.rebirths = 0
 
@@ -571,13 +574,18 @@ class SparkplugNode:
             return -1
         return int(value) & 0xFF if isinstance(value, int) else -1
 
-    def _goodbye(self) -> tuple[str, bytes]:
+    def _goodbye(self) -> tuple[str, bytes] | None:
+        if not self._nbirth_sent:
+            return None  # no NBIRTH on this connection: there is nothing to end
         return topic(self.group, "NDEATH", self.node), ndeath(_now(), self.bd_seq)
 
     def _on_connection(self, up: bool) -> None:
         self.live = False
+        self._nbirth_sent = False
         for dev in self.devices.values():
             dev.born = False
+        if self._birthing is not None and not self._birthing.done():
+            self._birthing.cancel()
         if up:
             self._birth("connect")
 
@@ -594,6 +602,10 @@ class SparkplugNode:
         if not self.host_online:
             self.log.info("waiting for the primary host application", host=self.cfg.primary_host)
             return  # _on_state births when it is online
+        # HA: the lease is not confirmed yet. The coordinator has no event for it; a short poll, and
+        # the task is cancelled with the connection.
+        while self.may_birth is not None and not self.may_birth():  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
         self._seq = 0
         for dev in self.devices.values():
             dev.born = False
@@ -619,6 +631,7 @@ class SparkplugNode:
             except Exception as exc:  # noqa: BLE001 - the connection went: the next connect births again
                 self.log.warning("sparkplug births not acknowledged", error=str(exc))
                 return
+            self._nbirth_sent = True
             for _d, dev, _t in born:
                 dev.born = True
             count += len(born)
