@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import struct
@@ -221,6 +222,16 @@ def topic(group: str, kind: str, node: str, device: str | None = None) -> str:
 
 # -- a device's metrics ---------------------------------------------------------------------
 
+# Point index -> the last (value, quality, error, ts) published for it.
+Known = dict[int, tuple[Value, str, str | None, int]]
+
+
+def readings(batch: Batch) -> Known:
+    """A batch's readings by point index (the last one of a point that has several)."""
+    return dict(
+        zip(batch.index, zip(batch.values, batch.qualities, batch.errors, batch.stamps, strict=True), strict=True)
+    )
+
 
 class DeviceTable:
     """A device's points as Sparkplug metrics, with the fragments of each metric encoded once."""
@@ -300,14 +311,8 @@ class DeviceTable:
                 extend((_P_METRIC, varint(len(body)), body))
         return b"".join(out)
 
-    def dbirth(self, ts: int, last: Batch | None) -> bytes:
-        """A DBIRTH payload without `seq`: every point with name, alias, datatype, properties, value."""
-        values: dict[int, tuple[Value, str, str | None, int]] = {}
-        if last is not None:
-            for i, value, quality, error, t in zip(
-                last.index, last.values, last.qualities, last.errors, last.stamps, strict=True
-            ):
-                values[i] = (value, quality, error, t)
+    def dbirth(self, ts: int, values: Known) -> bytes:
+        """A DBIRTH payload without `seq`: every point with name, alias, datatype, properties, last value."""
         out = [_P_TS, varint(ts)]
         for i, p in enumerate(self.points):
             if not p.publish:
@@ -417,7 +422,8 @@ class _Device:
     points: Callable[[], Sequence[PointConfig]]
     state: str = "unknown"
     table: DeviceTable | None = None
-    last: Batch | None = None
+    # The last reading of every point (a poll may carry only some: report by exception, pushes).
+    known: Known = dataclasses.field(default_factory=dict)
     born: bool = False
 
 
@@ -533,12 +539,13 @@ class SparkplugNode:
                     self._used_aliases.difference_update(table.aliases)
                 values = dict(zip(batch.index, batch.values, strict=True))
                 table = dev.table = DeviceTable(batch.device, points, values, self._used_aliases)
+                dev.known = {}
             table.retype(batch)
         assert table is not None
-        dev.last = batch
+        dev.known.update(readings(batch))
         if not dev.born and self.live:
             dev.born = True
-            self._send(topic(self.group, "DBIRTH", self.node, batch.device), table.dbirth(batch.ts, batch))
+            self._send(topic(self.group, "DBIRTH", self.node, batch.device), table.dbirth(batch.ts, dev.known))
             return  # the birth carries this poll's values
         if payload is None:
             payload = table.ddata(batch, not self.live)
@@ -620,7 +627,7 @@ class SparkplugNode:
                 for device, dev in self.devices.items()
                 if not dev.born and dev.table is not None and dev.state not in ("offline", "removed")
             ]
-            messages += [(topic(self.group, "DBIRTH", self.node, d), t.dbirth(now, dev.last)) for d, dev, t in born]
+            messages += [(topic(self.group, "DBIRTH", self.node, d), t.dbirth(now, dev.known)) for d, dev, t in born]
             if not messages:
                 break
             stamped = [(t, self._stamp(p)) for t, p in messages]

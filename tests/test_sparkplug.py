@@ -28,6 +28,7 @@ from gateway.sparkplug import (  # noqa: E402
     datatype_for,
     nbirth,
     ndeath,
+    readings,
     seq_field,
     varint,
 )
@@ -90,7 +91,7 @@ def test_births_and_data_decode_with_pysparkplug() -> None:
     rows += [(True, "good", None), (None, "bad", "device reports no data")]
     b = batch_of("m1", pts, rows, 1_763_700_000_000)
     table = DeviceTable("m1", pts, dict(zip(b.index, b.values, strict=True)))
-    birth_raw = table.dbirth(b.ts, b) + seq_field(3)
+    birth_raw = table.dbirth(b.ts, readings(b)) + seq_field(3)
     birth = DBirth.decode(birth_raw)
     assert birth.seq == 3
     by_name = {m.name: m for m in birth.metrics}
@@ -174,7 +175,7 @@ def test_round_trip_through_pysparkplug(rows: list[tuple[object, str]], ts: int,
     pts = [point(f"p{i}", quantity="other") for i in range(len(rows))]
     b = batch_of("dev", pts, [(v, q, None if q == "good" else "x") for v, q in rows], ts)
     table = DeviceTable("dev", pts, dict(zip(b.index, b.values, strict=True)))
-    birth = DBirth.decode(table.dbirth(ts, b) + seq_field(seq))
+    birth = DBirth.decode(table.dbirth(ts, readings(b)) + seq_field(seq))
     assert len(birth.metrics) == len(rows)
     data = DData.decode((table.ddata(b, historical) or b"") + seq_field(seq), birth=birth)
     assert data.seq == seq and data.timestamp == ts
@@ -233,3 +234,27 @@ def test_bd_seq_continues_across_restarts(tmp_path: Path) -> None:
     wills = [NDeath.decode(first._will()[1]).bd_seq_metric.value for _ in range(3)]
     assert wills == [0, 1, 2]
     assert NDeath.decode(node()._will()[1]).bd_seq_metric.value == 3
+
+
+def test_a_birth_carries_the_last_value_of_every_point_when_polls_carry_only_some() -> None:
+    """Report by exception (or a push) sends only some points; a DBIRTH still has them all."""
+    import structlog
+
+    cfg = load_config_text("site: s1\nstate_dir: memory\nmqtt: {sparkplug: {group_id: g}}\n")
+    assert cfg.mqtt.sparkplug is not None
+    node = SparkplugNode(cfg.mqtt.sparkplug, cfg.mqtt, cfg.site, cfg.buffer, structlog.get_logger())
+    pts = [point("a"), point("b")]
+    node.add_device("d", lambda: pts)
+    enc = Encoder("d", pts)
+    first = Batch("d", 1000, enc)
+    first.add(0, 1.5, "good", None, 1000)
+    first.add(1, 2.5, "good", None, 1000)
+    second = Batch("d", 2000, enc)
+    second.add(1, 3.5, "good", None, 2000)
+    node.data(first)
+    node.data(second)
+    assert node.publisher.queue_depth == 2  # two historical DDATA (not connected)
+    table = node.devices["d"].table
+    assert table is not None
+    birth = DBirth.decode(table.dbirth(3000, node.devices["d"].known) + seq_field(1))
+    assert {m.name: (m.value, m.timestamp) for m in birth.metrics} == {"a": (1.5, 1000), "b": (3.5, 2000)}
