@@ -27,6 +27,7 @@ from drivers.modbus.twin import ModbusTwin  # noqa: E402
 from tests.harness import Collector, Daemon, Mosquitto, free_port  # noqa: E402
 from tests.test_e2e_brokers import Gate  # noqa: E402
 from tests.test_e2e_modbus import device_yaml, twin_points  # noqa: E402
+from tests.test_faults import metric  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +55,15 @@ async def twin() -> AsyncIterator[ModbusTwin]:
         yield t
 
 
-def write_config(tmp: Path, url: str, twin: ModbusTwin, sparkplug: str, interval: str = "100ms") -> Path:
+def write_config(
+    tmp: Path, url: str, twin: ModbusTwin, sparkplug: str, interval: str = "100ms", health: int | None = None
+) -> Path:
     path = tmp / "site.yaml"
     devices = "".join(device_yaml(dev, twin.port, unit, interval=interval) for unit, dev in enumerate(DEVICES, 1))
     path.write_text(
         f"site: lab\nmqtt: {{url: '{url}', client_id: gw-spb, reconnect_max: 1s, connect_timeout: 1s,"
         f" sparkplug: {sparkplug}}}\nstate_dir: {tmp / 'state'}\nbuffer: {{path: {tmp / 'buffer'}}}\n"
-        f"health: {{listen: '127.0.0.1:{free_port()}'}}\ndevices:\n{devices}",
+        f"health: {{listen: '127.0.0.1:{health or free_port()}'}}\ndevices:\n{devices}",
         encoding="utf-8",
     )
     return path
@@ -284,7 +287,8 @@ async def test_primary_host_state_gates_publishing(tmp_path: Path, broker: Mosqu
 
 
 async def test_device_death_and_rebirth_follow_its_status(tmp_path: Path, broker: Mosquitto, twin: ModbusTwin) -> None:
-    path = write_config(tmp_path, broker.url, twin, f"{{group_id: {GROUP}}}", interval="200ms")
+    health = free_port()
+    path = write_config(tmp_path, broker.url, twin, f"{{group_id: {GROUP}}}", interval="200ms", health=health)
     daemon = Daemon(path, tmp_path)
     collector = Collector(broker.port)
     await collector.start()
@@ -311,6 +315,10 @@ async def test_device_death_and_rebirth_follow_its_status(tmp_path: Path, broker
         first = next(k for k, d, _p in msgs if d == "pdu-2")
         assert first == "DBIRTH"
         assert all(continuous(r) for r in session_seqs(spb.messages()))
+        assert await metric(health, "edgegw_sparkplug_live") == 1
+        assert await metric(health, "edgegw_sparkplug_births_total") == 1
+        assert await metric(health, "edgegw_sparkplug_messages_published_total") >= 10
+        assert await metric(health, "edgegw_sparkplug_messages_dropped_total") == 0
         # A clean stop ends the session with an NDEATH (the will's payload, published by the gateway).
         assert await daemon.stop() == 0
         await collector.wait_for(lambda: spb.of("NDEATH"), what="NDEATH on a clean stop")
