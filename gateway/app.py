@@ -22,10 +22,11 @@ from gateway.driver import Driver, DriverContext, DriverRuntime
 from gateway.ha import ACTIVE, HaCoordinator
 from gateway.health import Health, sd_notify
 from gateway.models import DeviceConfig, PointConfig
-from gateway.normalize import set_instance
+from gateway.normalize import Batch, set_instance
 from gateway.publish import Publisher
 from gateway.registry import DRIVERS, load_object
 from gateway.scheduler import DeviceRunner, DeviceStats
+from gateway.sparkplug import SparkplugNode
 from gateway.state import StateStore
 
 
@@ -107,6 +108,8 @@ class Gateway:
         self.started = time.time()
         # HA mode: devices run only while this instance holds the lease (gateway/ha.py).
         self.ha: HaCoordinator | None = None
+        # Sparkplug B on its own session (gateway/sparkplug.py); with `ha`, only while active.
+        self.sparkplug: SparkplugNode | None = None
         self._role_lock = asyncio.Lock()
         set_instance(cfg.ha.name if cfg.ha is not None else None)
         if cfg.ha is not None:
@@ -132,6 +135,8 @@ class Gateway:
         if self.cfg.commands.enabled:
             self.publisher.subscribe(f"{self.publisher.base}/+/command", self._on_command)
         self.publisher.start()
+        if self.ha is None:
+            self._sparkplug_start()
         if self.ha is not None:
             self.ha.start()
         for device in self.cfg.devices:
@@ -145,6 +150,44 @@ class Gateway:
             brokers=" ".join(e.address for e in self.cfg.mqtt.endpoints),
         )
         sd_notify("READY=1\nSTATUS=" + self.summary())
+
+    def _sparkplug_start(self) -> None:
+        spb = self.cfg.mqtt.sparkplug
+        if spb is None or self.sparkplug is not None:
+            return
+        # With `ha`, a client id per instance (as for the JSON session): a new active must not take
+        # over the old one's MQTT session, whose will would then say the node died.
+        suffix = f"-{self.cfg.ha.name}" if self.cfg.ha is not None else ""
+        self.sparkplug = SparkplugNode(
+            spb,
+            self.cfg.mqtt,
+            self.cfg.site,
+            self.cfg.buffer,
+            self.log.bind(component="sparkplug"),
+            suffix,
+            self.state_dir,
+        )
+        if self.ha is not None:
+            self.sparkplug.may_birth = self._ha_confirmed
+        self.sparkplug.start()
+
+    def _ha_confirmed(self) -> bool:
+        # The coordinator releases the JSON session once it has seen this instance's lease after
+        # the connect: a returning active that lost it must not be born as the edge node.
+        pub = self.publisher
+        return self.ha is not None and self.ha.role == ACTIVE and pub.connected and not pub.hold
+
+    async def _sparkplug_stop(self, drain_timeout: float) -> None:
+        node, self.sparkplug = self.sparkplug, None
+        if node is not None:
+            await node.stop(drain_timeout)
+
+    def _submit(self, batch: Batch, on_done: Any = None) -> None:
+        # The JSON message carries the delivery contract (on_done commits driver state); the
+        # Sparkplug copy has its own queue and buffer.
+        if self.sparkplug is not None:
+            self.sparkplug.data(batch)
+        self.publisher.submit_batch(batch, on_done)
 
     async def _runtime(self, kind: str) -> DriverRuntime | None:
         if kind not in self.runtimes:
@@ -180,7 +223,7 @@ class Gateway:
         runner = DeviceRunner(
             device,
             partial(build_driver, device, bus, state, runtime, log),
-            publisher.submit_batch,
+            self._submit if self.cfg.mqtt.sparkplug is not None else publisher.submit_batch,
             self._on_status,
             log,
             state=state,
@@ -188,6 +231,8 @@ class Gateway:
             saturated=publisher.saturated,
         )
         self.runners[device.id] = runner
+        if self.sparkplug is not None:
+            self.sparkplug.add_device(device.id, partial(_points_of, runner))
         self._publish_meta(runner)
         publisher.submit_retained(publisher.topic(device.id, "status"), runner.stats.status())
         runner.start()
@@ -240,6 +285,8 @@ class Gateway:
         if runner is not None and self._meta_points.get(device.id) != id(runner.points):
             self._publish_meta(runner)
         self.publisher.submit_retained(self.publisher.topic(device.id, "status"), stats.status())
+        if self.sparkplug is not None:
+            self.sparkplug.status(device.id, stats.state.value)
 
     # -- HA roles ----------------------------------------------------------------------------
 
@@ -248,6 +295,7 @@ class Gateway:
 
     async def _ha_activate(self) -> None:
         async with self._role_lock:
+            self._sparkplug_start()
             for device in self.cfg.devices:
                 if device.enabled and device.id not in self.runners:
                     await self._add_device(device)
@@ -258,6 +306,8 @@ class Gateway:
             ids = list(self.runners)
             await asyncio.gather(*(self._remove_device(i, forget=False) for i in ids), return_exceptions=True)
             self.publisher.forget_retained(self.publisher.topic(i, leaf) for i in ids for leaf in ("status", "meta"))
+            # A standby has no edge node session: NDEATH now, the new active births its own.
+            await self._sparkplug_stop(drain_timeout=1.0)
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -315,6 +365,8 @@ class Gateway:
             return
         await runner.stop()
         self.states.pop(dev_id, None)
+        if self.sparkplug is not None:
+            self.sparkplug.remove_device(dev_id)
         if forget:
             offline = {"state": "removed", "since": int(time.time() * 1000), "last_success": None, "last_error": None}
             self.publisher.submit_retained(self.publisher.topic(dev_id, "status"), offline)
@@ -347,6 +399,7 @@ class Gateway:
         delivered = await self.publisher.drain(drain_timeout)
         if not delivered:
             self.log.warning("stopping before the broker acknowledged everything", backlog=self.publisher.backlog)
+        await self._sparkplug_stop(drain_timeout=min(drain_timeout, 2.0))
         await self.publisher.stop()
         for runtime in self.runtimes.values():
             with contextlib.suppress(Exception):
@@ -362,6 +415,10 @@ class Gateway:
         broker = "connected" if self.publisher.connected else "disconnected"
         role = "" if self.ha is None else f"{self.ha.role} ({self.ha.instance}), "
         return f"{role}{online}/{len(runners)} devices online, broker {broker}, backlog {self.publisher.backlog}"
+
+
+def _points_of(runner: DeviceRunner) -> Sequence[PointConfig]:
+    return runner.points
 
 
 def commands_policy(cfg: GatewayConfig, log: structlog.typing.FilteringBoundLogger) -> Commands:

@@ -137,6 +137,31 @@ class BrokerEndpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _sparkplug_id(v: str) -> str:
+    # Sparkplug 3.0: ids are UTF-8 strings without the MQTT separators and wildcards.
+    if not v or any(c in v for c in "/+#"):
+        raise ValueError("a Sparkplug id is a non-empty string without '/', '+' or '#'")
+    return v
+
+
+class SparkplugConfig(Strict):
+    """Sparkplug B output on its own MQTT session (docs/mqtt.md "Sparkplug B")."""
+
+    group_id: str = Field(description="the Sparkplug group id: spBv1.0/{group_id}/...")
+    edge_node_id: str | None = Field(default=None, description="the edge node id; default: the site")
+    client_id: str | None = Field(
+        default=None, description="the Sparkplug session's MQTT client id; default: <mqtt client id>-spb"
+    )
+    primary_host: str | None = Field(
+        default=None, description="a primary host application id: publish only while spBv1.0/STATE/{id} says online"
+    )
+
+    @field_validator("group_id", "edge_node_id", "primary_host")
+    @classmethod
+    def _ids(cls, v: str | None) -> str | None:
+        return None if v is None else _sparkplug_id(v)
+
+
 class MqttConfig(Strict):
     url: list[BrokerUrl] = Field(
         default_factory=lambda: ["mqtt://127.0.0.1:1883"],
@@ -172,6 +197,10 @@ class MqttConfig(Strict):
     per_point_topics: bool = False
     protocol: Literal["3.1.1", "5"] = Field(
         default="3.1.1", description="MQTT version; 5 honours command response topics, correlation data and expiry"
+    )
+
+    sparkplug: SparkplugConfig | None = Field(
+        default=None, description="also publish Sparkplug B (Eclipse Sparkplug 3.0) on a second session"
     )
 
     _password: SecretStr | None = None

@@ -340,6 +340,54 @@ def render_metrics(gw: Gateway) -> str:
             "Data messages dropped: the seq reservation ran out while the broker was away.",
             [(who, float(pub.seq.exhausted))],
         )
+    spb = gw.sparkplug
+    if spb is not None:
+        sst = spb.publisher.stats
+        metric(
+            "sparkplug_connected",
+            "gauge",
+            "1 while the Sparkplug session is connected.",
+            [({}, 1.0 if spb.publisher.connected else 0.0)],
+        )
+        metric(
+            "sparkplug_live",
+            "gauge",
+            "1 while the edge node is born and publishing live data.",
+            [({}, 1.0 if spb.live else 0.0)],
+        )
+        metric(
+            "sparkplug_births_total",
+            "counter",
+            "NBIRTHs acknowledged (connects, rebirths, primary host back).",
+            [({}, float(spb.births))],
+        )
+        metric(
+            "sparkplug_rebirth_requests_total",
+            "counter",
+            "NCMD Node Control/Rebirth requests.",
+            [({}, float(spb.rebirths))],
+        )
+        metric(
+            "sparkplug_messages_published_total",
+            "counter",
+            "Sparkplug messages acknowledged by the broker.",
+            [({}, float(sst.published))],
+        )
+        metric(
+            "sparkplug_backlog_messages",
+            "gauge",
+            "Sparkplug messages waiting (memory, in flight, disk buffer).",
+            [({}, float(spb.publisher.backlog))],
+        )
+        metric(
+            "sparkplug_messages_dropped_total",
+            "counter",
+            "Sparkplug messages dropped, by reason.",
+            [
+                ({"reason": "queue_full"}, float(sst.dropped_queue)),
+                ({"reason": "buffer_full"}, float(getattr(spb.publisher.buffer_stats(), "dropped_records", 0) or 0)),
+            ],
+        )
     metric("process_resident_memory_bytes", "gauge", "Resident set size.", [({}, float(_rss_bytes()))])
     metric("asyncio_tasks", "gauge", "Tasks alive in the event loop.", [({}, float(len(asyncio.all_tasks())))])
     return "\n".join(lines) + "\n"

@@ -251,6 +251,12 @@ class Publisher:
         self.hold_on_connect = False
         self.hold = False
         self.on_connection: Callable[[bool], None] | None = None
+        # A second sink on its own session (gateway/sparkplug.py) sets these: the will and the clean
+        # stop's message as (topic, payload), not retained, built per connect; `stamp` rewrites
+        # each non-retained payload as it is launched (Sparkplug's seq is the send order's).
+        self.will_message: Callable[[], tuple[str, bytes]] | None = None
+        self.goodbye_message: Callable[[], tuple[str, bytes] | None] | None = None  # None: say nothing
+        self.stamp: Callable[[bytes], bytes] | None = None
 
     # -- producer side (called from the scheduler, never blocks) ------------------------------
 
@@ -284,6 +290,10 @@ class Publisher:
     def subscribe(self, topic_filter: str, handler: Callable[[aiomqtt.Message], None]) -> None:
         """Deliver messages on `topic_filter` to `handler` (QoS 1, from every connection on)."""
         self._subscriptions[topic_filter] = handler
+
+    def submit(self, topic: str, payload: bytes, qos: int) -> None:
+        """One non-retained message under the delivery rules of data (disk buffer while the broker is away)."""
+        self._enqueue(Outgoing(topic, payload, qos))
 
     def submit_message(self, topic: str, payload: bytes, properties: Any = None) -> None:
         """One non-retained QoS 1 message (a command result), never written to the disk buffer."""
@@ -521,9 +531,10 @@ class Publisher:
         """Say offline, close the connection, keep what was not delivered on disk."""
         client = self._session_client
         if client is not None and self.connected:
-            offline = {"state": "offline", "reason": "stopped", "since": int(time.time() * 1000), **self.will_extra}
-            with contextlib.suppress(Exception):
-                await client.publish(self.will_topic, json.dumps(offline).encode(), qos=1, retain=True, timeout=2.0)
+            goodbye = self._farewell({"state": "offline", "reason": "stopped", "since": int(time.time() * 1000)})
+            if goodbye is not None:
+                with contextlib.suppress(Exception):
+                    await client.publish(goodbye[0], goodbye[1], qos=1, retain=goodbye[2], timeout=2.0)
         if self._syncer is not None:
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -631,17 +642,20 @@ class Publisher:
                 moved = {"state": "offline", "reason": "moved", "since": now, "broker": preferred.address}
                 # Where the will would have said "lost": gateway/status, or this instance's member
                 # topic in a hot-standby pair (gateway/status is the active's there).
-                with contextlib.suppress(Exception):
-                    await client.publish(
-                        self.will_topic,
-                        json.dumps({**moved, **self.will_extra}).encode(),
-                        qos=1,
-                        retain=True,
-                        timeout=5.0,
-                    )
+                goodbye = self._farewell(moved)
+                if goodbye is not None:
+                    with contextlib.suppress(Exception):
+                        await client.publish(goodbye[0], goodbye[1], qos=1, retain=goodbye[2], timeout=5.0)
                 client._client.disconnect()
                 return
             await asyncio.sleep(self.cfg.reconnect_max)
+
+    def _farewell(self, body: dict[str, Any]) -> tuple[str, bytes, bool] | None:
+        """What a connection ended by choice says last: `body` where the will goes, or the second sink's own."""
+        if self.goodbye_message is not None:
+            own = self.goodbye_message()
+            return None if own is None else (own[0], own[1], False)
+        return self.will_topic, json.dumps({**body, **self.will_extra}).encode(), True
 
     async def _accepts(self, endpoint: BrokerEndpoint) -> bool:
         """Whether the broker accepts a TCP connection (a probe: no MQTT session, no client id taken)."""
@@ -656,8 +670,12 @@ class Publisher:
         return True
 
     def _client(self, endpoint: BrokerEndpoint) -> aiomqtt.Client:
-        lost = json.dumps({"state": "offline", "reason": "lost", **self.will_extra}).encode()
-        will = aiomqtt.Will(self.will_topic, lost, 1, True)
+        if self.will_message is not None:
+            will_topic, will_body = self.will_message()
+            will = aiomqtt.Will(will_topic, will_body, 1, False)
+        else:
+            lost = json.dumps({"state": "offline", "reason": "lost", **self.will_extra}).encode()
+            will = aiomqtt.Will(self.will_topic, lost, 1, True)
         client = aiomqtt.Client(
             endpoint.host,
             endpoint.port,
@@ -875,7 +893,8 @@ class Publisher:
         per message: a fifth of the daemon's CPU flat out. Data messages go to the paho client
         aiomqtt wraps (same connection, same loop) and are tracked by message id here.
         """
-        info = client._client.publish(msg.topic, msg.payload, msg.qos, msg.retain, properties=msg.properties)
+        payload = msg.payload if self.stamp is None or msg.retain else self.stamp(msg.payload)
+        info = client._client.publish(msg.topic, payload, msg.qos, msg.retain, properties=msg.properties)
         if info.rc != 0:
             self._return([msg])
             raise aiomqtt.MqttError(f"publish refused by the client (rc {info.rc})")
