@@ -72,7 +72,8 @@ def _option(action: argparse.Action) -> list[str]:
         head = f"{names} \\fI{escape(meta)}\\fR" if meta else names
     else:
         head = f"\\fI{escape(meta)}\\fR"
-    text = action.help or ""
+    # As `--help` prints it: %(default)s and the like expanded.
+    text = argparse.HelpFormatter("edgegw")._expand_help(action) if action.help else ""
     if action.choices is not None and not action.metavar and "{" not in meta:
         text += f" (one of: {', '.join(str(c) for c in action.choices)})"
     if action.required and action.option_strings:

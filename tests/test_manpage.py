@@ -35,7 +35,7 @@ def test_every_argument_is_in_the_page_with_its_help(name: str) -> None:
     section = PAGE.split(f'.SS "{escape(name)}"', 1)[1].split(".SS ", 1)[0]
     for action in options(sub):
         assert action.help, f"edgegw {name}: {action.option_strings or action.dest} has no help text"
-        assert escape(action.help) in section, (name, action.dest)
+        assert escape(argparse.HelpFormatter("edgegw")._expand_help(action)) in section, (name, action.dest)
         for flag in action.option_strings:
             assert f"\\fB{escape(flag)}\\fR" in section, (name, flag)
 
