@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scan",
         help="look for devices: scan modbus|bacnet|snmp [options]",
         description="Look for devices. `edgegw scan KIND --help` lists that scanner's options.",
-        epilog="example: edgegw scan modbus --help",
+        epilog="examples:\nedgegw scan modbus --host 192.0.2.7 --units 1-32\nedgegw scan snmp --help",
     )
     sc.add_argument("kind", help=", ".join(k for k, spec in DRIVERS.items() if spec.scanner))
 
