@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use as real peers: the MQTT broker, pty pairs for RS-485, net-snmp's agent.
 SYSTEM_PACKAGES := mosquitto socat snmpd
+# `make deb` builds with dpkg-deb alone; lintian checks the result (tests/test_deb.py).
+DEB_PACKAGES := lintian
+DEB_DIR := build/deb
 
-.PHONY: demo test lint typecheck unit system-deps bench lock clean
+.PHONY: demo test lint typecheck unit system-deps bench lock clean deb
 
 $(STAMP): requirements.lock pyproject.toml
 	@# Debian splits venv out of the interpreter; install it when it is missing.
@@ -23,7 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for p in $(SYSTEM_PACKAGES); do \
+	for p in $(SYSTEM_PACKAGES) $(DEB_PACKAGES); do \
 		command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -44,8 +47,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 
-test: $(STAMP) system-deps lint typecheck
-	$(VENV)/bin/pytest -q
+test: $(STAMP) system-deps lint typecheck deb
+	EDGEGW_DEB="$$(ls -t $(DEB_DIR)/edgegw_*.deb | head -1)" $(VENV)/bin/pytest -q
+
+# The Debian package, built from this checkout into $(DEB_DIR) (packaging/build-deb.sh says how).
+deb: $(STAMP)
+	rm -f $(DEB_DIR)/edgegw_*.deb
+	PYTHON=$(PY) packaging/build-deb.sh $(DEB_DIR)
 
 bench: $(STAMP) system-deps
 	$(PY) bench/modbus_load.py --devices 100 --points 100 --interval 1 --duration 60

@@ -325,22 +325,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrap; an epilog's examples (gateway/manpage.py reads them too) keep one per line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(("example:", "examples:")):
+            head, *lines = text.splitlines()
+            return "\n".join([indent + head, *(indent + "  " + line.strip() for line in lines)])
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgegw", description="Multi-protocol data-acquisition gateway to MQTT.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run the gateway")
-    r.add_argument("--config", "-c", required=True)
-    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r = sub.add_parser(
+        "run",
+        help="run the gateway",
+        description="Run the gateway in the foreground until SIGTERM (as the systemd unit does).",
+        epilog="example: edgegw run -c /etc/edgegw/gateway.yaml --log-level debug",
+    )
+    r.add_argument("--config", "-c", required=True, help="the gateway config, e.g. /etc/edgegw/gateway.yaml")
+    r.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides the config's log.level"
+    )
 
     c = sub.add_parser(
         "check",
         help="validate config files (exit 2 when invalid)",
         description="Validate config files: exit 2 when one is invalid. Files and environment variables a "
         "config needs at run time (secrets, CA and key files) that this machine lacks are warnings.",
+        epilog="examples:\nedgegw check --strict /etc/edgegw/gateway.yaml\nedgegw check --profile my-meter.yaml",
     )
-    c.add_argument("files", nargs="+")
-    c.add_argument("--verbose", "-v", action="store_true")
+    c.add_argument("files", nargs="+", help="config files (or profiles, with --profile)")
+    c.add_argument("--verbose", "-v", action="store_true", help="list each device with its driver, points and interval")
     c.add_argument(
         "--profile",
         action="store_true",
@@ -350,13 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="missing run-time files and variables are errors too (as for `run`)"
     )
 
-    rd = sub.add_parser("read", help="poll one device once and print its readings")
-    rd.add_argument("--config", "-c", required=True)
-    rd.add_argument("device")
-    rd.add_argument("--json", action="store_true")
+    rd = sub.add_parser(
+        "read",
+        help="poll one device once and print its readings",
+        epilog="examples:\nedgegw read -c /etc/edgegw/gateway.yaml bcpme-1\n"
+        "edgegw read -c /etc/edgegw/gateway.yaml ups-1 --discover --write-profile ups.yaml",
+    )
+    rd.add_argument("--config", "-c", required=True, help="the gateway config, e.g. /etc/edgegw/gateway.yaml")
+    rd.add_argument("device", help="the device id in the config")
+    rd.add_argument("--json", action="store_true", help="print the readings as JSON")
     rd.add_argument("--discover", "--objects", action="store_true", help="list what the device has (object list, walk)")
     rd.add_argument("--write-profile", metavar="FILE", help="write the discovered points out as a profile")
-    rd.add_argument("--verbose", "-v", action="store_true")
+    rd.add_argument("--verbose", "-v", action="store_true", help="debug logging (what the driver does)")
 
     w = sub.add_parser(
         "write",
@@ -365,9 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         "audited. Exit 0 ok, 1 failed or timed out, 2 rejected.",
         epilog="example: edgegw write -c /etc/edgegw/gateway.yaml sed102-1 relay.output false",
     )
-    w.add_argument("--config", "-c", required=True)
-    w.add_argument("device")
-    w.add_argument("point")
+    w.add_argument("--config", "-c", required=True, help="the gateway config, e.g. /etc/edgegw/gateway.yaml")
+    w.add_argument("device", help="the device id in the config")
+    w.add_argument("point", help="a point marked writable")
     w.add_argument("value", help="JSON (12.5, true, null to relinquish) or text")
     w.add_argument("--priority", type=int, choices=range(1, 17), metavar="1-16", help="BACnet write priority")
 
@@ -377,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a named action the device's profile or config defines. Exit 0 ok, 1 failed, 2 rejected.",
         epilog="example: edgegw action -c /etc/edgegw/gateway.yaml sed102-1 set_clock",
     )
-    ac.add_argument("--config", "-c", required=True)
-    ac.add_argument("device")
-    ac.add_argument("action")
+    ac.add_argument("--config", "-c", required=True, help="the gateway config, e.g. /etc/edgegw/gateway.yaml")
+    ac.add_argument("device", help="the device id in the config")
+    ac.add_argument("action", help="an action the device's profile or config defines")
     ac.add_argument("args", nargs="*", metavar="name=value", help="the action's arguments")
     ac.add_argument("--priority", type=int, choices=range(1, 17), metavar="1-16", help=argparse.SUPPRESS)
 
@@ -387,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="serve a profile as a device twin (options after the profile go to the twin)",
         description="Serve a profile as a device twin. `edgegw simulate PROFILE --help` lists the twin's options.",
+        epilog="example: edgegw simulate schneider-bcpme --port 5020 --fault slow",
     )
     s.add_argument("profile", help="a shipped profile name (edgegw profiles) or a profile file")
     s.add_argument("--driver", choices=sorted(DRIVERS), help="the profile's driver, when it does not say")
@@ -395,14 +419,23 @@ def build_parser() -> argparse.ArgumentParser:
         "scan",
         help="look for devices: scan modbus|bacnet|snmp [options]",
         description="Look for devices. `edgegw scan KIND --help` lists that scanner's options.",
+        epilog="examples:\nedgegw scan modbus --host 192.0.2.7 --units 1-32\nedgegw scan snmp --help",
     )
     sc.add_argument("kind", help=", ".join(k for k, spec in DRIVERS.items() if spec.scanner))
 
-    pr = sub.add_parser("profiles", help="list the shipped device profiles")
-    pr.add_argument("--driver", choices=sorted(DRIVERS))
+    pr = sub.add_parser(
+        "profiles", help="list the shipped device profiles", epilog="example: edgegw profiles --driver snmp"
+    )
+    pr.add_argument("--driver", choices=sorted(DRIVERS), help="only this driver's profiles")
 
-    d = sub.add_parser("demo", help="twins + a local broker + the gateway, readings on the terminal")
+    d = sub.add_parser(
+        "demo",
+        help="twins + a local broker + the gateway, readings on the terminal",
+        epilog="example: edgegw demo --duration 0",
+    )
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
+    for parser in sub.choices.values():
+        parser.formatter_class = HelpFormatter
     return p
 
 
