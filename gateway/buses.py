@@ -97,8 +97,14 @@ class TcpPaths(tuple[TcpSettings, ...]):
                     raise ValidationError.from_exception_data("tcp", [detail])
             return cls(items)
 
+        # What the validator accepts, for the JSON Schema (gateway/schema.py); duplicates it cannot say.
+        endpoint = handler.generate_schema(cls.endpoint_model)
+        accepted = core_schema.union_schema(
+            [endpoint, core_schema.list_schema(endpoint, min_length=1, max_length=MAX_PATHS)]
+        )
         return core_schema.no_info_plain_validator_function(
             validate,
+            json_schema_input_schema=accepted,
             serialization=core_schema.plain_serializer_function_ser_schema(
                 lambda v: [e.model_dump() for e in v] if len(v) > 1 else v[0].model_dump()
             ),

@@ -1,4 +1,4 @@
-"""edgegw run | check | read | write | action | scan | simulate | demo | profiles."""
+"""edgegw run | check | read | write | action | scan | simulate | demo | profiles | schema."""
 
 from __future__ import annotations
 
@@ -325,6 +325,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """`schema`: the config's JSON Schema (draft-07) on stdout, for editors."""
+    from gateway.schema import config_schema, dumps
+
+    sys.stdout.write(dumps(config_schema()))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgegw", description="Multi-protocol data-acquisition gateway to MQTT.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -403,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="twins + a local broker + the gateway, readings on the terminal")
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
+
+    sub.add_parser(
+        "schema",
+        help="print the config's JSON Schema (for editors; docs/configuration.md, Editor support)",
+        epilog="example: edgegw schema > edgegw.schema.json",
+    )
     return p
 
 
@@ -461,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_profiles(known)
         if known.command == "demo":
             return cmd_demo(known)
+        if known.command == "schema":
+            return cmd_schema(known)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from gateway.buses import BusConfig, path_conflicts
 from gateway.calc import CalcError, Compiled, compile_expr, evaluation_order
 from gateway.models import (
     CONFIG_DIR,
+    PORT_PATTERN,
     PORT_RANGE,
     ActionConfig,
     ByteSize,
@@ -121,6 +131,13 @@ def _broker_url(v: str) -> str:
 
 BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
 
+# What `_broker_url` takes, for the JSON Schema: scheme (any case), optional user, host or [IPv6], port.
+_URL_PATTERN = (
+    r"^([Mm][Qq][Tt][Tt][Ss]?|[Tt][Cc][Pp]|[Ss][Ss][Ll])://([^/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[^\s/?#:@\[\]]+)"
+    rf"(:{PORT_PATTERN})?([/?#].*)?$"
+)
+_URL_SCHEMA: dict[str, Any] = {"type": "string", "pattern": _URL_PATTERN, "examples": ["mqtt://127.0.0.1:1883"]}
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerEndpoint:
@@ -138,18 +155,21 @@ class BrokerEndpoint:
 
 
 class MqttConfig(Strict):
-    url: list[BrokerUrl] = Field(
+    url: Annotated[
+        list[BrokerUrl],
+        WithJsonSchema({"anyOf": [_URL_SCHEMA, {"type": "array", "items": _URL_SCHEMA, "minItems": 1}]}),
+    ] = Field(
         default_factory=lambda: ["mqtt://127.0.0.1:1883"],
         description="one broker URL, or a list: nodes of one cluster, or a primary and its standby",
     )
     client_id: str | None = None  # default: edgegw-<site>
-    username: str | None = None
+    username: str | None = Field(default=None, description="the broker user name")
     password_file: Path | None = None
     password_env: str | None = None
     tls: TlsConfig | None = None
     topic_prefix: str = "edgegw"
     qos: Literal[0, 1, 2] = 1
-    keepalive: Duration = 30.0
+    keepalive: Duration = Field(default=30.0, description="MQTT keep-alive; with `ha` at most what a takeover allows")
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = 200
     queue_size: Annotated[int, Field(ge=10)] = 10000
     memory_backlog: Annotated[int, Field(ge=0)] = Field(
@@ -272,7 +292,9 @@ class LogConfig(Strict):
 
 class HealthConfig(Strict):
     listen: str | None = Field(
-        default=None, description="host:port of the /healthz and /metrics endpoint; off when unset"
+        default=None,
+        description="host:port of the /healthz and /metrics endpoint; off when unset",
+        json_schema_extra={"pattern": rf"^.+:{PORT_PATTERN}$"},
     )
     watchdog_stall: Duration = Field(default=60.0, description="no progress for this long stops the watchdog pings")
 
@@ -391,7 +413,8 @@ class GatewayConfig(Strict):
     site: Identifier
     mqtt: MqttConfig = MqttConfig()
     buffer: BufferConfig = BufferConfig()
-    state_dir: Path | None = Field(
+    # Null is refused (see _memory): the schema says a folder or `memory`, nothing else.
+    state_dir: Annotated[Path | None, WithJsonSchema({"type": "string", "minLength": 1})] = Field(
         default=None,
         description="where seq counters and driver cursors live; `memory`: nowhere (None); unset: default_state_dir()",
     )

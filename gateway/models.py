@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,11 +17,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from gateway.points import PHASES, QUANTITIES, UNITS, Kind, PointDef
 
@@ -74,8 +77,75 @@ def parse_size(value: Any) -> int:
     return size
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+#: A port in text, for the JSON Schema: 1-65535, leading zeros and blanks as `port_number` takes them.
+PORT_PATTERN = r"0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+
+
+@dataclass(frozen=True, slots=True)
+class OrText:
+    """JSON Schema of a number the config may also write as text (`5min`, `512MiB`, `"502"`).
+
+    The number keeps its own schema (with a field's `ge`/`le`); the text is what the validator's
+    regular expression takes. Only the editor schema (gateway/schema.py) sees this.
+    """
+
+    pattern: str
+    number: tuple[tuple[str, Any], ...] = ()
+    examples: tuple[str, ...] = ()
+
+    def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        number = {**handler(core), **dict(self.number)}
+        text: dict[str, Any] = {"type": "string", "pattern": self.pattern}
+        if self.examples:
+            text["examples"] = list(self.examples)
+        return {"anyOf": [number, text]}
+
+
+def any_case(words: Iterable[str], *, dash: bool = False) -> str:
+    """A regular expression (ECMA-262 too: no inline flags) matching any of `words` in any case.
+
+    `dash`: a `-` may also be written `_` or left out (the validators that take protocol names).
+    """
+
+    def one(word: str) -> str:
+        out = ""
+        for ch in word:
+            if ch.isalpha():
+                out += f"[{ch.upper()}{ch.lower()}]"
+            elif ch == "-" and dash:
+                out += "[-_]?"
+            else:
+                out += re.escape(ch)
+        return out
+
+    return rf"^\s*({'|'.join(one(w) for w in sorted(set(words), key=lambda w: (-len(w), w)))})\s*$"
+
+
+@dataclass(frozen=True, slots=True)
+class OrAlias:
+    """JSON Schema of a choice whose validator also takes other spellings (any case, aliases).
+
+    Editors complete the canonical values; the text form accepts what the validator normalises.
+    """
+
+    pattern: str
+    also: tuple[Any, ...] = ()
+
+    def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        choices: list[Any] = [handler(core), {"type": "string", "pattern": self.pattern}]
+        if self.also:
+            choices.append({"enum": list(self.also)})
+        return {"anyOf": choices}
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    OrText(_DURATION.pattern, (("minimum", 0),), ("500ms", "10s", "5min", "1h")),
+]
+ByteSize = Annotated[
+    int, BeforeValidator(parse_size), OrText(_SIZE.pattern, (("minimum", 0),), ("64KiB", "512MiB", "2GB"))
+]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
 
 PORT_RANGE = "a port is 1-65535"
@@ -105,7 +175,9 @@ def port_number(value: Any, *, listen: bool = False) -> int:
 
 
 #: Every port field of every config model; `host:port` strings go through :func:`port_number`.
-Port = Annotated[int, BeforeValidator(port_number)]
+Port = Annotated[
+    int, BeforeValidator(port_number), OrText(rf"^\s*{PORT_PATTERN}\s*$", (("minimum", 1), ("maximum", 65535)))
+]
 
 
 # Relative file names in a config are relative to the config file's folder, not to the
@@ -203,12 +275,13 @@ class PointConfig(Strict):
     """
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", max_length=200)]
-    quantity: str
-    unit: str = ""
-    phase: str = "none"
+    # The vocabularies are checked by the validators below; the enums are for the editor schema.
+    quantity: str = Field(json_schema_extra={"enum": sorted(QUANTITIES)})
+    unit: str = Field(default="", json_schema_extra={"enum": sorted(UNITS)})
+    phase: str = Field(default="none", json_schema_extra={"enum": sorted(PHASES)})
     circuit: str | None = None
     kind: Kind = Kind.GAUGE
-    description: str = ""
+    description: str = Field(default="", description="free text about the point")
     # normalisation: engineering = raw * scale * 10**exponent + offset
     scale: float = 1.0
     offset: float = 0.0

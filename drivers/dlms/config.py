@@ -360,6 +360,17 @@ def physical_from_serial(serial_number: int) -> int:
     return serial_number % 10000 + 1000
 
 
+def _legacy_clock_sync_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema (gateway/schema.py) takes the old form too: `clock_sync: true` + a threshold."""
+    props = schema["properties"]
+    props["clock_sync"]["anyOf"].append({"type": "boolean"})
+    props["clock_sync_threshold"] = {
+        **{k: v for k, v in props["backfill"].items() if k != "default"},
+        "description": "the old form's largest drift, with `clock_sync: true` (use `clock_sync: {max_drift}`)",
+        "deprecated": True,
+    }
+
+
 class DlmsDevice(DeviceConfig):
     """A DLMS/COSEM meter on HDLC (RS-485 bus, optical probe, TCP) or the TCP wrapper."""
 
@@ -415,6 +426,8 @@ class DlmsDevice(DeviceConfig):
     clock_sync: ClockSync | None = Field(
         default=None, description="keep the meter's clock: {max_drift: 5s, interval: 1d}; off by default"
     )
+
+    model_config = ConfigDict(json_schema_extra=lambda schema, _: _legacy_clock_sync_schema(schema))
 
     _password: SecretStr | None = PrivateAttr(default=None)
     _keys: DlmsKeys | None = PrivateAttr(default=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
@@ -17,9 +17,11 @@ from drivers.snmp import codec
 from gateway.models import (
     ActionConfig,
     DeviceConfig,
+    OrAlias,
     PointConfig,
     Port,
     Strict,
+    any_case,
     config_path,
     port_number,
     read_secret,
@@ -104,7 +106,7 @@ def type_alias(value: Any) -> Any:
 
 #: An OID field (numeric, normalised) and an SNMP type field (aliases accepted), for every model.
 OidText = Annotated[str, BeforeValidator(normalize_oid)]
-SnmpTypeName = Annotated[SnmpType, BeforeValidator(type_alias)]
+SnmpTypeName = Annotated[SnmpType, BeforeValidator(type_alias), OrAlias(any_case([*get_args(SnmpType), *TYPE_ALIASES]))]
 
 
 def is_symbolic(oid: str) -> bool:
@@ -291,10 +293,14 @@ def _secret_text(secret: SecretStr | None) -> str | None:
 class UsmKeys(Strict):
     """USM protocols and keys, shared by polled v3 devices and v3 trap users."""
 
-    auth_protocol: AuthProtocol | None = None
+    auth_protocol: (
+        Annotated[AuthProtocol, OrAlias(any_case([*get_args(AuthProtocol), *AUTH_ALIASES], dash=True))] | None
+    ) = None
     auth_key_file: Path | None = None
     auth_key_env: str | None = None
-    priv_protocol: PrivProtocol | None = None
+    priv_protocol: (
+        Annotated[PrivProtocol, OrAlias(any_case([*get_args(PrivProtocol), *PRIV_ALIASES], dash=True))] | None
+    ) = None
     priv_key_file: Path | None = None
     priv_key_env: str | None = None
 
@@ -334,7 +340,7 @@ class SnmpDevice(DeviceConfig, UsmKeys):
     driver: Literal["snmp"]
     host: Annotated[str, Field(min_length=1, max_length=253)]
     port: Port = 161
-    version: Version = "2c"
+    version: Annotated[Version, OrAlias(r"^\s*[vV]?(1|2[cC]?|3)\s*$", (1, 2, 3))] = "2c"
     community_file: Path | None = None
     community_env: str | None = None
     user: Annotated[str, Field(min_length=1, max_length=32)] | None = None
