@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    JsonValue,
     PrivateAttr,
     SecretStr,
     field_validator,
@@ -276,9 +277,9 @@ class PointConfig(Strict):
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", max_length=200)]
     # The vocabularies are checked by the validators below; the enums are for the editor schema.
-    quantity: str = Field(json_schema_extra={"enum": sorted(QUANTITIES)})
-    unit: str = Field(default="", json_schema_extra={"enum": sorted(UNITS)})
-    phase: str = Field(default="none", json_schema_extra={"enum": sorted(PHASES)})
+    quantity: str = Field(json_schema_extra={"enum": list[JsonValue](sorted(QUANTITIES))})
+    unit: str = Field(default="", json_schema_extra={"enum": list[JsonValue](sorted(UNITS))})
+    phase: str = Field(default="none", json_schema_extra={"enum": list[JsonValue](sorted(PHASES))})
     circuit: str | None = None
     kind: Kind = Kind.GAUGE
     description: str = Field(default="", description="free text about the point")

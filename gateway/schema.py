@@ -31,9 +31,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
+from gateway.buses import BusConfig
 from gateway.config import (
     BufferConfig,
-    BusConfig,
     CommandsConfig,
     HaConfig,
     HealthConfig,

@@ -30,7 +30,7 @@ VALIDATOR = jsonschema.Draft7Validator(SCHEMA)
 
 
 def schema_ok(data: Any) -> bool:
-    return VALIDATOR.is_valid(data)
+    return bool(VALIDATOR.is_valid(data))
 
 
 def check_ok(data: Any, tmp: Path) -> bool:
