@@ -327,9 +327,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """`schema`: the config's JSON Schema (draft-07) on stdout, for editors."""
-    from gateway.schema import config_schema, dumps
+    from gateway.schema import config_schema, dumps, profile_schema
 
-    sys.stdout.write(dumps(config_schema()))
+    sys.stdout.write(dumps(profile_schema() if args.profile else config_schema()))
     return EXIT_OK
 
 
@@ -412,11 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="twins + a local broker + the gateway, readings on the terminal")
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
 
-    sub.add_parser(
+    sch = sub.add_parser(
         "schema",
         help="print the config's JSON Schema (for editors; docs/configuration.md, Editor support)",
         epilog="example: edgegw schema > edgegw.schema.json",
     )
+    sch.add_argument("--profile", action="store_true", help="the schema of device profile files instead")
     return p
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     JsonValue,
     PrivateAttr,
     SecretStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -263,6 +264,11 @@ def read_secret(file: Path | None, env: str | None, what: str) -> SecretStr | No
     return None
 
 
+# `invalid:` as `_sentinels` takes it: one value or a list, `nan` in any case for NaN.
+_SENTINEL: dict[str, JsonValue] = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": "^[Nn][Aa][Nn]$"}]}
+_SENTINELS: dict[str, JsonValue] = {"anyOf": [_SENTINEL, {"type": "array", "items": _SENTINEL}]}
+
+
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
 
@@ -289,7 +295,9 @@ class PointConfig(Strict):
     exponent_point: str | None = Field(
         default=None, description="id of a point of the same device whose value is a power-of-ten exponent"
     )
-    invalid: list[float] = Field(default_factory=list, description="raw values that mean 'no data'")
+    invalid: Annotated[list[float], WithJsonSchema(_SENTINELS)] = Field(
+        default_factory=list, description="raw values that mean 'no data'"
+    )
     rate: Literal["per_second", "per_minute", "per_hour"] | None = Field(
         default=None, description="publish a counter as its rate (wraps and resets handled by the core)"
     )

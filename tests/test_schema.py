@@ -20,17 +20,30 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, parse_config
-from gateway.schema import SHIPPED, config_schema, doc_tables, dumps
+from gateway.config import ConfigError, check_profile, parse_config
+from gateway.schema import SHIPPED, SHIPPED_PROFILE, config_schema, doc_tables, dumps, profile_schema
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted(REPO.glob("drivers/*/sample.yaml")) + sorted(REPO.glob("config/*.yaml"))
+PROFILES = sorted(REPO.glob("drivers/*/profiles/*.yaml"))
 SCHEMA = config_schema()
 VALIDATOR = jsonschema.Draft7Validator(SCHEMA)
+PROFILE_SCHEMA = profile_schema()
+PROFILE_VALIDATOR = jsonschema.Draft7Validator(PROFILE_SCHEMA)
+MODBUS = {"id": "m1", "driver": "modbus", "tcp": {"host": "127.0.0.1", "port": 502}}
+POINT = {"id": "p.v", "address": 0, "quantity": "voltage", "unit": "V"}
 
 
 def schema_ok(data: Any) -> bool:
     return bool(VALIDATOR.is_valid(data))
+
+
+def _modeline(path: Path) -> Path:
+    """The schema the file's first line names (yaml-language-server's modeline)."""
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    m = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
+    assert m, f"{path}: first line is not the yaml-language-server modeline"
+    return (path.parent / m.group(1)).resolve()
 
 
 def check_ok(data: Any, tmp: Path) -> bool:
@@ -47,27 +60,85 @@ def test_the_shipped_schema_is_the_generated_one() -> None:
     )
 
 
-def test_the_schema_is_draft_07() -> None:
-    jsonschema.Draft7Validator.check_schema(SCHEMA)
-    assert SCHEMA["$schema"] == "http://json-schema.org/draft-07/schema#"
+def test_the_shipped_profile_schema_is_the_generated_one() -> None:
+    assert SHIPPED_PROFILE.read_text(encoding="utf-8") == dumps(PROFILE_SCHEMA), (
+        "config/edgegw-profile.schema.json is stale: run `edgegw schema --profile > config/edgegw-profile.schema.json`"
+    )
+
+
+def test_the_schemas_are_draft_07() -> None:
+    for schema in (SCHEMA, PROFILE_SCHEMA):
+        jsonschema.Draft7Validator.check_schema(schema)
+        assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
 
 
 def test_edgegw_schema_prints_it() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "schema"], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert json.loads(out.stdout) == SCHEMA
+    for args, schema in (([], SCHEMA), (["--profile"], PROFILE_SCHEMA)):
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "schema", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert json.loads(out.stdout) == schema
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_sample_validates_and_names_the_schema(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    first = text.splitlines()[0]
-    m = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
-    assert m, f"{path}: first line is not the yaml-language-server modeline"
-    assert (path.parent / m.group(1)).resolve() == SHIPPED
+    assert _modeline(path) == SHIPPED
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in VALIDATOR.iter_errors(yaml.safe_load(text))]
     assert errors == []
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_profile_validates_and_names_the_profile_schema(path: Path) -> None:
+    assert _modeline(path) == SHIPPED_PROFILE
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert [f"{list(e.absolute_path)}: {e.message}" for e in PROFILE_VALIDATOR.iter_errors(data)] == []
+
+
+PROFILE = {"profile": "t", "driver": "modbus", "points": [POINT]}
+BAD_PROFILES: dict[str, dict[str, Any]] = {
+    "unknown top key": {**PROFILE, "point": []},
+    "unknown driver": {**PROFILE, "driver": "zigbee"},
+    "unknown point key": {**PROFILE, "points": [{**POINT, "adress": 3}]},
+    "identity without product code": {**PROFILE, "identity": {"vendor_name": "V"}},
+    "repeat block without points": {**PROFILE, "points": [{"repeat": {"n": 2}}]},
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_PROFILES))
+def test_bad_profiles_fail_the_schema_and_check(name: str, tmp_path: Path) -> None:
+    data = BAD_PROFILES[name]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    _, _, issues = check_profile(path)
+    assert issues, f"{name}: check --profile accepts it"
+    assert not PROFILE_VALIDATOR.is_valid(data), f"{name}: the profile schema accepts it"
+
+
+def test_a_bad_device_default_fails_the_schema_and_the_config_that_uses_it(tmp_path: Path) -> None:
+    # `check --profile` leaves the device defaults to the device: a config using the profile fails.
+    data = {**PROFILE, "device": {"word_order": "middle"}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert not check_ok(device(profile="p.yaml", points=[]), tmp_path)
+    assert not PROFILE_VALIDATOR.is_valid(data)
+
+
+def test_a_good_profile_passes_both(tmp_path: Path) -> None:
+    data = {
+        **PROFILE,
+        "vars": {"n": 2},
+        "device": {"word_order": "little", "max_gap": 4},
+        "identity": {"vendor_name": "V", "product_code": "P1", "match": ["P1*"]},
+        "points": [POINT, {"repeat": {"i": [1, "n"]}, "points": [{**POINT, "id": "c{i}", "address": "{10 + i}"}]}],
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert check_profile(path)[2] == []
+    assert [e.message for e in PROFILE_VALIDATOR.iter_errors(data)] == []
 
 
 def test_descriptions_come_from_the_docs() -> None:
@@ -86,9 +157,6 @@ def test_descriptions_come_from_the_docs() -> None:
 
 
 # --- configs both accept ----------------------------------------------------------------------
-
-MODBUS = {"id": "m1", "driver": "modbus", "tcp": {"host": "127.0.0.1", "port": 502}}
-POINT = {"id": "p.v", "address": 0, "quantity": "voltage", "unit": "V"}
 
 
 def config(**over: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from drivers.snmp import codec
 from gateway.models import (
@@ -175,6 +175,9 @@ class SnmpTable(Strict):
     Every key other than `table`, `column` and `entry` is the point template; its strings may use
     `{index}` (the row index: an int, or dotted text for multi-part indexes) and `{idx[0]}`...
     """
+
+    # The JSON Schema (gateway/schema.py) takes the flat form too: the template's keys beside `table`.
+    model_config = ConfigDict(json_schema_extra={"required": ["table", "column"], "additionalProperties": True})
 
     table: str
     column: Annotated[int, Field(ge=0)]
