@@ -25,12 +25,13 @@ T = TypeVar("T")
 
 
 class SerialSettings(Strict):
-    port: str
-    baudrate: int = 9600
-    bytesize: Literal[7, 8] = 8
-    parity: Literal["N", "E", "O"] = "N"
+    port: str = Field(description="the serial device, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, description="line speed, bit/s")
+    bytesize: Literal[7, 8] = Field(default=8, description="data bits")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="none, even or odd")
     stopbits: Literal[1, 2] = 1
-    framing: Literal["rtu", "ascii"] = "rtu"  # Modbus: ASCII lines default to 7 data bits, even parity
+    # Modbus: ASCII lines default to 7 data bits, even parity
+    framing: Literal["rtu", "ascii"] = Field(default="rtu", description="Modbus framing on the line")
 
     @model_validator(mode="before")
     @classmethod

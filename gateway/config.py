@@ -96,9 +96,11 @@ Environment = Literal["require", "warn"]
 class TlsConfig(Strict):
     """TLS to the broker; the server certificate is always verified."""
 
-    ca_file: Path | None = None  # None: the system trust store
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate(s) of the broker; default: the system trust store"
+    )
+    cert_file: Path | None = Field(default=None, description="client certificate, with key_file")
+    key_file: Path | None = Field(default=None, description="client key, with cert_file")
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
@@ -337,7 +339,7 @@ def default_state_dir(site: str, environ: Mapping[str, str] | None = None) -> Pa
 class CommandsConfig(Strict):
     """Writes and actions from MQTT and the CLI (docs/commands.md): off unless enabled here."""
 
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="accept writes and actions at all")
     max_age: Duration = Field(default=30.0, description="a request older than this is never executed")
     devices: list[Identifier] | None = Field(default=None, description="only these devices take commands")
     timeout: Duration = Field(default=10.0, description="a command not done by then is answered `timeout`")

@@ -286,7 +286,7 @@ class PointConfig(Strict):
     quantity: str = Field(json_schema_extra={"enum": list[JsonValue](sorted(QUANTITIES))})
     unit: str = Field(default="", json_schema_extra={"enum": list[JsonValue](sorted(UNITS))})
     phase: str = Field(default="none", json_schema_extra={"enum": list[JsonValue](sorted(PHASES))})
-    circuit: str | None = None
+    circuit: Annotated[str | None, WithJsonSchema({"type": ["string", "integer", "null"]})] = None  # 12 -> "12"
     kind: Kind = Kind.GAUGE
     description: str = Field(default="", description="free text about the point")
     # normalisation: engineering = raw * scale * 10**exponent + offset
@@ -298,16 +298,18 @@ class PointConfig(Strict):
     invalid: Annotated[list[float], WithJsonSchema(_SENTINELS)] = Field(
         default_factory=list, description="raw values that mean 'no data'"
     )
-    rate: Literal["per_second", "per_minute", "per_hour"] | None = Field(
-        default=None, description="publish a counter as its rate (wraps and resets handled by the core)"
-    )
+    rate: Annotated[
+        Literal["per_second", "per_minute", "per_hour"] | None,
+        # `rate: true` (per second) and `false` (none) too, as _rate_word takes them.
+        WithJsonSchema({"enum": ["per_second", "per_minute", "per_hour", True, False, None]}),
+    ] = Field(default=None, description="publish a counter as its rate (wraps and resets handled by the core)")
     counter_bits: Literal[16, 32, 64] | None = Field(
         default=None, description="width of a `rate` counter, where the point's type does not tell it"
     )
     publish: bool = True
     # Commands (docs/commands.md): nothing is writable unless the profile or config says so, and
     # a write is checked against these limits, in engineering units, before the device sees it.
-    writable: bool = False
+    writable: bool = Field(default=False, description="commands may write this point (docs/commands.md)")
     min: float | None = Field(default=None, description="lowest value a command may write")
     max: float | None = Field(default=None, description="highest value a command may write")
     enum: list[int | float | str | bool] | None = Field(default=None, description="the only values a command may write")
@@ -471,7 +473,9 @@ class DeviceConfig(Strict):
     actions: dict[Identifier, dict[str, Any]] = Field(
         default_factory=dict, description="named actions (the driver's action model); override the profile's by name"
     )
-    commands: DeviceCommands = Field(default_factory=DeviceCommands)
+    commands: DeviceCommands = Field(
+        default_factory=DeviceCommands, description="this device's command limits (docs/commands.md)"
+    )
 
     _resolved: tuple[PointConfig, ...] = PrivateAttr(default=())
     _calculated: tuple[PointConfig, ...] = PrivateAttr(default=())

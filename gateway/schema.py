@@ -30,16 +30,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
-from gateway.buses import BusConfig
-from gateway.config import (
-    BufferConfig,
-    CommandsConfig,
-    HaConfig,
-    HealthConfig,
-    MqttConfig,
-    _gateway_model,
-)
-from gateway.models import DeviceCommands, PointConfig
+from gateway.config import _gateway_model
+from gateway.models import PointConfig
 from gateway.profiles import IDENTITY_OBJECTS, IDENTITY_REQUIRED, MAX_IDENTITY_TEXT
 from gateway.registry import DRIVERS
 
@@ -71,8 +63,8 @@ RANGE: dict[str, Any] = {
     ]
 }
 
-# Which documentation table describes which model: (file, heading, role). A role is a model of
-# gateway/config.py, or `device`, `point`, `section` of one kind (`*`: every kind).
+# Which documentation table describes which model: (file, heading, role). A role is a model's class
+# name, `root`, `profile`, or `device`, `point`, `section` of one kind (`*`: every kind).
 DOC_TABLES: tuple[tuple[str, str, str], ...] = (
     ("docs/configuration.md", "Top level", "root"),
     ("docs/configuration.md", "mqtt", "MqttConfig"),
@@ -84,19 +76,18 @@ DOC_TABLES: tuple[tuple[str, str, str], ...] = (
     ("docs/configuration.md", "points (every driver)", "point:*"),
     ("drivers/modbus/README.md", "Device keys", "device:modbus"),
     ("drivers/modbus/README.md", "Point keys", "point:modbus"),
+    ("drivers/modbus/README.md", "Actions", "ModbusWrite"),
     ("docs/dlms.md", "Addressing", "device:dlms"),
     ("docs/dlms.md", "Other device keys", "device:dlms"),
     ("docs/dlms.md", "Points", "point:dlms"),
     ("docs/bacnet.md", "One BACnet/IP port", "section:bacnet"),
     ("docs/bacnet.md", "Devices", "device:bacnet"),
     ("docs/bacnet.md", "Points", "point:bacnet"),
+    ("docs/bacnet.md", "Actions", "BacnetWriteStep"),
     ("docs/snmp.md", "Device configuration", "device:snmp"),
     ("docs/snmp.md", "Points", "point:snmp"),
     ("docs/profiles.md", "The format", "profile"),
 )
-_NAMED: dict[str, type[BaseModel]] = {
-    m.__name__: m for m in (MqttConfig, HaConfig, BufferConfig, BusConfig, HealthConfig, CommandsConfig)
-}
 
 
 class _Generator(GenerateJsonSchema):
@@ -193,10 +184,9 @@ def config_schema(docs: Path | None = DOCS_ROOT) -> dict[str, Any]:
     tables = doc_tables(docs) if docs is not None else {}
     root = defs.pop(name(file_model))
     _describe(root, _role_table(tables, "root"))
-    for cls_name, model in _NAMED.items():
-        _describe(defs.get(name(model), {}), _role_table(tables, cls_name))
-    _describe(defs.get("FailoverSettings", {}), _role_table(tables, "FailoverSettings"))
-    _describe(defs.get(name(DeviceCommands), {}), {})
+    for role in dict.fromkeys(r for _, _, r in DOC_TABLES):
+        if role in defs:  # a role that names a model (its class name) rather than a kind's part
+            _describe(defs[role], _role_table(tables, role))
 
     defs["Expression"] = EXPRESSION
     defs["RepeatRanges"] = {

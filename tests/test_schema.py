@@ -185,6 +185,12 @@ VALID: dict[str, dict[str, Any]] = {
         points=[{"repeat": {"n": [1, 3]}, "points": [{"id": "ch{n}.i", "address": "{100 + n}", "quantity": "current"}]}]
     ),
     "calc point": device(points=[POINT, {"id": "p.x", "quantity": "voltage", "calc": "p_v * 2".replace("p_v", "1")}]),
+    "forms the point validators normalise": device(
+        points=[
+            {**POINT, "circuit": 12, "invalid": "NaN"},
+            {"id": "e", "address": 2, "type": "uint32", "quantity": "active_power", "unit": "W", "rate": True},
+        ]
+    ),
     "bus": config(
         buses=[{"id": "rs485-1", "serial": {"port": "/dev/ttyUSB0", "framing": "ascii"}}],
         devices=[{"id": "m1", "driver": "modbus", "bus": "rs485-1", "unit": 3, "points": [POINT]}],

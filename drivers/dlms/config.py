@@ -383,7 +383,7 @@ class DlmsDevice(DeviceConfig):
     )
     tcp: DlmsTcpPaths | None = Field(default=None, description="`{host, port}`, or a list of them, preferred first")
     failover: FailoverSettings | None = Field(default=None, description="with several `tcp` endpoints")
-    optical: OpticalSettings | None = None
+    optical: OpticalSettings | None = Field(default=None, description="an IEC 62056-21 optical probe")
     # addressing (IEC 62056-46 / -47)
     client_address: Annotated[int, Field(ge=1, le=127)] | None = Field(
         default=None, description="client SAP; default 16 (public) without authentication, 1 (management) with"
@@ -393,11 +393,11 @@ class DlmsDevice(DeviceConfig):
     serial_number: Annotated[int, Field(ge=0)] | None = None
     address_size: Literal[1, 2, 4] | None = Field(default=None, description="HDLC server address bytes; default auto")
     # security
-    auth: Auth = "none"
-    password_file: Path | None = None
-    password_env: str | None = None
-    keys_file: Path | None = None
-    security: Security = "authenticated_encrypted"
+    auth: Auth = Field(default="none", description="authentication: none, low (password), high_gmac (keys)")
+    password_file: Path | None = Field(default=None, description="the LLS password (auth: low), in a file")
+    password_env: str | None = Field(default=None, description="the LLS password (auth: low), in a variable")
+    keys_file: Path | None = Field(default=None, description="the HLS keys (auth: high_gmac), in a file")
+    security: Security = Field(default="authenticated_encrypted", description="with high_gmac: what is protected")
     # link and APDU sizes
     max_info: Annotated[int, Field(ge=32, le=2030)] = Field(
         default=128, description="HDLC information field length proposed in SNRM (both directions)"

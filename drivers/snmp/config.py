@@ -11,7 +11,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from drivers.snmp import codec
 from gateway.models import (
@@ -533,7 +542,9 @@ class TrapUser(UsmKeys):
     """
 
     user: Annotated[str, Field(min_length=1, max_length=32)]
-    engine_ids: list[str] = Field(default_factory=list, description="hex snmpEngineIDs of v3 trap senders")
+    engine_ids: Annotated[list[str], WithJsonSchema({"type": "array", "items": {"type": ["string", "integer"]}})] = (
+        Field(default_factory=list, description="hex snmpEngineIDs of v3 trap senders")
+    )
 
     @field_validator("engine_ids", mode="before")
     @classmethod
@@ -603,7 +614,7 @@ def split_listen(value: str) -> tuple[str, int]:
 class SnmpSection(Strict):
     """The top-level `snmp:` section: the trap listener and MIB folders shared by all devices."""
 
-    traps: TrapSettings | None = None
+    traps: TrapSettings | None = Field(default=None, description="the trap/inform listener; off when unset")
     mib_dirs: list[Path] = Field(default_factory=list, description="MIB folders searched for every device")
     mib_modules: list[str] = Field(
         default_factory=list, description="MIB modules loaded at start, to name trap varbinds and scans"
