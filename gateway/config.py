@@ -138,7 +138,12 @@ _URL_PATTERN = (
     r"^([Mm][Qq][Tt][Tt][Ss]?|[Tt][Cc][Pp]|[Ss][Ss][Ll])://([^/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[^\s/?#:@\[\]]+)"
     rf"(:{PORT_PATTERN})?([/?#].*)?$"
 )
-_URL_SCHEMA: dict[str, Any] = {"type": "string", "pattern": _URL_PATTERN, "examples": ["mqtt://127.0.0.1:1883"]}
+_URL_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": _URL_PATTERN,
+    "patternErrorMessage": "mqtt://host[:port] or mqtts://host[:port] (port 1-65535)",
+    "examples": ["mqtt://127.0.0.1:1883"],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +301,7 @@ class HealthConfig(Strict):
     listen: str | None = Field(
         default=None,
         description="host:port of the /healthz and /metrics endpoint; off when unset",
-        json_schema_extra={"pattern": rf"^.+:{PORT_PATTERN}$"},
+        json_schema_extra={"pattern": rf"^.+:{PORT_PATTERN}$", "patternErrorMessage": "host:port, e.g. 127.0.0.1:9108"},
     )
     watchdog_stall: Duration = Field(default=60.0, description="no progress for this long stops the watchdog pings")
 

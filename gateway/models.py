@@ -94,13 +94,17 @@ class OrText:
     pattern: str
     number: tuple[tuple[str, Any], ...] = ()
     examples: tuple[str, ...] = ()
+    message: str = ""  # yaml-language-server's `patternErrorMessage`, instead of the bare regex
 
     def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         number = {**handler(core), **dict(self.number)}
         text: dict[str, Any] = {"type": "string", "pattern": self.pattern}
         if self.examples:
             text["examples"] = list(self.examples)
-        return {"anyOf": [number, text]}
+        if self.message:
+            text["patternErrorMessage"] = self.message
+        # Text first: on a tie an editor reports the first branch, and a bad text is the usual case.
+        return {"anyOf": [text, number]}
 
 
 def any_case(words: Iterable[str], *, dash: bool = False) -> str:
@@ -143,12 +147,28 @@ class OrAlias:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    OrText(_DURATION.pattern, (("minimum", 0),), ("500ms", "10s", "5min", "1h")),
+    OrText(
+        _DURATION.pattern,
+        (("minimum", 0),),
+        ("500ms", "10s", "5min", "1h"),
+        "a duration: 500ms, 5s, 15min, 1h, 2d, or a number of seconds",
+    ),
 ]
 ByteSize = Annotated[
-    int, BeforeValidator(parse_size), OrText(_SIZE.pattern, (("minimum", 0),), ("64KiB", "512MiB", "2GB"))
+    int,
+    BeforeValidator(parse_size),
+    OrText(
+        _SIZE.pattern, (("minimum", 0),), ("64KiB", "512MiB", "2GB"), "a size: 64KiB, 512MiB, 2GB, or a number of bytes"
+    ),
 ]
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
+Identifier = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        max_length=128,
+        json_schema_extra={"patternErrorMessage": "letters, digits and _ . - (a letter or digit first)"},
+    ),
+]
 
 PORT_RANGE = "a port is 1-65535"
 
@@ -178,7 +198,9 @@ def port_number(value: Any, *, listen: bool = False) -> int:
 
 #: Every port field of every config model; `host:port` strings go through :func:`port_number`.
 Port = Annotated[
-    int, BeforeValidator(port_number), OrText(rf"^\s*{PORT_PATTERN}\s*$", (("minimum", 1), ("maximum", 65535)))
+    int,
+    BeforeValidator(port_number),
+    OrText(rf"^\s*{PORT_PATTERN}\s*$", (("minimum", 1), ("maximum", 65535)), (), PORT_RANGE),
 ]
 
 
