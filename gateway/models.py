@@ -97,7 +97,7 @@ class OrText:
     message: str = ""  # yaml-language-server's `patternErrorMessage`, instead of the bare regex
 
     def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        number = {**handler(core), **dict(self.number)}
+        number = {**dict(self.number), **handler(core)}  # a field's own bound (ge=...) wins
         text: dict[str, Any] = {"type": "string", "pattern": self.pattern}
         if self.examples:
             text["examples"] = list(self.examples)
