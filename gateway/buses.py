@@ -25,12 +25,13 @@ T = TypeVar("T")
 
 
 class SerialSettings(Strict):
-    port: str
-    baudrate: int = 9600
-    bytesize: Literal[7, 8] = 8
-    parity: Literal["N", "E", "O"] = "N"
+    port: str = Field(description="the serial device, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, description="line speed, bit/s")
+    bytesize: Literal[7, 8] = Field(default=8, description="data bits")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="none, even or odd")
     stopbits: Literal[1, 2] = 1
-    framing: Literal["rtu", "ascii"] = "rtu"  # Modbus: ASCII lines default to 7 data bits, even parity
+    # Modbus: ASCII lines default to 7 data bits, even parity
+    framing: Literal["rtu", "ascii"] = Field(default="rtu", description="Modbus framing on the line")
 
     @model_validator(mode="before")
     @classmethod
@@ -97,8 +98,14 @@ class TcpPaths(tuple[TcpSettings, ...]):
                     raise ValidationError.from_exception_data("tcp", [detail])
             return cls(items)
 
+        # What the validator accepts, for the JSON Schema (gateway/schema.py); duplicates it cannot say.
+        endpoint = handler.generate_schema(cls.endpoint_model)
+        accepted = core_schema.union_schema(
+            [endpoint, core_schema.list_schema(endpoint, min_length=1, max_length=MAX_PATHS)]
+        )
         return core_schema.no_info_plain_validator_function(
             validate,
+            json_schema_input_schema=accepted,
             serialization=core_schema.plain_serializer_function_ser_schema(
                 lambda v: [e.model_dump() for e in v] if len(v) > 1 else v[0].model_dump()
             ),

@@ -1,4 +1,4 @@
-"""edgegw run | check | read | write | action | scan | simulate | demo | profiles."""
+"""edgegw run | check | read | write | action | scan | simulate | demo | profiles | schema."""
 
 from __future__ import annotations
 
@@ -335,6 +335,14 @@ class HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """`schema`: the config's JSON Schema (draft-07) on stdout, for editors."""
+    from gateway.schema import config_schema, dumps, profile_schema
+
+    sys.stdout.write(dumps(profile_schema() if args.profile else config_schema()))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgegw", description="Multi-protocol data-acquisition gateway to MQTT.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -434,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: edgegw demo --duration 0",
     )
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (0: until Ctrl-C)")
+
+    sch = sub.add_parser(
+        "schema",
+        help="print the config's JSON Schema (for editors; docs/configuration.md, Editor support)",
+        epilog="example: edgegw schema > edgegw.schema.json",
+    )
+    sch.add_argument("--profile", action="store_true", help="the schema of device profile files instead")
     for parser in sub.choices.values():
         parser.formatter_class = HelpFormatter
     return p
@@ -494,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_profiles(known)
         if known.command == "demo":
             return cmd_demo(known)
+        if known.command == "schema":
+            return cmd_schema(known)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from gateway.buses import BusConfig, path_conflicts
 from gateway.calc import CalcError, Compiled, compile_expr, evaluation_order
 from gateway.models import (
     CONFIG_DIR,
+    PORT_PATTERN,
     PORT_RANGE,
     ActionConfig,
     ByteSize,
@@ -86,9 +96,11 @@ Environment = Literal["require", "warn"]
 class TlsConfig(Strict):
     """TLS to the broker; the server certificate is always verified."""
 
-    ca_file: Path | None = None  # None: the system trust store
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate(s) of the broker; default: the system trust store"
+    )
+    cert_file: Path | None = Field(default=None, description="client certificate, with key_file")
+    key_file: Path | None = Field(default=None, description="client key, with cert_file")
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
@@ -120,6 +132,18 @@ def _broker_url(v: str) -> str:
 
 
 BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
+
+# What `_broker_url` takes, for the JSON Schema: scheme (any case), optional user, host or [IPv6], port.
+_URL_PATTERN = (
+    r"^([Mm][Qq][Tt][Tt][Ss]?|[Tt][Cc][Pp]|[Ss][Ss][Ll])://([^/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[^\s/?#:@\[\]]+)"
+    rf"(:{PORT_PATTERN})?([/?#].*)?$"
+)
+_URL_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": _URL_PATTERN,
+    "patternErrorMessage": "mqtt://host[:port] or mqtts://host[:port] (port 1-65535)",
+    "examples": ["mqtt://127.0.0.1:1883"],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,18 +187,21 @@ class SparkplugConfig(Strict):
 
 
 class MqttConfig(Strict):
-    url: list[BrokerUrl] = Field(
+    url: Annotated[
+        list[BrokerUrl],
+        WithJsonSchema({"anyOf": [_URL_SCHEMA, {"type": "array", "items": _URL_SCHEMA, "minItems": 1}]}),
+    ] = Field(
         default_factory=lambda: ["mqtt://127.0.0.1:1883"],
         description="one broker URL, or a list: nodes of one cluster, or a primary and its standby",
     )
     client_id: str | None = None  # default: edgegw-<site>
-    username: str | None = None
+    username: str | None = Field(default=None, description="the broker user name")
     password_file: Path | None = None
     password_env: str | None = None
     tls: TlsConfig | None = None
     topic_prefix: str = "edgegw"
     qos: Literal[0, 1, 2] = 1
-    keepalive: Duration = 30.0
+    keepalive: Duration = Field(default=30.0, description="MQTT keep-alive; with `ha` at most what a takeover allows")
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = 200
     queue_size: Annotated[int, Field(ge=10)] = 10000
     memory_backlog: Annotated[int, Field(ge=0)] = Field(
@@ -313,7 +340,9 @@ class LogConfig(Strict):
 
 class HealthConfig(Strict):
     listen: str | None = Field(
-        default=None, description="host:port of the /healthz and /metrics endpoint; off when unset"
+        default=None,
+        description="host:port of the /healthz and /metrics endpoint; off when unset",
+        json_schema_extra={"pattern": rf"^.+:{PORT_PATTERN}$", "patternErrorMessage": "host:port, e.g. 127.0.0.1:9108"},
     )
     watchdog_stall: Duration = Field(default=60.0, description="no progress for this long stops the watchdog pings")
 
@@ -356,7 +385,7 @@ def default_state_dir(site: str, environ: Mapping[str, str] | None = None) -> Pa
 class CommandsConfig(Strict):
     """Writes and actions from MQTT and the CLI (docs/commands.md): off unless enabled here."""
 
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="accept writes and actions at all")
     max_age: Duration = Field(default=30.0, description="a request older than this is never executed")
     devices: list[Identifier] | None = Field(default=None, description="only these devices take commands")
     timeout: Duration = Field(default=10.0, description="a command not done by then is answered `timeout`")
@@ -432,7 +461,8 @@ class GatewayConfig(Strict):
     site: Identifier
     mqtt: MqttConfig = MqttConfig()
     buffer: BufferConfig = BufferConfig()
-    state_dir: Path | None = Field(
+    # Null is refused (see _memory): the schema says a folder or `memory`, nothing else.
+    state_dir: Annotated[Path | None, WithJsonSchema({"type": "string", "minLength": 1})] = Field(
         default=None,
         description="where seq counters and driver cursors live; `memory`: nowhere (None); unset: default_state_dir()",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,11 +17,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    JsonValue,
     PrivateAttr,
     SecretStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from gateway.points import PHASES, QUANTITIES, UNITS, Kind, PointDef
 
@@ -74,9 +79,96 @@ def parse_size(value: Any) -> int:
     return size
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
+#: A port in text, for the JSON Schema: 1-65535, leading zeros and blanks as `port_number` takes them.
+PORT_PATTERN = r"0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+
+
+@dataclass(frozen=True, slots=True)
+class OrText:
+    """JSON Schema of a number the config may also write as text (`5min`, `512MiB`, `"502"`).
+
+    The number keeps its own schema (with a field's `ge`/`le`); the text is what the validator's
+    regular expression takes. Only the editor schema (gateway/schema.py) sees this.
+    """
+
+    pattern: str
+    number: tuple[tuple[str, Any], ...] = ()
+    examples: tuple[str, ...] = ()
+    message: str = ""  # yaml-language-server's `patternErrorMessage`, instead of the bare regex
+
+    def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        number = {**dict(self.number), **handler(core)}  # a field's own bound (ge=...) wins
+        text: dict[str, Any] = {"type": "string", "pattern": self.pattern}
+        if self.examples:
+            text["examples"] = list(self.examples)
+        if self.message:
+            text["patternErrorMessage"] = self.message
+        # Text first: on a tie an editor reports the first branch, and a bad text is the usual case.
+        return {"anyOf": [text, number]}
+
+
+def any_case(words: Iterable[str], *, dash: bool = False) -> str:
+    """A regular expression (ECMA-262 too: no inline flags) matching any of `words` in any case.
+
+    `dash`: a `-` may also be written `_` or left out (the validators that take protocol names).
+    """
+
+    def one(word: str) -> str:
+        out = ""
+        for ch in word:
+            if ch.isalpha():
+                out += f"[{ch.upper()}{ch.lower()}]"
+            elif ch == "-" and dash:
+                out += "[-_]?"
+            else:
+                out += re.escape(ch)
+        return out
+
+    return rf"^\s*({'|'.join(one(w) for w in sorted(set(words), key=lambda w: (-len(w), w)))})\s*$"
+
+
+@dataclass(frozen=True, slots=True)
+class OrAlias:
+    """JSON Schema of a choice whose validator also takes other spellings (any case, aliases).
+
+    Editors complete the canonical values; the text form accepts what the validator normalises.
+    """
+
+    pattern: str
+    also: tuple[Any, ...] = ()
+
+    def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        choices: list[Any] = [handler(core), {"type": "string", "pattern": self.pattern}]
+        if self.also:
+            choices.append({"enum": list(self.also)})
+        return {"anyOf": choices}
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    OrText(
+        _DURATION.pattern,
+        (("minimum", 0),),
+        ("500ms", "10s", "5min", "1h"),
+        "a duration: 500ms, 5s, 15min, 1h, 2d, or a number of seconds",
+    ),
+]
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    OrText(
+        _SIZE.pattern, (("minimum", 0),), ("64KiB", "512MiB", "2GB"), "a size: 64KiB, 512MiB, 2GB, or a number of bytes"
+    ),
+]
+Identifier = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        max_length=128,
+        json_schema_extra={"patternErrorMessage": "letters, digits and _ . - (a letter or digit first)"},
+    ),
+]
 
 PORT_RANGE = "a port is 1-65535"
 
@@ -105,7 +197,11 @@ def port_number(value: Any, *, listen: bool = False) -> int:
 
 
 #: Every port field of every config model; `host:port` strings go through :func:`port_number`.
-Port = Annotated[int, BeforeValidator(port_number)]
+Port = Annotated[
+    int,
+    BeforeValidator(port_number),
+    OrText(rf"^\s*{PORT_PATTERN}\s*$", (("minimum", 1), ("maximum", 65535)), (), PORT_RANGE),
+]
 
 
 # Relative file names in a config are relative to the config file's folder, not to the
@@ -190,6 +286,11 @@ def read_secret(file: Path | None, env: str | None, what: str) -> SecretStr | No
     return None
 
 
+# `invalid:` as `_sentinels` takes it: one value or a list, `nan` in any case for NaN.
+_SENTINEL: dict[str, JsonValue] = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": "^[Nn][Aa][Nn]$"}]}
+_SENTINELS: dict[str, JsonValue] = {"anyOf": [_SENTINEL, {"type": "array", "items": _SENTINEL}]}
+
+
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
 
@@ -203,29 +304,34 @@ class PointConfig(Strict):
     """
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", max_length=200)]
-    quantity: str
-    unit: str = ""
-    phase: str = "none"
-    circuit: str | None = None
+    # The vocabularies are checked by the validators below; the enums are for the editor schema.
+    quantity: str = Field(json_schema_extra={"enum": list[JsonValue](sorted(QUANTITIES))})
+    unit: str = Field(default="", json_schema_extra={"enum": list[JsonValue](sorted(UNITS))})
+    phase: str = Field(default="none", json_schema_extra={"enum": list[JsonValue](sorted(PHASES))})
+    circuit: Annotated[str | None, WithJsonSchema({"type": ["string", "integer", "null"]})] = None  # 12 -> "12"
     kind: Kind = Kind.GAUGE
-    description: str = ""
+    description: str = Field(default="", description="free text about the point")
     # normalisation: engineering = raw * scale * 10**exponent + offset
     scale: float = 1.0
     offset: float = 0.0
     exponent_point: str | None = Field(
         default=None, description="id of a point of the same device whose value is a power-of-ten exponent"
     )
-    invalid: list[float] = Field(default_factory=list, description="raw values that mean 'no data'")
-    rate: Literal["per_second", "per_minute", "per_hour"] | None = Field(
-        default=None, description="publish a counter as its rate (wraps and resets handled by the core)"
+    invalid: Annotated[list[float], WithJsonSchema(_SENTINELS)] = Field(
+        default_factory=list, description="raw values that mean 'no data'"
     )
+    rate: Annotated[
+        Literal["per_second", "per_minute", "per_hour"] | None,
+        # `rate: true` (per second) and `false` (none) too, as _rate_word takes them.
+        WithJsonSchema({"enum": ["per_second", "per_minute", "per_hour", True, False, None]}),
+    ] = Field(default=None, description="publish a counter as its rate (wraps and resets handled by the core)")
     counter_bits: Literal[16, 32, 64] | None = Field(
         default=None, description="width of a `rate` counter, where the point's type does not tell it"
     )
     publish: bool = True
     # Commands (docs/commands.md): nothing is writable unless the profile or config says so, and
     # a write is checked against these limits, in engineering units, before the device sees it.
-    writable: bool = False
+    writable: bool = Field(default=False, description="commands may write this point (docs/commands.md)")
     min: float | None = Field(default=None, description="lowest value a command may write")
     max: float | None = Field(default=None, description="highest value a command may write")
     enum: list[int | float | str | bool] | None = Field(default=None, description="the only values a command may write")
@@ -389,7 +495,9 @@ class DeviceConfig(Strict):
     actions: dict[Identifier, dict[str, Any]] = Field(
         default_factory=dict, description="named actions (the driver's action model); override the profile's by name"
     )
-    commands: DeviceCommands = Field(default_factory=DeviceCommands)
+    commands: DeviceCommands = Field(
+        default_factory=DeviceCommands, description="this device's command limits (docs/commands.md)"
+    )
 
     _resolved: tuple[PointConfig, ...] = PrivateAttr(default=())
     _calculated: tuple[PointConfig, ...] = PrivateAttr(default=())

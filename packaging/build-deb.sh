@@ -74,6 +74,10 @@ gzip -9nf "$DOC/changelog.Debian"
 # The man page comes from the packaged code itself, run by the interpreter that will run it.
 install -d "$ROOT/usr/share/man/man1"
 PYTHONPATH="$LIB" "$PYTHON" -m gateway.manpage --version-string "$UPSTREAM" | gzip -9n > "$ROOT/usr/share/man/man1/edgegw.1.gz"
+# The config's JSON Schema for editors, next to the config (its modeline names it) and as documentation.
+install -d "$ROOT/usr/share/edgegw"
+PYTHONPATH="$LIB" "$PYTHON" -m gateway.cli schema > "$ROOT/usr/share/edgegw/edgegw.schema.json"
+PYTHONPATH="$LIB" "$PYTHON" -m gateway.cli schema --profile > "$ROOT/usr/share/edgegw/edgegw-profile.schema.json"
 
 install -D -m 0644 "$PKG/edgegw.lintian-overrides" "$ROOT/usr/share/lintian/overrides/edgegw"
 

@@ -102,6 +102,8 @@ def test_files(listing: dict[str, tuple[str, str]]) -> None:
         "usr/share/doc/edgegw/README.md.gz": "-rw-r--r--",
         "usr/share/doc/edgegw/operations.md.gz": "-rw-r--r--",
         "usr/share/man/man1/edgegw.1.gz": "-rw-r--r--",
+        "usr/share/edgegw/edgegw.schema.json": "-rw-r--r--",
+        "usr/share/edgegw/edgegw-profile.schema.json": "-rw-r--r--",
         "opt/edgegw/lib/gateway/cli.py": "-rw-r--r--",
     }
     for path, mode in expected.items():

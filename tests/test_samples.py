@@ -25,18 +25,18 @@ SECRETS = {
 # What each sample needs of the machine at run time, as `check` names it (file:line key: ...).
 NEEDS = {
     "config/gateway.example.yaml": [
-        (9, "mqtt.password_file", "/etc/edgegw/mqtt.secret"),
-        (11, "mqtt.tls.ca_file", "/etc/edgegw/ca.pem"),
+        (10, "mqtt.password_file", "/etc/edgegw/mqtt.secret"),
+        (12, "mqtt.tls.ca_file", "/etc/edgegw/ca.pem"),
     ],
-    "config/demo.yaml": [(29, "devices[5].community_env", "EDGEGW_DEMO_COMMUNITY")],
+    "config/demo.yaml": [(30, "devices[5].community_env", "EDGEGW_DEMO_COMMUNITY")],
     "drivers/snmp/sample.yaml": [
-        (12, "snmp.traps.communities_env", "EDGEGW_SNMP_TRAP_COMMUNITIES"),
-        (14, "snmp.traps.users[0].auth_key_env", "EDGEGW_SNMP_AUTH"),
-        (15, "snmp.traps.users[0].priv_key_env", "EDGEGW_SNMP_PRIV"),
-        (27, "devices[0].auth_key_env", "EDGEGW_SNMP_AUTH"),
-        (29, "devices[0].priv_key_env", "EDGEGW_SNMP_PRIV"),
-        (41, "devices[1].community_env", "EDGEGW_SNMP_COMMUNITY"),
-        (55, "devices[2].community_env", "EDGEGW_SNMP_COMMUNITY"),
+        (13, "snmp.traps.communities_env", "EDGEGW_SNMP_TRAP_COMMUNITIES"),
+        (15, "snmp.traps.users[0].auth_key_env", "EDGEGW_SNMP_AUTH"),
+        (16, "snmp.traps.users[0].priv_key_env", "EDGEGW_SNMP_PRIV"),
+        (28, "devices[0].auth_key_env", "EDGEGW_SNMP_AUTH"),
+        (30, "devices[0].priv_key_env", "EDGEGW_SNMP_PRIV"),
+        (42, "devices[1].community_env", "EDGEGW_SNMP_COMMUNITY"),
+        (56, "devices[2].community_env", "EDGEGW_SNMP_COMMUNITY"),
     ],
 }
 FRESH = {"PATH": "/usr/bin:/bin"}  # no HOME, no secrets, no XDG_*: nothing but a shell's path

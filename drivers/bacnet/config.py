@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from drivers.bacnet.codec import canonical_object, canonical_property
 from gateway.models import ActionConfig, DeviceConfig, Duration, PointConfig, Strict, port_number
@@ -96,7 +96,9 @@ class BacnetSection(Strict):
 
 #: An object reference and a property name, in canonical form whatever abbreviation was written.
 ObjectRef = Annotated[str, BeforeValidator(lambda v: canonical_object(str(v)))]
-PropertyRef = Annotated[str, BeforeValidator(lambda v: canonical_property(str(v)))]
+PropertyRef = Annotated[
+    str, BeforeValidator(lambda v: canonical_property(str(v))), WithJsonSchema({"type": ["string", "integer"]})
+]
 
 
 class BacnetPoint(PointConfig):

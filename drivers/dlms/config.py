@@ -360,6 +360,17 @@ def physical_from_serial(serial_number: int) -> int:
     return serial_number % 10000 + 1000
 
 
+def _legacy_clock_sync_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema (gateway/schema.py) takes the old form too: `clock_sync: true` + a threshold."""
+    props = schema["properties"]
+    props["clock_sync"]["anyOf"].append({"type": "boolean"})
+    props["clock_sync_threshold"] = {
+        **{k: v for k, v in props["backfill"].items() if k != "default"},
+        "description": "the old form's largest drift, with `clock_sync: true` (use `clock_sync: {max_drift}`)",
+        "deprecated": True,
+    }
+
+
 class DlmsDevice(DeviceConfig):
     """A DLMS/COSEM meter on HDLC (RS-485 bus, optical probe, TCP) or the TCP wrapper."""
 
@@ -372,7 +383,7 @@ class DlmsDevice(DeviceConfig):
     )
     tcp: DlmsTcpPaths | None = Field(default=None, description="`{host, port}`, or a list of them, preferred first")
     failover: FailoverSettings | None = Field(default=None, description="with several `tcp` endpoints")
-    optical: OpticalSettings | None = None
+    optical: OpticalSettings | None = Field(default=None, description="an IEC 62056-21 optical probe")
     # addressing (IEC 62056-46 / -47)
     client_address: Annotated[int, Field(ge=1, le=127)] | None = Field(
         default=None, description="client SAP; default 16 (public) without authentication, 1 (management) with"
@@ -382,11 +393,11 @@ class DlmsDevice(DeviceConfig):
     serial_number: Annotated[int, Field(ge=0)] | None = None
     address_size: Literal[1, 2, 4] | None = Field(default=None, description="HDLC server address bytes; default auto")
     # security
-    auth: Auth = "none"
-    password_file: Path | None = None
-    password_env: str | None = None
-    keys_file: Path | None = None
-    security: Security = "authenticated_encrypted"
+    auth: Auth = Field(default="none", description="authentication: none, low (password), high_gmac (keys)")
+    password_file: Path | None = Field(default=None, description="the LLS password (auth: low), in a file")
+    password_env: str | None = Field(default=None, description="the LLS password (auth: low), in a variable")
+    keys_file: Path | None = Field(default=None, description="the HLS keys (auth: high_gmac), in a file")
+    security: Security = Field(default="authenticated_encrypted", description="with high_gmac: what is protected")
     # link and APDU sizes
     max_info: Annotated[int, Field(ge=32, le=2030)] = Field(
         default=128, description="HDLC information field length proposed in SNRM (both directions)"
@@ -415,6 +426,8 @@ class DlmsDevice(DeviceConfig):
     clock_sync: ClockSync | None = Field(
         default=None, description="keep the meter's clock: {max_drift: 5s, interval: 1d}; off by default"
     )
+
+    model_config = ConfigDict(json_schema_extra=lambda schema, _: _legacy_clock_sync_schema(schema))
 
     _password: SecretStr | None = PrivateAttr(default=None)
     _keys: DlmsKeys | None = PrivateAttr(default=None)

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from drivers.snmp import codec
 from gateway.models import (
     ActionConfig,
     DeviceConfig,
+    OrAlias,
     PointConfig,
     Port,
     Strict,
+    any_case,
     config_path,
     port_number,
     read_secret,
@@ -104,7 +115,7 @@ def type_alias(value: Any) -> Any:
 
 #: An OID field (numeric, normalised) and an SNMP type field (aliases accepted), for every model.
 OidText = Annotated[str, BeforeValidator(normalize_oid)]
-SnmpTypeName = Annotated[SnmpType, BeforeValidator(type_alias)]
+SnmpTypeName = Annotated[SnmpType, BeforeValidator(type_alias), OrAlias(any_case([*get_args(SnmpType), *TYPE_ALIASES]))]
 
 
 def is_symbolic(oid: str) -> bool:
@@ -173,6 +184,9 @@ class SnmpTable(Strict):
     Every key other than `table`, `column` and `entry` is the point template; its strings may use
     `{index}` (the row index: an int, or dotted text for multi-part indexes) and `{idx[0]}`...
     """
+
+    # The JSON Schema (gateway/schema.py) takes the flat form too: the template's keys beside `table`.
+    model_config = ConfigDict(json_schema_extra={"required": ["table", "column"], "additionalProperties": True})
 
     table: str
     column: Annotated[int, Field(ge=0)]
@@ -291,10 +305,14 @@ def _secret_text(secret: SecretStr | None) -> str | None:
 class UsmKeys(Strict):
     """USM protocols and keys, shared by polled v3 devices and v3 trap users."""
 
-    auth_protocol: AuthProtocol | None = None
+    auth_protocol: (
+        Annotated[AuthProtocol, OrAlias(any_case([*get_args(AuthProtocol), *AUTH_ALIASES], dash=True))] | None
+    ) = None
     auth_key_file: Path | None = None
     auth_key_env: str | None = None
-    priv_protocol: PrivProtocol | None = None
+    priv_protocol: (
+        Annotated[PrivProtocol, OrAlias(any_case([*get_args(PrivProtocol), *PRIV_ALIASES], dash=True))] | None
+    ) = None
     priv_key_file: Path | None = None
     priv_key_env: str | None = None
 
@@ -334,7 +352,7 @@ class SnmpDevice(DeviceConfig, UsmKeys):
     driver: Literal["snmp"]
     host: Annotated[str, Field(min_length=1, max_length=253)]
     port: Port = 161
-    version: Version = "2c"
+    version: Annotated[Version, OrAlias(r"^\s*[vV]?(1|2[cC]?|3)\s*$", (1, 2, 3))] = "2c"
     community_file: Path | None = None
     community_env: str | None = None
     user: Annotated[str, Field(min_length=1, max_length=32)] | None = None
@@ -524,7 +542,9 @@ class TrapUser(UsmKeys):
     """
 
     user: Annotated[str, Field(min_length=1, max_length=32)]
-    engine_ids: list[str] = Field(default_factory=list, description="hex snmpEngineIDs of v3 trap senders")
+    engine_ids: Annotated[list[str], WithJsonSchema({"type": "array", "items": {"type": ["string", "integer"]}})] = (
+        Field(default_factory=list, description="hex snmpEngineIDs of v3 trap senders")
+    )
 
     @field_validator("engine_ids", mode="before")
     @classmethod
@@ -594,7 +614,7 @@ def split_listen(value: str) -> tuple[str, int]:
 class SnmpSection(Strict):
     """The top-level `snmp:` section: the trap listener and MIB folders shared by all devices."""
 
-    traps: TrapSettings | None = None
+    traps: TrapSettings | None = Field(default=None, description="the trap/inform listener; off when unset")
     mib_dirs: list[Path] = Field(default_factory=list, description="MIB folders searched for every device")
     mib_modules: list[str] = Field(
         default_factory=list, description="MIB modules loaded at start, to name trap varbinds and scans"
