@@ -24,7 +24,7 @@ from pysparkplug import DataType, DBirth, DData, Metric, NBirth, NCmd, NDeath  #
 from pysparkplug._protobuf import Payload as PbPayload  # noqa: E402
 
 from drivers.modbus.twin import ModbusTwin  # noqa: E402
-from tests.harness import Collector, Daemon, Mosquitto, free_port  # noqa: E402
+from tests.harness import Collector, Daemon, Mosquitto, Received, free_port  # noqa: E402
 from tests.test_e2e_brokers import Gate  # noqa: E402
 from tests.test_e2e_modbus import device_yaml, twin_points  # noqa: E402
 from tests.test_faults import metric  # noqa: E402
@@ -38,7 +38,8 @@ PUBLISHED = {"mains.voltage_l1", "mains.frequency", "ch1.current", "ch1.energy",
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker")
+    # `log_type all` logs connects, takeovers and every will published: what a failure needs.
+    b = Mosquitto(tmp_path / "broker", extra="log_type all\n")
     b.workdir.mkdir()
     await b.start()
     try:
@@ -70,16 +71,26 @@ def write_config(
 
 
 class Sparkplug:
-    """The Sparkplug messages a collector saw, decoded in arrival order with the births they refer to."""
+    """The Sparkplug messages a collector saw, decoded in arrival order with the births they refer to.
+
+    Each payload is decoded once, when first asked for: `wait_for` re-checks its predicate on every
+    message, and decoding the whole history each time made the check cost grow with the run; on a
+    loaded machine the collector fell further behind the broker with every message (the NDEATH of a
+    kill -9 was published, acknowledged by the collector's client and still not looked at 20 s later).
+    """
 
     def __init__(self, collector: Collector) -> None:
         self.c = collector
+        self.decoded = 0  # how many of the collector's messages were looked at
+        self._births: dict[str, DBirth] = {}
+        self._out: list[tuple[str, str | None, Any]] = []
 
     def messages(self) -> list[tuple[str, str | None, Any]]:
         """(message type, device, decoded payload) in arrival order; DDATA decoded against its DBIRTH."""
-        births: dict[str, DBirth] = {}
-        out: list[tuple[str, str | None, Any]] = []
-        for m in self.c.messages:
+        births, out = self._births, self._out
+        while self.decoded < len(self.c.messages):
+            m = self.c.messages[self.decoded]
+            self.decoded += 1
             parts = m.topic.split("/")
             if parts[0] != "spBv1.0" or parts[1] != GROUP:
                 continue
@@ -98,10 +109,32 @@ class Sparkplug:
                 out.append((kind, device, DData.decode(m.payload, birth=births[device])))
             elif kind == "DDEATH":
                 out.append((kind, device, PbPayload.FromString(m.payload)))
-        return out
+        return list(out)
 
     def of(self, kind: str, device: str | None = None) -> list[Any]:
         return [p for k, d, p in self.messages() if k == kind and (device is None or d == device)]
+
+
+def test_the_decoder_keeps_up_with_the_collector() -> None:
+    """Each payload is decoded once, however often a predicate asks (the kill -9 NDEATH flake)."""
+    collector = Collector(0)
+    spb = Sparkplug(collector)
+    birth = Metric(1, "v", DataType.DOUBLE, value=1.0, alias=1)
+    data = Metric(2, None, DataType.DOUBLE, value=2.0, alias=1)
+    collector.messages.append(Received(f"spBv1.0/{GROUP}/NBIRTH/lab", NBirth(1, 0, ()).encode(), False))
+    collector.messages.append(Received(f"spBv1.0/{GROUP}/DBIRTH/lab/d", DBirth(1, 1, (birth,)).encode(), False))
+    collector.messages.append(Received("edgegw/lab/d/data", b"{}", False))
+    seen: list[tuple[str, str | None, Any]] = []
+    for seq in range(2, 50):
+        payload = DData(seq, seq, (data,)).encode()
+        collector.messages.append(Received(f"spBv1.0/{GROUP}/DDATA/lab/d", payload, False))
+        msgs = spb.messages()
+        assert len(msgs) == seq + 1 and msgs[-1][2].seq == seq
+        # What was decoded before comes back as it was, not decoded again.
+        assert all(a[2] is b[2] for a, b in zip(seen, msgs, strict=False))
+        seen = msgs
+    assert spb.decoded == len(collector.messages)
+    assert [m.value for d in spb.of("DDATA", "d") for m in d.metrics] == [2.0] * 48
 
 
 def bd_seq(payload: Any) -> int:
