@@ -119,6 +119,10 @@ class Collector:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.25))
+            # Let the messages that follow in a burst arrive before checking again: a predicate that
+            # scans everything received, re-run per message, falls behind a busy daemon on a loaded
+            # machine (the Sparkplug NDEATH flake), and the check would time out on unread messages.
+            await asyncio.sleep(0.02)
 
     def data(self, device: str) -> list[dict[str, Any]]:
         return [m.json() for m in self.messages if m.topic.endswith(f"/{device}/data")]
