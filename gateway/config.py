@@ -555,6 +555,7 @@ def _resolve_device(
     _merge_inline(raw, device, path, profile_vars, points, issues)
     actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
     resolved = _validated_points(type(device).point_model, points, issues, {} if shared is None else shared)
+    resolved = _report_by_exception(device, resolved, points, issues, {} if shared is None else shared)
     # The written points live on as the validated ones; the raw mappings (1 KB a point) go.
     object.__setattr__(device, "points", [])
     device._resolved = tuple(p for p in resolved if p.calc is None)
@@ -562,6 +563,36 @@ def _resolve_device(
     device._resolved_actions = _validated_actions(type(device).action_model, actions, getattr(raw, "file", ""), issues)
     device._profile_meta = profile_meta
     return device, issues
+
+
+def _report_by_exception(
+    device: DeviceConfig, resolved: list[PointConfig], points: _Points, issues: list[ConfigIssue], shared: _Shared
+) -> list[PointConfig]:
+    """The device's `report` defaults on the points that set neither key; every max_age checked against the interval."""
+    report = device.report
+    out: list[PointConfig] = []
+    for p in resolved:
+        update: dict[str, Any] = {}
+        if report is not None and not p.reports_by_exception():
+            if report.max_age is not None:
+                update["max_age"] = report.max_age
+            if report.deadband is not None and p.numeric_gauge():
+                update["deadband"] = report.deadband
+        if update:
+            # Interned like the points themselves: one copy per definition and defaults, not per device.
+            key = (type(p), f"{id(p)} report {update}")
+            p = shared.get(key) or shared.setdefault(key, _compact(p.model_copy(update=update)))  # noqa: PLW2901
+        elif p.max_age is not None and p.max_age < device.interval and p.id in points:
+            point, pfile, pline, where = points[p.id]
+            msg = (
+                f"max_age {p.max_age:g}s is shorter than the device's interval {device.interval:g}s: "
+                "a value cannot be published more often than it is read"
+            )
+            issues.append(
+                ConfigIssue(pfile, getattr(point, "lines", {}).get("max_age", pline), f"{where}.max_age", msg)
+            )
+        out.append(p)
+    return out
 
 
 def _validated_actions(

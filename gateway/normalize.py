@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from gateway.calc import Compiled, combine, compile_expr
 from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
-from gateway.models import PointConfig
+from gateway.models import PointConfig, deadband_parts
 from gateway.points import Quality
 
 GOOD = Quality.GOOD.value
@@ -320,6 +320,8 @@ class Normalizer:
             # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
             self._fast.append(plain and not self._invalid[i])
         self._calc = _Calculated(self._n, points, calculated) if calculated else None
+        # Report by exception: None for a device none of whose points use it (the step costs nothing).
+        self._rbe = ReportByException.of(self.points)
 
     def _one(
         self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None, ts: int
@@ -441,6 +443,11 @@ class Normalizer:
             b_stamps.append(ts)
         if self._calc is not None:
             self._calc.run(self, batch, values, exps, stamps, quals, now_ms)
+        # --- report by exception: after the calculated points (they read this poll's values), before
+        # the time-stamped series entries (each a record of its own, always published).
+        if self._rbe is not None:
+            self._rbe.filter(batch, now_ms)
+        # --- end of report by exception
         for i, raw_value, ts in raw.series:
             if not 0 <= i < self._n or not self.points[i].publish or raw_value is NO_VALUE:
                 continue
@@ -467,6 +474,8 @@ class Normalizer:
                 if q is Quality.BAD:
                     value, error = None, "device flags the value as faulty"
             batch.add(i, value, quality, error, ts)
+        if self._rbe is not None:
+            self._rbe.filter(batch, now_ms)  # report by exception, as for a poll
         return batch
 
     def failed(self, message: str, now_ms: int) -> Batch:
@@ -477,6 +486,8 @@ class Normalizer:
         if self._calc is not None:
             for i in self._calc.publish:
                 batch.add(i, None, BAD, message, now_ms)
+        if self._rbe is not None:
+            self._rbe.record(batch, now_ms)  # a failed poll is always published whole
         return batch
 
 
@@ -544,6 +555,88 @@ class _Calculated:
             known[i] = (value, quality, error, ts)
             if publish:
                 batch.add(i, value, quality, error, ts)
+
+
+_NUMBER = (int, float)  # not bool: `type(v) in _NUMBER` is false for True and False
+
+
+class ReportByException:
+    """Report by exception (docs/mqtt.md): drops the readings of a batch that do not qualify.
+
+    A reading qualifies when its point does not report by exception, when it is the point's first,
+    when its quality or error differs from the last published one, when the point's `max_age` has
+    passed since it was last published, or when its value changed: for a gauge with a deadband,
+    moved by more than the deadband from the last *published* value (so a slow drift is published
+    once it adds up); for anything else (counters, rates, states, text, booleans), any change.
+    Compiled per point at start into flat lists indexed like the normaliser's points; the state
+    (the last published value, quality, error and time) lives only in memory.
+    """
+
+    __slots__ = ("_absolute", "_age", "_deadband", "_error", "_fraction", "_quality", "_rbe", "_sent", "_value")
+
+    def __init__(self, points: Sequence[PointConfig]) -> None:
+        n = len(points)
+        self._rbe = [p.reports_by_exception() for p in points]
+        self._deadband = [p.deadband is not None and p.numeric_gauge() for p in points]
+        parts = [deadband_parts(p.deadband) for p in points]
+        self._absolute = [a for a, _f in parts]
+        self._fraction = [f for _a, f in parts]
+        self._age = [_INF if p.max_age is None else p.max_age * 1000 for p in points]
+        self._value: list[Value] = [None] * n
+        self._quality: list[str | None] = [None] * n
+        self._error: list[str | None] = [None] * n
+        self._sent: list[float] = [-_INF] * n  # epoch ms of the last publication; -inf: never
+
+    @classmethod
+    def of(cls, points: Sequence[PointConfig]) -> ReportByException | None:
+        """The step for these points, or None when none of them reports by exception."""
+        return cls(points) if any(p.reports_by_exception() for p in points) else None
+
+    def qualifies(self, i: int, value: Value, quality: str, error: str | None, now_ms: int) -> bool:
+        """Whether point i's reading is published; if it is, it becomes the last published one."""
+        batch = Batch("", now_ms, _NO_ENCODER)
+        batch.add(i, value, quality, error, now_ms)
+        self.filter(batch, now_ms)
+        return len(batch) == 1
+
+    def filter(self, batch: Batch, now_ms: int) -> None:
+        """Keep the readings of `batch` that qualify (in place)."""
+        index = batch.index
+        values, qualities, errors = batch.values, batch.qualities, batch.errors
+        rbe, deadband, absolute, fraction, age = self._rbe, self._deadband, self._absolute, self._fraction, self._age
+        last_value, last_quality, last_error, sent = self._value, self._quality, self._error, self._sent
+        keep: list[int] = []
+        append = keep.append
+        for k, i in enumerate(index):
+            if rbe[i]:
+                value, quality, error = values[k], qualities[k], errors[k]
+                elapsed = now_ms - sent[i]
+                # Unchanged quality and error within max_age (a clock stepped back counts as expired):
+                if 0 <= elapsed < age[i] and quality == last_quality[i] and error == last_error[i]:
+                    last = last_value[i]
+                    if deadband[i] and type(value) in _NUMBER and type(last) in _NUMBER:
+                        if abs(value - last) <= absolute[i] + fraction[i] * abs(last):  # type: ignore[operator]
+                            continue
+                    elif value == last and type(value) is type(last):
+                        continue
+                last_value[i], last_quality[i], last_error[i], sent[i] = value, quality, error, now_ms
+            append(k)
+        if len(keep) < len(index):
+            stamps = batch.stamps
+            batch.index = [index[k] for k in keep]
+            batch.values = [values[k] for k in keep]
+            batch.qualities = [qualities[k] for k in keep]
+            batch.errors = [errors[k] for k in keep]
+            batch.stamps = [stamps[k] for k in keep]
+
+    def record(self, batch: Batch, now_ms: int) -> None:
+        """Note every reading of `batch` as published (a failed poll: all of it goes out)."""
+        for i, value, quality, error in zip(batch.index, batch.values, batch.qualities, batch.errors, strict=True):
+            if self._rbe[i]:
+                self._value[i], self._quality[i], self._error[i], self._sent[i] = value, quality, error, now_ms
+
+
+_NO_ENCODER = Encoder("", ())
 
 
 def _json_value(value: Value, float_fmt: Callable[[float], str] = float.__repr__) -> str:
