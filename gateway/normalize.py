@@ -622,12 +622,13 @@ class ReportByException:
                 last_value[i], last_quality[i], last_error[i], sent[i] = value, quality, error, now_ms
             append(k)
         if len(keep) < len(index):
+            # In place: the caller may hold the lists (normalize() appends the series entries after).
             stamps = batch.stamps
-            batch.index = [index[k] for k in keep]
-            batch.values = [values[k] for k in keep]
-            batch.qualities = [qualities[k] for k in keep]
-            batch.errors = [errors[k] for k in keep]
-            batch.stamps = [stamps[k] for k in keep]
+            index[:] = [index[k] for k in keep]
+            values[:] = [values[k] for k in keep]
+            qualities[:] = [qualities[k] for k in keep]
+            errors[:] = [errors[k] for k in keep]
+            stamps[:] = [stamps[k] for k in keep]
 
     def record(self, batch: Batch, now_ms: int) -> None:
         """Note every reading of `batch` as published (a failed poll: all of it goes out)."""
