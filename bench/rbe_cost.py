@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,11 @@ def by_timeit() -> None:
     for case in CASES:
         _norm, run = make(case)
         counter = iter(range(1, 10**9))
-        best = min(timeit.repeat(lambda run=run, counter=counter: run(next(counter)), number=2000, repeat=7))
+
+        def one(run: Callable[[int], None] = run, counter: Iterator[int] = counter) -> None:
+            run(next(counter))
+
+        best = min(timeit.repeat(one, number=2000, repeat=7))
         print(f"{case:<8} {best / 2000 / POINTS * 1e9:>10.0f}")
 
 

@@ -108,7 +108,7 @@ async def measure(cfg_dict: dict[str, Any], port: int, duration: float, warmup: 
             async for msg in client.messages:
                 if not counting[0]:
                     continue
-                payload = bytes(msg.payload)  # type: ignore[arg-type]
+                payload = bytes(msg.payload)
                 body = json.loads(payload)
                 count.messages += 1
                 count.payload += len(payload)

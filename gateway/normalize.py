@@ -615,7 +615,7 @@ class ReportByException:
                 if 0 <= elapsed < age[i] and quality == last_quality[i] and error == last_error[i]:
                     last = last_value[i]
                     if deadband[i] and type(value) in _NUMBER and type(last) in _NUMBER:
-                        if abs(value - last) <= absolute[i] + fraction[i] * abs(last):  # type: ignore[operator]
+                        if abs(value - last) <= absolute[i] + fraction[i] * abs(last):  # type: ignore[arg-type,operator]
                             continue
                     elif value == last and type(value) is type(last):
                         continue

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from gateway.app import device_meta
 from gateway.config import ConfigError, load_config
-from gateway.driver import PointError, RawReadings
+from gateway.driver import PointError, RawReadings, RawValue
 from gateway.models import PointConfig
 from gateway.normalize import BAD, GOOD, UNCERTAIN, Normalizer, ReportByException
-from gateway.points import Quality
+from gateway.points import Kind, Quality
 
 INTERVAL_MS = 1000
 
@@ -27,11 +27,11 @@ def gauge(deadband: float | str | None = None, max_age: float | None = None, pid
 
 
 def counter(max_age: float | None = None) -> PointConfig:
-    return PointConfig(id="e", quantity="active_energy_import", unit="Wh", kind="counter", max_age=max_age)
+    return PointConfig(id="e", quantity="active_energy_import", unit="Wh", kind=Kind.COUNTER, max_age=max_age)
 
 
 def state(max_age: float | None = None) -> PointConfig:
-    return PointConfig(id="s", quantity="breaker_state", unit="", kind="state", max_age=max_age)
+    return PointConfig(id="s", quantity="breaker_state", unit="", kind=Kind.STATE, max_age=max_age)
 
 
 # Engineering values of a gauge: finite, of a size a meter reports.
@@ -189,10 +189,8 @@ def test_normalizer_filters_and_a_failed_poll_is_published_whole() -> None:
 
 def test_a_bad_point_in_a_good_poll_publishes_on_change_of_its_error() -> None:
     n = Normalizer("d", [gauge(0.5, 100, "a")])
-    got = [
-        len(n.normalize(RawReadings(values=[v]), k * 1000))
-        for k, v in enumerate([1.0, PointError("gone"), PointError("gone"), PointError("other"), 1.0])
-    ]
+    raws: list[RawValue] = [1.0, PointError("gone"), PointError("gone"), PointError("other"), 1.0]
+    got = [len(n.normalize(RawReadings(values=[v]), k * 1000)) for k, v in enumerate(raws)]
     assert got == [1, 1, 0, 1, 1]
 
 
