@@ -64,6 +64,7 @@ class Count:
     wire: int = 0  # MQTT PUBLISH packets as sent (header, topic, packet id, payload)
     readings: int = 0
     empty: int = 0
+    failed: int = 0  # messages of a failed poll (every reading bad): published whole either way
 
 
 def with_rbe(cfg: dict[str, Any], max_age: str) -> tuple[dict[str, Any], dict[str, int]]:
@@ -115,6 +116,7 @@ async def measure(cfg_dict: dict[str, Any], port: int, duration: float, warmup: 
                 count.wire += publish_size(str(msg.topic), len(payload))
                 count.readings += len(body["readings"])
                 count.empty += not body["readings"]
+                count.failed += bool(body["readings"]) and all(r["quality"] == "bad" for r in body["readings"])
 
     viewer = asyncio.create_task(listen())
     await asyncio.wait_for(ready.wait(), 10)
@@ -149,9 +151,10 @@ async def main(duration: float, warmup: float, max_age: str) -> None:
             for name, cfg in (("every poll", base), ("report by exception", rbe)):
                 results[name] = await measure(cfg, broker.port, duration, warmup)
     every = results["every poll"]
-    print(f"\n{'run':<20} {'messages':>9} {'empty':>6} {'readings':>9} {'payload bytes':>14} {'MQTT bytes':>11}")
+    head = f"{'run':<20} {'messages':>9} {'empty':>6} {'failed':>6} {'readings':>9} {'payload bytes':>14}"
+    print(f"\n{head} {'MQTT bytes':>11}")
     for name, c in results.items():
-        print(f"{name:<20} {c.messages:>9} {c.empty:>6} {c.readings:>9} {c.payload:>14} {c.wire:>11}")
+        print(f"{name:<20} {c.messages:>9} {c.empty:>6} {c.failed:>6} {c.readings:>9} {c.payload:>14} {c.wire:>11}")
     c = results["report by exception"]
     if every.readings and every.wire:
         print(f"\nreadings -{100 * (1 - c.readings / every.readings):.1f} %, "
