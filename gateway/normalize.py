@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from itertools import compress
 from typing import TypeVar
 
 from gateway.calc import Compiled, combine, compile_expr
@@ -569,10 +570,11 @@ class ReportByException:
     moved by more than the deadband from the last *published* value (so a slow drift is published
     once it adds up); for anything else (counters, rates, states, text, booleans), any change.
     Compiled per point at start into flat lists indexed like the normaliser's points; the state
-    (the last published value, quality, error and time) lives only in memory.
+    (the last published value, quality, error and when it is due again) lives only in memory.
     """
 
-    __slots__ = ("_absolute", "_age", "_deadband", "_error", "_fraction", "_quality", "_rbe", "_sent", "_value")
+    __slots__ = ("_absolute", "_age", "_band", "_deadband", "_due", "_error", "_fraction", "_now", "_quality",
+                 "_rbe", "_value")  # fmt: skip
 
     def __init__(self, points: Sequence[PointConfig]) -> None:
         n = len(points)
@@ -585,7 +587,11 @@ class ReportByException:
         self._value: list[Value] = [None] * n
         self._quality: list[str | None] = [None] * n
         self._error: list[str | None] = [None] * n
-        self._sent: list[float] = [-_INF] * n  # epoch ms of the last publication; -inf: never
+        # The deadband around the last published value (absolute + fraction of it), computed when
+        # it is published, and the epoch ms at which max_age republishes it (-inf: never published).
+        self._band = [0.0] * n
+        self._due: list[float] = [-_INF] * n
+        self._now = -_INF
 
     @classmethod
     def of(cls, points: Sequence[PointConfig]) -> ReportByException | None:
@@ -601,40 +607,52 @@ class ReportByException:
 
     def filter(self, batch: Batch, now_ms: int) -> None:
         """Keep the readings of `batch` that qualify (in place)."""
-        index = batch.index
-        values, qualities, errors = batch.values, batch.qualities, batch.errors
-        rbe, deadband, absolute, fraction, age = self._rbe, self._deadband, self._absolute, self._fraction, self._age
-        last_value, last_quality, last_error, sent = self._value, self._quality, self._error, self._sent
-        keep: list[int] = []
-        append = keep.append
-        for k, i in enumerate(index):
-            if rbe[i]:
-                value, quality, error = values[k], qualities[k], errors[k]
-                elapsed = now_ms - sent[i]
-                # Unchanged quality and error within max_age (a clock stepped back counts as expired):
-                if 0 <= elapsed < age[i] and quality == last_quality[i] and error == last_error[i]:
-                    last = last_value[i]
-                    if deadband[i] and type(value) in _NUMBER and type(last) in _NUMBER:
-                        if abs(value - last) <= absolute[i] + fraction[i] * abs(last):  # type: ignore[arg-type,operator]
-                            continue
-                    elif value == last and type(value) is type(last):
+        if now_ms < self._now:
+            # The clock stepped back: every max_age is measured anew, from now (all due at once).
+            self._due = [-_INF] * len(self._due)
+        self._now = now_ms
+        index, values, qualities, errors = batch.index, batch.values, batch.qualities, batch.errors
+        rbe, deadband, band, due = self._rbe, self._deadband, self._band, self._due
+        last_value, last_quality, last_error = self._value, self._quality, self._error
+        dropped: list[int] = []  # positions; none at all is the common case of a device that moves
+        k = -1
+        for i, value, quality, error in zip(index, values, qualities, errors, strict=True):
+            k += 1
+            if not rbe[i]:
+                continue
+            # Unchanged quality and error, within max_age: held unless the value changed enough.
+            if now_ms < due[i] and quality == last_quality[i] and error == last_error[i]:
+                last = last_value[i]
+                if deadband[i] and type(value) in _NUMBER and type(last) in _NUMBER:
+                    if abs(value - last) <= band[i]:  # type: ignore[operator]
+                        dropped.append(k)
                         continue
-                last_value[i], last_quality[i], last_error[i], sent[i] = value, quality, error, now_ms
-            append(k)
-        if len(keep) < len(index):
+                elif value == last and type(value) is type(last):
+                    dropped.append(k)
+                    continue
+            last_value[i], last_quality[i], last_error[i] = value, quality, error
+            due[i] = now_ms + self._age[i]
+            if deadband[i] and type(value) in _NUMBER:
+                band[i] = self._absolute[i] + self._fraction[i] * abs(value)  # type: ignore[arg-type]
+        if dropped:
             # In place: the caller may hold the lists (normalize() appends the series entries after).
+            keep = [True] * len(index)
+            for k in dropped:
+                keep[k] = False
             stamps = batch.stamps
-            index[:] = [index[k] for k in keep]
-            values[:] = [values[k] for k in keep]
-            qualities[:] = [qualities[k] for k in keep]
-            errors[:] = [errors[k] for k in keep]
-            stamps[:] = [stamps[k] for k in keep]
+            index[:] = compress(index, keep)
+            values[:] = compress(values, keep)
+            qualities[:] = compress(qualities, keep)
+            errors[:] = compress(errors, keep)
+            stamps[:] = compress(stamps, keep)
 
     def record(self, batch: Batch, now_ms: int) -> None:
         """Note every reading of `batch` as published (a failed poll: all of it goes out)."""
+        self._now = max(self._now, now_ms)
         for i, value, quality, error in zip(batch.index, batch.values, batch.qualities, batch.errors, strict=True):
             if self._rbe[i]:
-                self._value[i], self._quality[i], self._error[i], self._sent[i] = value, quality, error, now_ms
+                self._value[i], self._quality[i], self._error[i] = value, quality, error
+                self._due[i] = now_ms + self._age[i]
 
 
 _NO_ENCODER = Encoder("", ())
