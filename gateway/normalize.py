@@ -612,18 +612,17 @@ class ReportByException:
             self._due = [-_INF] * len(self._due)
         self._now = now_ms
         index, values, qualities, errors = batch.index, batch.values, batch.qualities, batch.errors
-        rbe, deadband, band, due = self._rbe, self._deadband, self._band, self._due
+        rbe, deadband, band, due, age = self._rbe, self._deadband, self._band, self._due, self._age
         last_value, last_quality, last_error = self._value, self._quality, self._error
+        absolute, fraction, number = self._absolute, self._fraction, _NUMBER
         dropped: list[int] = []  # positions; none at all is the common case of a device that moves
-        k = -1
-        for i, value, quality, error in zip(index, values, qualities, errors, strict=True):
-            k += 1
+        for k, (i, value, quality, error) in enumerate(zip(index, values, qualities, errors, strict=True)):
             if not rbe[i]:
                 continue
             # Unchanged quality and error, within max_age: held unless the value changed enough.
             if now_ms < due[i] and quality == last_quality[i] and error == last_error[i]:
                 last = last_value[i]
-                if deadband[i] and type(value) in _NUMBER and type(last) in _NUMBER:
+                if deadband[i] and type(value) in number and type(last) in number:
                     if abs(value - last) <= band[i]:  # type: ignore[operator]
                         dropped.append(k)
                         continue
@@ -631,9 +630,9 @@ class ReportByException:
                     dropped.append(k)
                     continue
             last_value[i], last_quality[i], last_error[i] = value, quality, error
-            due[i] = now_ms + self._age[i]
-            if deadband[i] and type(value) in _NUMBER:
-                band[i] = self._absolute[i] + self._fraction[i] * abs(value)  # type: ignore[arg-type]
+            due[i] = now_ms + age[i]
+            if deadband[i] and type(value) in number:
+                band[i] = absolute[i] + fraction[i] * abs(value)  # type: ignore[arg-type]
         if dropped:
             # In place: the caller may hold the lists (normalize() appends the series entries after).
             keep = [True] * len(index)
