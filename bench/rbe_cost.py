@@ -4,7 +4,7 @@ One device of 100 float32 gauges, `Normalizer.normalize` + `Batch.encode` per po
 
 - `plain`: no point reports by exception (the step does not exist: the cost of before);
 - `held`: every point has a deadband and max_age, the values move within the deadband (all dropped);
-- `moved`: the same points, every value moves past the deadband at every poll (all published);
+- `moved`: the same values, every point's deadband smaller than its moves (all published);
 - `mixed`: half the points report by exception, the values within their deadband.
 
 Two ways to measure, because this machine is shared and loaded:
@@ -44,14 +44,15 @@ def make(case: str) -> tuple[Normalizer, Callable[[int], None]]:
     points = []
     for i in range(POINTS):
         rbe = case in ("held", "moved") or (case == "mixed" and i % 2 == 0)
-        extra = {"deadband": 0.5, "max_age": 3600} if rbe else {}
+        # The same values in every case (so the encoder's work is the same): 0.125 A steps, within
+        # a 0.5 A deadband (held), past a 0.1 A one (moved).
+        extra = {"deadband": 0.1 if case == "moved" else 0.5, "max_age": 3600} if rbe else {}
         points.append(
             ModbusPoint(id=f"p{i}", address=2 * i, type="float32", quantity="current", unit="A", **extra)  # type: ignore[arg-type]
         )
     norm = Normalizer("bench", points)
-    step = 1.0 if case == "moved" else 0.125  # past, or within, the 0.5 A deadband
-    # Values a float32 register holds exactly, so the float32 text memory behaves as on a real device.
-    polls = [RawReadings(values=[10.0 + i + (k % 4) * step for i in range(POINTS)]) for k in range(4)]
+    # Values a float32 register holds exactly; each poll changes every one (the text memory misses).
+    polls = [RawReadings(values=[10.0 + i + (k % 4) * 0.125 for i in range(POINTS)]) for k in range(4)]
 
     def run(k: int) -> None:
         norm.normalize(polls[k % 4], 1_000_000 + k * 1000).encode(k)
