@@ -20,7 +20,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Count:
     readings: int = 0
     empty: int = 0
     failed: int = 0  # messages of a failed poll (every reading bad): published whole either way
+    by_quantity: dict[str, int] = field(default_factory=dict)  # good readings per quantity
 
 
 def with_rbe(cfg: dict[str, Any], max_age: str) -> tuple[dict[str, Any], dict[str, int]]:
@@ -98,6 +99,7 @@ async def measure(cfg_dict: dict[str, Any], port: int, duration: float, warmup: 
     from gateway.app import Gateway
 
     cfg = load_config_text(json.dumps(cfg_dict), "<bench>")
+    quantity = {(d.id, p.id): p.quantity for d in cfg.devices for p in (*d.resolved_points, *d.calculated_points)}
     count = Count()
     ready = asyncio.Event()
     counting = [False]
@@ -117,6 +119,10 @@ async def measure(cfg_dict: dict[str, Any], port: int, duration: float, warmup: 
                 count.readings += len(body["readings"])
                 count.empty += not body["readings"]
                 count.failed += bool(body["readings"]) and all(r["quality"] == "bad" for r in body["readings"])
+                for r in body["readings"]:
+                    if r["quality"] == "good":
+                        q = quantity.get((body["device"], r["point"]), "?")
+                        count.by_quantity[q] = count.by_quantity.get(q, 0) + 1
 
     viewer = asyncio.create_task(listen())
     await asyncio.wait_for(ready.wait(), 10)
@@ -156,6 +162,9 @@ async def main(duration: float, warmup: float, max_age: str) -> None:
     for name, c in results.items():
         print(f"{name:<20} {c.messages:>9} {c.empty:>6} {c.failed:>6} {c.readings:>9} {c.payload:>14} {c.wire:>11}")
     c = results["report by exception"]
+    print("\ngood readings per quantity (the ten most frequent without RBE): every poll -> RBE")
+    for q, n in sorted(every.by_quantity.items(), key=lambda kv: -kv[1])[:10]:
+        print(f"   {q:<24} {n:>7} -> {c.by_quantity.get(q, 0):>7}  deadband {DEADBANDS.get(q, 'on change')}")
     if every.readings and every.wire:
         print(f"\nreadings -{100 * (1 - c.readings / every.readings):.1f} %, "
               f"MQTT bytes -{100 * (1 - c.wire / every.wire):.1f} %")  # fmt: skip

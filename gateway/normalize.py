@@ -558,9 +558,6 @@ class _Calculated:
                 batch.add(i, value, quality, error, ts)
 
 
-_NUMBER = (int, float)  # not bool: `type(v) in _NUMBER` is false for True and False
-
-
 class ReportByException:
     """Report by exception (docs/mqtt.md): drops the readings of a batch that do not qualify.
 
@@ -589,7 +586,7 @@ class ReportByException:
         self._error: list[str | None] = [None] * n
         # The deadband around the last published value (absolute + fraction of it), computed when
         # it is published, and the epoch ms at which max_age republishes it (-inf: never published).
-        self._band = [0.0] * n
+        self._band = list(self._absolute)
         self._due: list[float] = [-_INF] * n
         self._now = -_INF
 
@@ -614,7 +611,7 @@ class ReportByException:
         index, values, qualities, errors = batch.index, batch.values, batch.qualities, batch.errors
         rbe, deadband, band, due, age = self._rbe, self._deadband, self._band, self._due, self._age
         last_value, last_quality, last_error = self._value, self._quality, self._error
-        absolute, fraction, number = self._absolute, self._fraction, _NUMBER
+        absolute, fraction = self._absolute, self._fraction
         dropped: list[int] = []  # positions; none at all is the common case of a device that moves
         for k, (i, value, quality, error) in enumerate(zip(index, values, qualities, errors, strict=True)):
             if not rbe[i]:
@@ -622,17 +619,26 @@ class ReportByException:
             # Unchanged quality and error, within max_age: held unless the value changed enough.
             if now_ms < due[i] and quality == last_quality[i] and error == last_error[i]:
                 last = last_value[i]
-                if deadband[i] and type(value) in number and type(last) in number:
-                    if abs(value - last) <= band[i]:  # type: ignore[operator]
-                        dropped.append(k)
-                        continue
+                if deadband[i]:
+                    try:  # no type checks on the way of two numbers: a try costs nothing in 3.11
+                        b = band[i]
+                        if -b <= value - last <= b:  # type: ignore[operator]
+                            dropped.append(k)
+                            continue
+                    except TypeError:  # not two numbers (a value that went None, a text): any change
+                        if value == last and type(value) is type(last):
+                            dropped.append(k)
+                            continue
                 elif value == last and type(value) is type(last):
                     dropped.append(k)
                     continue
             last_value[i], last_quality[i], last_error[i] = value, quality, error
             due[i] = now_ms + age[i]
-            if deadband[i] and type(value) in number:
-                band[i] = absolute[i] + fraction[i] * abs(value)  # type: ignore[arg-type]
+            if fraction[i]:
+                try:
+                    band[i] = absolute[i] + fraction[i] * abs(value)  # type: ignore[arg-type]
+                except TypeError:
+                    band[i] = absolute[i]
         if dropped:
             # In place: the caller may hold the lists (normalize() appends the series entries after).
             keep = [True] * len(index)
