@@ -75,48 +75,6 @@ def parse_size(value: Any) -> int:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-#: Quantities that count up (energies, counts): published on every change, never with a deadband.
-COUNTER_QUANTITIES = frozenset(q for q in QUANTITIES if "energy" in q) | {"counter", "traffic"}
-
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-DEADBAND_HELP = "a number in the point's unit (0.5) or a percentage of the last published value (2%)"
-
-
-def parse_deadband(value: Any) -> float | str:
-    """`0.5` (in the point's unit) or `2%` (of the last published value) -> 0.5 or "2%"."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a deadband: {value!r} ({DEADBAND_HELP})")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"a deadband must be a finite, non-negative number ({DEADBAND_HELP})")
-        return float(value)
-    if isinstance(value, str):
-        if m := _PERCENT.match(value):
-            return f"{m.group(1)}%"
-        try:
-            return parse_deadband(float(value))
-        except ValueError:
-            pass
-    raise ValueError(f"not a deadband: {value!r} ({DEADBAND_HELP})")
-
-
-#: Report by exception's deadband: absolute (a non-negative number) or relative ("2%").
-Deadband = Annotated[
-    Annotated[float, Field(ge=0)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")],
-    BeforeValidator(parse_deadband),
-]
-
-
-def deadband_parts(deadband: float | str | None) -> tuple[float, float]:
-    """(absolute, fraction of the last published value's magnitude) of a parsed deadband."""
-    if deadband is None:
-        return 0.0, 0.0
-    if isinstance(deadband, str):
-        return 0.0, float(deadband.rstrip("%")) / 100
-    return float(deadband), 0.0
-
-
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
 
@@ -236,6 +194,47 @@ class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: Quantities that count up (energies, counts): published on every change, never with a deadband.
+COUNTER_QUANTITIES = frozenset(q for q in QUANTITIES if "energy" in q) | {"counter", "traffic"}
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+DEADBAND_HELP = "a number in the point's unit (0.5) or a percentage of the last published value (2%)"
+
+
+def parse_deadband(value: Any) -> float | str:
+    """`0.5` (in the point's unit) or `2%` (of the last published value) -> 0.5 or "2%"."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a deadband: {value!r} ({DEADBAND_HELP})")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a deadband must be a finite, non-negative number ({DEADBAND_HELP})")
+        return float(value)
+    if isinstance(value, str):
+        if m := _PERCENT.match(value):
+            return f"{m.group(1)}%"
+        try:
+            return parse_deadband(float(value))
+        except ValueError:
+            pass
+    raise ValueError(f"not a deadband: {value!r} ({DEADBAND_HELP})")
+
+
+#: Report by exception's deadband: absolute (a non-negative number) or relative ("2%").
+Deadband = Annotated[
+    Annotated[float, Field(ge=0)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")],
+    BeforeValidator(parse_deadband),
+]
+
+
+def deadband_parts(deadband: float | str | None) -> tuple[float, float]:
+    """(absolute, fraction of the last published value's magnitude) of a parsed deadband."""
+    if deadband is None:
+        return 0.0, 0.0
+    if isinstance(deadband, str):
+        return 0.0, float(deadband.rstrip("%")) / 100
+    return float(deadband), 0.0
 
 
 class PointConfig(Strict):
