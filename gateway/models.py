@@ -489,14 +489,14 @@ class DeviceConfig(Strict):
     enabled: bool = True
     bus: Identifier | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-    actions: dict[Identifier, dict[str, Any]] = Field(
-        default_factory=dict, description="named actions (the driver's action model); override the profile's by name"
-    )
-    commands: DeviceCommands = Field(default_factory=DeviceCommands)
     report: ReportDefaults | None = Field(
         default=None,
         description="report by exception defaults for the device's points (deadband, max_age); a point's own keys win",
     )
+    actions: dict[Identifier, dict[str, Any]] = Field(
+        default_factory=dict, description="named actions (the driver's action model); override the profile's by name"
+    )
+    commands: DeviceCommands = Field(default_factory=DeviceCommands)
 
     _resolved: tuple[PointConfig, ...] = PrivateAttr(default=())
     _calculated: tuple[PointConfig, ...] = PrivateAttr(default=())
