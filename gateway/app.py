@@ -38,8 +38,17 @@ def device_meta(device: DeviceConfig, points: Any) -> dict[str, Any]:
         "address": device.protocol_address(),
         "interval": device.interval,
         "tags": device.tags,
-        "points": [p.to_def().meta() for p in points if p.publish],
+        "points": [_point_meta(p) for p in points if p.publish],
     }
+
+
+def _point_meta(point: PointConfig) -> dict[str, Any]:
+    meta = point.to_def().meta()
+    report = point.report_meta()
+    if report is not None:
+        # Report by exception: the last value holds until the next one (docs/mqtt.md).
+        meta["report"] = report
+    return meta
 
 
 def build_driver(

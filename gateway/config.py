@@ -639,15 +639,57 @@ def _resolve_device(
         profile_meta, profile_vars = profile.meta(), profile.vars
         actions = {name: (spec, f"profile {profile.name}: actions.{name}") for name, spec in profile.actions.items()}
     _merge_inline(raw, device, path, profile_vars, points, issues)
+    _report_defaults(device, points)
     actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
     resolved = _validated_points(type(device).point_model, points, issues, shared or _Shared())
     # The written points live on as the validated ones; the raw mappings (1 KB a point) go.
     object.__setattr__(device, "points", [])
+    _check_max_age(device, resolved, points, issues)
     device._resolved = tuple(p for p in resolved if p.calc is None)
     device._calculated = _checked_calcs(resolved, points, issues)
     device._resolved_actions = _validated_actions(type(device).action_model, actions, getattr(raw, "file", ""), issues)
     device._profile_meta = profile_meta
     return device, issues
+
+
+def _report_defaults(device: DeviceConfig, points: _Points) -> None:
+    """The device's `report` (report by exception) on each point that sets neither key, before validation.
+
+    Written into the point's mapping (a copy), so that points written alike still validate once
+    per load: a deadband only where it fits (`PointConfig.numeric_gauge`), max_age everywhere.
+    """
+    from gateway.models import COUNTER_QUANTITIES  # here: the import block above is everyone's merge
+
+    report = device.report
+    if report is None or (report.deadband is None and report.max_age is None):
+        return
+    for pid, (point, pfile, pline, where) in list(points.items()):
+        if not isinstance(point, Mapping) or "deadband" in point or "max_age" in point:
+            continue
+        update: dict[str, Any] = {}
+        if report.max_age is not None:
+            update["max_age"] = report.max_age
+        gauge = str(point.get("kind", "gauge")) == "gauge" and point.get("rate") in (None, False)
+        if report.deadband is not None and gauge and point.get("quantity") not in COUNTER_QUANTITIES:
+            update["deadband"] = report.deadband
+        if update:
+            points[pid] = (_merge(point, update), pfile, pline, where)
+
+
+def _check_max_age(
+    device: DeviceConfig, resolved: list[PointConfig], points: _Points, issues: list[ConfigIssue]
+) -> None:
+    """A point's max_age is at least the device's interval: a value is not published more often than read."""
+    for p in resolved:
+        if p.max_age is not None and p.max_age < device.interval and p.id in points:
+            point, pfile, pline, where = points[p.id]
+            msg = (
+                f"max_age {p.max_age:g}s is shorter than the device's interval {device.interval:g}s: "
+                "a value cannot be published more often than it is read"
+            )
+            issues.append(
+                ConfigIssue(pfile, getattr(point, "lines", {}).get("max_age", pline), f"{where}.max_age", msg)
+            )
 
 
 def _validated_actions(

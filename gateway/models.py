@@ -297,6 +297,47 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Quantities that count up (energies, counts): published on every change, never with a deadband.
+COUNTER_QUANTITIES = frozenset(q for q in QUANTITIES if "energy" in q) | {"counter", "traffic"}
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+DEADBAND_HELP = "a number in the point's unit (0.5) or a percentage of the last published value (2%)"
+
+
+def parse_deadband(value: Any) -> float | str:
+    """`0.5` (in the point's unit) or `2%` (of the last published value) -> 0.5 or "2%"."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a deadband: {value!r} ({DEADBAND_HELP})")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a deadband must be a finite, non-negative number ({DEADBAND_HELP})")
+        return float(value)
+    if isinstance(value, str):
+        if m := _PERCENT.match(value):
+            return f"{m.group(1)}%"
+        try:
+            return parse_deadband(float(value))
+        except ValueError:
+            pass
+    raise ValueError(f"not a deadband: {value!r} ({DEADBAND_HELP})")
+
+
+#: Report by exception's deadband: absolute (a non-negative number) or relative ("2%").
+Deadband = Annotated[
+    Annotated[float, Field(ge=0)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")],
+    BeforeValidator(parse_deadband),
+]
+
+
+def deadband_parts(deadband: float | str | None) -> tuple[float, float]:
+    """(absolute, fraction of the last published value's magnitude) of a parsed deadband."""
+    if deadband is None:
+        return 0.0, 0.0
+    if isinstance(deadband, str):
+        return 0.0, float(deadband.rstrip("%")) / 100
+    return float(deadband), 0.0
+
+
 class PointConfig(Strict):
     """A point as configured: its PointDef fields plus the normalisation rules.
 
@@ -341,6 +382,42 @@ class PointConfig(Strict):
     calc: str | None = Field(
         default=None, description="a calculated point: an expression over other points of the device (gateway/calc.py)"
     )
+    # Report by exception (docs/mqtt.md "Report by exception"): without either key, every poll.
+    deadband: Deadband | None = Field(
+        default=None,
+        description="report by exception: publish a gauge only when it moved more than this since the last "
+        "published value; a number in the point's unit (0.5) or a percentage of the last published value (2%)",
+    )
+    max_age: Duration | None = Field(
+        default=None,
+        description="report by exception: the longest silence; an unchanged value is published again after this "
+        "long (at least the device's interval). Alone: publish on change, and at least this often",
+    )
+
+    @model_validator(mode="after")
+    def _report_by_exception(self) -> PointConfig:
+        if self.deadband is not None and not self.numeric_gauge():
+            what = (
+                "a rate"
+                if self.rate is not None
+                else f"a {self.kind} point"
+                if self.kind is not Kind.GAUGE
+                else f"{self.quantity} (a counter quantity)"
+            )
+            raise ValueError(
+                f"deadband is for gauges: {what} is published on every change (use max_age alone for a heartbeat)"
+            )
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError("max_age must be > 0")
+        return self
+
+    def numeric_gauge(self) -> bool:
+        """True when a deadband applies: a gauge read as it is (counters, rates and states publish on change)."""
+        return self.kind is Kind.GAUGE and self.rate is None and self.quantity not in COUNTER_QUANTITIES
+
+    def reports_by_exception(self) -> bool:
+        """True when the point is published by exception instead of at every poll."""
+        return self.deadband is not None or self.max_age is not None
 
     @model_validator(mode="after")
     def _calc_alone(self) -> PointConfig:
@@ -441,6 +518,15 @@ class PointConfig(Strict):
             rate=self.rate,
         )
 
+    def report_meta(self) -> dict[str, Any] | None:
+        """Report by exception as the meta topic shows it (None: published at every poll)."""
+        if not self.reports_by_exception():
+            return None
+        out: dict[str, Any] = {"deadband": self.deadband if self.numeric_gauge() else 0}
+        if self.max_age is not None:
+            out["max_age"] = self.max_age
+        return out
+
 
 class ActionArg(Strict):
     """One argument of a named action, checked before the device sees it."""
@@ -468,6 +554,23 @@ class DeviceCommands(Strict):
     burst: Annotated[int, Field(ge=1, le=1000)] = Field(default=5, description="commands accepted at once")
 
 
+class ReportDefaults(Strict):
+    """Report by exception for every point of a device that does not set its own keys."""
+
+    deadband: Deadband | None = Field(
+        default=None,
+        description="default deadband of the device's gauges (counters, rates and states publish on change)",
+    )
+    max_age: Duration | None = Field(default=None, description="default longest silence of every point")
+
+    @field_validator("max_age")
+    @classmethod
+    def _positive_age(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("max_age must be > 0")
+        return v
+
+
 class DeviceConfig(Strict):
     """Fields every device has; each driver subclasses it with `driver: Literal[...]` and its own."""
 
@@ -492,6 +595,10 @@ class DeviceConfig(Strict):
     enabled: bool = True
     bus: Identifier | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    report: ReportDefaults | None = Field(
+        default=None,
+        description="report by exception defaults for the device's points (deadband, max_age); a point's own keys win",
+    )
     actions: dict[Identifier, dict[str, Any]] = Field(
         default_factory=dict, description="named actions (the driver's action model); override the profile's by name"
     )
@@ -510,6 +617,15 @@ class DeviceConfig(Strict):
         if v < 0.01:
             raise ValueError("interval must be at least 10ms")
         return v
+
+    @model_validator(mode="after")
+    def _report_age(self) -> DeviceConfig:
+        if self.report is not None and self.report.max_age is not None and self.report.max_age < self.interval:
+            raise ValueError(
+                f"report.max_age {self.report.max_age:g}s is shorter than the interval {self.interval:g}s: "
+                "a value cannot be published more often than it is read"
+            )
+        return self
 
     @property
     def resolved_points(self) -> tuple[PointConfig, ...]:

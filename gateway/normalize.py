@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from itertools import compress
 from typing import TypeVar
 
 from gateway.calc import Compiled, combine, compile_expr
 from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
-from gateway.models import PointConfig
+from gateway.models import PointConfig, deadband_parts
 from gateway.points import Quality
 
 GOOD = Quality.GOOD.value
@@ -320,6 +321,8 @@ class Normalizer:
             # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
             self._fast.append(plain and not self._invalid[i])
         self._calc = _Calculated(self._n, points, calculated) if calculated else None
+        # Report by exception: None for a device none of whose points use it (the step costs nothing).
+        self._rbe = ReportByException.of(self.points)
 
     def _one(
         self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None, ts: int
@@ -441,6 +444,11 @@ class Normalizer:
             b_stamps.append(ts)
         if self._calc is not None:
             self._calc.run(self, batch, values, exps, stamps, quals, now_ms)
+        # --- report by exception: after the calculated points (they read this poll's values), before
+        # the time-stamped series entries (each a record of its own, always published).
+        if self._rbe is not None:
+            self._rbe.filter(batch, now_ms)
+        # --- end of report by exception
         for i, raw_value, ts in raw.series:
             if not 0 <= i < self._n or not self.points[i].publish or raw_value is NO_VALUE:
                 continue
@@ -467,6 +475,8 @@ class Normalizer:
                 if q is Quality.BAD:
                     value, error = None, "device flags the value as faulty"
             batch.add(i, value, quality, error, ts)
+        if self._rbe is not None:
+            self._rbe.filter(batch, now_ms)  # report by exception, as for a poll
         return batch
 
     def failed(self, message: str, now_ms: int) -> Batch:
@@ -477,6 +487,8 @@ class Normalizer:
         if self._calc is not None:
             for i in self._calc.publish:
                 batch.add(i, None, BAD, message, now_ms)
+        if self._rbe is not None:
+            self._rbe.record(batch, now_ms)  # a failed poll is always published whole
         return batch
 
 
@@ -544,6 +556,111 @@ class _Calculated:
             known[i] = (value, quality, error, ts)
             if publish:
                 batch.add(i, value, quality, error, ts)
+
+
+class ReportByException:
+    """Report by exception (docs/mqtt.md): drops the readings of a batch that do not qualify.
+
+    A reading qualifies when its point does not report by exception, when it is the point's first,
+    when its quality or error differs from the last published one, when the point's `max_age` has
+    passed since it was last published, or when its value changed: for a gauge with a deadband,
+    moved by more than the deadband from the last *published* value (so a slow drift is published
+    once it adds up); for anything else (counters, rates, states, text, booleans), any change.
+    Compiled per point at start into flat lists indexed like the normaliser's points; the state
+    (the last published value, quality, error and when it is due again) lives only in memory.
+    """
+
+    __slots__ = ("_absolute", "_age", "_band", "_deadband", "_due", "_error", "_fraction", "_now", "_quality",
+                 "_rbe", "_value")  # fmt: skip
+
+    def __init__(self, points: Sequence[PointConfig]) -> None:
+        n = len(points)
+        self._rbe = [p.reports_by_exception() for p in points]
+        self._deadband = [p.deadband is not None and p.numeric_gauge() for p in points]
+        parts = [deadband_parts(p.deadband) for p in points]
+        self._absolute = [a for a, _f in parts]
+        self._fraction = [f for _a, f in parts]
+        self._age = [_INF if p.max_age is None else p.max_age * 1000 for p in points]
+        self._value: list[Value] = [None] * n
+        self._quality: list[str | None] = [None] * n
+        self._error: list[str | None] = [None] * n
+        # The deadband around the last published value (absolute + fraction of it), computed when
+        # it is published, and the epoch ms at which max_age republishes it (-inf: never published).
+        self._band = list(self._absolute)
+        self._due: list[float] = [-_INF] * n
+        self._now = -_INF
+
+    @classmethod
+    def of(cls, points: Sequence[PointConfig]) -> ReportByException | None:
+        """The step for these points, or None when none of them reports by exception."""
+        return cls(points) if any(p.reports_by_exception() for p in points) else None
+
+    def qualifies(self, i: int, value: Value, quality: str, error: str | None, now_ms: int) -> bool:
+        """Whether point i's reading is published; if it is, it becomes the last published one."""
+        batch = Batch("", now_ms, _NO_ENCODER)
+        batch.add(i, value, quality, error, now_ms)
+        self.filter(batch, now_ms)
+        return len(batch) == 1
+
+    def filter(self, batch: Batch, now_ms: int) -> None:
+        """Keep the readings of `batch` that qualify (in place)."""
+        if now_ms < self._now:
+            # The clock stepped back: every max_age is measured anew, from now (all due at once).
+            self._due = [-_INF] * len(self._due)
+        self._now = now_ms
+        index, values, qualities, errors = batch.index, batch.values, batch.qualities, batch.errors
+        rbe, deadband, band, due, age = self._rbe, self._deadband, self._band, self._due, self._age
+        last_value, last_quality, last_error = self._value, self._quality, self._error
+        absolute, fraction = self._absolute, self._fraction
+        dropped: list[int] = []  # positions; none at all is the common case of a device that moves
+        for k, (i, value, quality, error) in enumerate(zip(index, values, qualities, errors, strict=True)):
+            if not rbe[i]:
+                continue
+            # Unchanged quality and error, within max_age: held unless the value changed enough.
+            if now_ms < due[i] and quality == last_quality[i] and error == last_error[i]:
+                last = last_value[i]
+                if deadband[i]:
+                    try:  # no type checks on the way of two numbers: a try costs nothing in 3.11
+                        b = band[i]
+                        if -b <= value - last <= b:  # type: ignore[operator]
+                            dropped.append(k)
+                            continue
+                    except TypeError:  # not two numbers (a value that went None, a text): any change
+                        if value == last and type(value) is type(last):
+                            dropped.append(k)
+                            continue
+                elif value == last and type(value) is type(last):
+                    dropped.append(k)
+                    continue
+            last_value[i], last_quality[i], last_error[i] = value, quality, error
+            due[i] = now_ms + age[i]
+            if fraction[i]:
+                try:
+                    band[i] = absolute[i] + fraction[i] * abs(value)  # type: ignore[arg-type]
+                except TypeError:
+                    band[i] = absolute[i]
+        if dropped:
+            # In place: the caller may hold the lists (normalize() appends the series entries after).
+            keep = [True] * len(index)
+            for k in dropped:
+                keep[k] = False
+            stamps = batch.stamps
+            index[:] = compress(index, keep)
+            values[:] = compress(values, keep)
+            qualities[:] = compress(qualities, keep)
+            errors[:] = compress(errors, keep)
+            stamps[:] = compress(stamps, keep)
+
+    def record(self, batch: Batch, now_ms: int) -> None:
+        """Note every reading of `batch` as published (a failed poll: all of it goes out)."""
+        self._now = max(self._now, now_ms)
+        for i, value, quality, error in zip(batch.index, batch.values, batch.qualities, batch.errors, strict=True):
+            if self._rbe[i]:
+                self._value[i], self._quality[i], self._error[i] = value, quality, error
+                self._due[i] = now_ms + self._age[i]
+
+
+_NO_ENCODER = Encoder("", ())
 
 
 def _json_value(value: Value, float_fmt: Callable[[float], str] = float.__repr__) -> str:
