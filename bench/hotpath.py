@@ -1,0 +1,337 @@
+"""Micro-benchmark of the hot path per point, in one process and without a network.
+
+One Modbus device of 100 float32 points (the bench profile of `modbus_load.py`), built from a
+config exactly as the daemon builds it, goes through the real objects of each stage:
+
+    link       ModbusLink.read: MBAP request and reply parsing, the future, the timeout handle
+               (a transport in the process answers each request with a prepared reply)
+    decode     BlockDecoder.decode_into of the 200-byte reply
+    normalize  Normalizer.normalize of the decoded values
+    encode     Batch.encode (the JSON data message)
+    mqtt       paho's publish of that message at QoS 1 into a socket pair, the PUBACK read back
+    poll       DeviceRunner._poll_once: all of the above through the driver, the runner, the
+               publisher's submit_batch and _launch (the scheduler's tick is not in it)
+
+Wall-clock figures are printed in ns per point, but on a shared machine they drift by tens of
+percent. `--callgrind` counts instructions instead (valgrind; repeatable whatever else runs): it
+runs this script under callgrind once per stage and once with no iterations, and reports the
+difference per point.
+
+    python bench/hotpath.py                         # ns per point, every stage
+    python bench/hotpath.py --callgrind             # instructions per point, every stage
+    python bench/hotpath.py --values constant       # values that repeat between polls
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import write_profile  # noqa: E402
+
+STAGES = ("link", "decode", "normalize", "encode", "mqtt", "poll")
+REPLIES = 64  # distinct replies cycled through: values change at every poll (as the twins' do)
+
+
+def reply_data(points: int, k: int, values: str) -> bytes:
+    """The data bytes of reply number k: `points` big-endian float32s."""
+    if values == "constant":
+        k = 0
+    if values == "decimal":
+        # Values a device made from decimals (229.27 V), as many meters do.
+        floats = [round(200 + 0.01 * ((i * 37 + k * 11) % 9000), 2) for i in range(points)]
+    else:
+        # The twins' sine: an arbitrary float32 at every poll.
+        floats = [40 + 40 * math.sin(2 * math.pi * (1000 + k * 0.01) / 300 + i) for i in range(points)]
+    return struct.pack(f">{points}f", *floats)
+
+
+class _Transport:
+    """Answers each request frame at once (next turn of the loop) with the next prepared reply."""
+
+    def __init__(self, link: Any, replies: list[bytes]) -> None:
+        self.link = link
+        self.replies = replies
+        self.n = 0
+        self.loop = asyncio.get_running_loop()
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, frame: bytes) -> None:
+        data = self.replies[self.n % len(self.replies)]
+        self.n += 1
+        pdu = bytes((3, len(data))) + data
+        reply = frame[:4] + struct.pack(">HB", len(pdu) + 1, frame[6]) + pdu
+        self.loop.call_soon(self.link._on_data, self.link._protocol, reply)
+
+    def close(self) -> None:
+        pass
+
+
+class _Paho:
+    """A paho client on one end of a socket pair, 'connected'; the other end plays the broker."""
+
+    def __init__(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench")
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.client.max_inflight_messages_set(200)  # as the daemon's (aiomqtt passes max_inflight)
+        self.client._sock = a
+        self.client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+        self.broker = b
+        self.acked = 0
+        self.client.on_publish = self._on_publish
+        self.buf = bytearray()
+
+    def _on_publish(self, c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self.acked += 1
+
+    def broker_turn(self) -> None:
+        """Read what the client wrote, PUBACK every PUBLISH in it, and let the client read them."""
+        while True:
+            try:
+                chunk = self.broker.recv(1 << 20)
+            except BlockingIOError:
+                break
+            self.buf += chunk
+        acks = bytearray()
+        buf = self.buf
+        pos = 0
+        while pos + 2 <= len(buf):
+            mult, length, i = 1, 0, pos + 1
+            while True:
+                byte = buf[i]
+                length += (byte & 127) * mult
+                mult *= 128
+                i += 1
+                if byte < 128:
+                    break
+            if i + length > len(buf):
+                break
+            if buf[pos] & 0xF0 == 0x30 and buf[pos] & 0x06:
+                tlen = (buf[i] << 8) | buf[i + 1]
+                mid = buf[i + 2 + tlen : i + 4 + tlen]
+                acks += b"\x40\x02" + mid
+            pos = i + length
+        del buf[:pos]
+        if acks:
+            self.broker.sendall(acks)
+            while self.client._sock is not None:
+                before = self.acked
+                self.client.loop_read()
+                if self.acked == before:
+                    break
+
+
+async def _build(points: int, values: str, work: Path) -> dict[str, Any]:
+    from drivers.modbus.client import ModbusLink, TcpEndpoint
+    from gateway.app import build_driver, bus_for
+    from gateway.config import load_config_text
+    from gateway.logs import get as get_log
+    from gateway.scheduler import DeviceRunner
+    from gateway.state import StateStore
+
+    profile = write_profile(work, points)
+    text = (
+        "site: bench\nmqtt: {url: 'mqtt://127.0.0.1:1883', max_inflight: 200}\n"
+        "log: {level: warning}\ndevices:\n"
+        f"  - {{id: dev000, driver: modbus, tcp: {{host: 127.0.0.1, port: 1502}}, unit: 1,"
+        f" profile: {profile}, profile_vars: {{points: {points}}}, interval: 1, timeout: 1s}}\n"
+    )
+    cfg = load_config_text(text, base_dir=work)
+    device = cfg.devices[0]
+    _key, bus = bus_for(device, cfg)
+    log = get_log(site="bench")
+    state = StateStore(None)
+    images = [reply_data(points, k, values) for k in range(REPLIES)]
+    paho = _Paho()
+    sent = [0]
+
+    def sink(batch: Any, on_done: Callable[[], None] | None) -> None:
+        publisher.submit_batch(batch, on_done)
+        msg = publisher._next_live()
+        publisher._launch(client, msg)
+        sent[0] += 1
+        if sent[0] % 32 == 0:
+            paho.broker_turn()
+
+    from gateway.publish import Publisher
+
+    publisher = Publisher(cfg.mqtt, cfg.site, cfg.buffer, None, log)
+    publisher.connected = True
+    client = type("AiomqttLike", (), {"_client": paho.client})()
+    paho.client.on_publish = lambda c, u, mid, r, p: (publisher._on_puback(mid), paho._on_publish(c, u, mid, r, p))
+    runner = DeviceRunner(
+        device, lambda pts: build_driver(device, bus, state, None, log, pts), sink, lambda d, s: None, log
+    )
+    await runner.driver.start()
+    driver: Any = runner.driver
+    link = ModbusLink(TcpEndpoint("127.0.0.1", 1502))
+    link._protocol = object()  # type: ignore[assignment]
+    driver._link = link
+    compiled = driver._compiled_plan()
+    # The replies of each poll's requests (100 float32s are two reads of 100 registers), in order.
+    polls = [[image[2 * rd.start : 2 * (rd.start + rd.count)] for rd in compiled.reads] for image in images]
+    link._transport = _Transport(link, [data for poll in polls for data in poll])  # type: ignore[assignment]
+    return {
+        "runner": runner,
+        "link": link,
+        "reads": compiled.reads,
+        "replies": polls,
+        "paho": paho,
+        "template": compiled.template,
+    }
+
+
+async def _stage(name: str, iterations: int, ctx: dict[str, Any]) -> None:
+    from gateway.driver import RawReadings
+
+    runner, reads, replies = ctx["runner"], ctx["reads"], ctx["replies"]
+    norm = runner.normalizer
+    n = len(replies)
+    if "decoded" not in ctx:  # each stage's input, made once (outside the measured laps)
+        decoded = ctx["decoded"] = []
+        for poll in replies:
+            values = ctx["template"].copy()
+            for rd, data in zip(reads, poll, strict=True):
+                rd.decoder.decode_into(data, values)
+            decoded.append(values)
+        ctx["batches"] = [norm.normalize(RawReadings(v), 1_700_000_000_000 + k) for k, v in enumerate(decoded)]
+        ctx["payloads"] = [b.encode(k) for k, b in enumerate(ctx["batches"])]
+    decoded, batches, payloads = ctx["decoded"], ctx["batches"], ctx["payloads"]
+    if name == "link":
+        link = ctx["link"]
+        for _ in range(iterations):
+            for rd in reads:
+                await link.read(rd.unit, rd.code, rd.start, rd.count, 1.0)
+    elif name == "decode":
+        template = ctx["template"]
+        for k in range(iterations):
+            values = template.copy()
+            for rd, data in zip(reads, replies[k % n], strict=True):
+                rd.decoder.decode_into(data, values)
+    elif name == "normalize":
+        for k in range(iterations):
+            norm.normalize(RawReadings(decoded[k % n]), 1_700_000_000_000 + k)
+    elif name == "encode":
+        # A fresh encoder's text memory for each lap would hide nothing: values change per poll.
+        for k in range(iterations):
+            batches[k % n].encode(k)
+    elif name == "mqtt":
+        paho = ctx["paho"]
+        publish = paho.client.publish
+        for k in range(iterations):
+            publish("edgegw/bench/dev000/data", payloads[k % n], 1)
+            if k % 32 == 31:
+                paho.broker_turn()
+        paho.broker_turn()
+    elif name == "poll":
+        poll = runner._poll_once
+        for _ in range(iterations):
+            await poll()
+        ctx["paho"].broker_turn()
+
+
+def run_inprocess(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="edgegw-hotpath-"))
+
+    async def main() -> dict[str, Any]:
+        ctx = await _build(args.points, args.values, work)
+        out: dict[str, Any] = {}
+        stages = [args.stage] if args.stage else list(STAGES)
+        for name in stages:
+            await _stage(name, 50, ctx)  # warm-up (also in the no-iterations run of --callgrind)
+            if args.iterations == 0:
+                continue
+            t0 = time.perf_counter_ns()
+            await _stage(name, args.iterations, ctx)
+            dt = time.perf_counter_ns() - t0
+            out[name] = round(dt / args.iterations / args.points, 1)
+        return out
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def callgrind_count(extra: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="edgegw-cg-") as tmp:
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={tmp}/cg.out",
+            sys.executable,
+            __file__,
+            *extra,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        m = _COLLECTED.search(proc.stderr)
+        if proc.returncode != 0 or m is None:
+            raise SystemExit(f"callgrind failed: {proc.stderr[-2000:]}")
+        return int(m.group(1))
+
+
+def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
+    base = ["--points", str(args.points), "--values", args.values]
+    out: dict[str, Any] = {}
+    for name in [args.stage] if args.stage else list(STAGES):
+        # Setup and the warm-up lap are the same in both runs; only the measured laps differ.
+        zero = callgrind_count([*base, "--stage", name, "--iterations", "0"])
+        full = callgrind_count([*base, "--stage", name, "--iterations", str(args.iterations)])
+        out[name] = round((full - zero) / args.iterations / args.points)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--iterations", type=int, default=None, help="polls per stage (default 2000, 300 under callgrind)")
+    ap.add_argument("--stage", choices=STAGES)
+    ap.add_argument("--values", choices=("changing", "constant", "decimal"), default="changing")
+    ap.add_argument("--callgrind", action="store_true", help="count instructions per point under valgrind")
+    args = ap.parse_args()
+    if args.iterations is None:
+        args.iterations = 300 if args.callgrind else 2000
+    if args.callgrind:
+        result = {"instructions_per_point": run_callgrind(args)}
+    else:
+        result = {"ns_per_point": run_inprocess(args)}
+    result.update(points=args.points, iterations=args.iterations, values=args.values)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
