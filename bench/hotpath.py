@@ -20,6 +20,10 @@ difference per point.
     python bench/hotpath.py                         # ns per point, every stage
     python bench/hotpath.py --callgrind             # instructions per point, every stage
     python bench/hotpath.py --values constant       # values that repeat between polls
+    python bench/hotpath.py --values decimal        # values a device made from decimals (229.27)
+
+Under callgrind a run takes a minute or two (the imports are most of it); the stages' runs go two
+at a time (`--jobs`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import write_profile  # noqa: E402
+from common import write_profile
 
 STAGES = ("link", "decode", "normalize", "encode", "mqtt", "poll")
 REPLIES = 64  # distinct replies cycled through: values change at every poll (as the twins' do)
@@ -206,53 +210,75 @@ async def _build(points: int, values: str, work: Path) -> dict[str, Any]:
     }
 
 
-async def _stage(name: str, iterations: int, ctx: dict[str, Any]) -> None:
+def _inputs(ctx: dict[str, Any]) -> None:
+    """Each stage's input, made once (outside the measured laps)."""
     from gateway.driver import RawReadings
 
-    runner, reads, replies = ctx["runner"], ctx["reads"], ctx["replies"]
-    norm = runner.normalizer
-    n = len(replies)
-    if "decoded" not in ctx:  # each stage's input, made once (outside the measured laps)
-        decoded = ctx["decoded"] = []
-        for poll in replies:
-            values = ctx["template"].copy()
-            for rd, data in zip(reads, poll, strict=True):
-                rd.decoder.decode_into(data, values)
-            decoded.append(values)
-        ctx["batches"] = [norm.normalize(RawReadings(v), 1_700_000_000_000 + k) for k, v in enumerate(decoded)]
-        ctx["payloads"] = [b.encode(k) for k, b in enumerate(ctx["batches"])]
-    decoded, batches, payloads = ctx["decoded"], ctx["batches"], ctx["payloads"]
-    if name == "link":
-        link = ctx["link"]
-        for _ in range(iterations):
-            for rd in reads:
-                await link.read(rd.unit, rd.code, rd.start, rd.count, 1.0)
-    elif name == "decode":
-        template = ctx["template"]
-        for k in range(iterations):
-            values = template.copy()
-            for rd, data in zip(reads, replies[k % n], strict=True):
-                rd.decoder.decode_into(data, values)
-    elif name == "normalize":
-        for k in range(iterations):
-            norm.normalize(RawReadings(decoded[k % n]), 1_700_000_000_000 + k)
-    elif name == "encode":
-        # A fresh encoder's text memory for each lap would hide nothing: values change per poll.
-        for k in range(iterations):
-            batches[k % n].encode(k)
-    elif name == "mqtt":
-        paho = ctx["paho"]
-        publish = paho.client.publish
-        for k in range(iterations):
-            publish("edgegw/bench/dev000/data", payloads[k % n], 1)
-            if k % 32 == 31:
-                paho.broker_turn()
-        paho.broker_turn()
-    elif name == "poll":
-        poll = runner._poll_once
-        for _ in range(iterations):
-            await poll()
-        ctx["paho"].broker_turn()
+    if "decoded" in ctx:
+        return
+    norm = ctx["runner"].normalizer
+    decoded = ctx["decoded"] = []
+    for poll in ctx["replies"]:
+        values = ctx["template"].copy()
+        for rd, data in zip(ctx["reads"], poll, strict=True):
+            rd.decoder.decode_into(data, values)
+        decoded.append(values)
+    ctx["batches"] = [norm.normalize(RawReadings(v), 1_700_000_000_000 + k) for k, v in enumerate(decoded)]
+    ctx["payloads"] = [b.encode(k) for k, b in enumerate(ctx["batches"])]
+
+
+async def _link(iterations: int, ctx: dict[str, Any]) -> None:
+    link = ctx["link"]
+    for _ in range(iterations):
+        for rd in ctx["reads"]:
+            await link.read(rd.unit, rd.code, rd.start, rd.count, 1.0)
+
+
+async def _decode(iterations: int, ctx: dict[str, Any]) -> None:
+    template, reads, replies = ctx["template"], ctx["reads"], ctx["replies"]
+    for k in range(iterations):
+        values = template.copy()
+        for rd, data in zip(reads, replies[k % len(replies)], strict=True):
+            rd.decoder.decode_into(data, values)
+
+
+async def _normalize(iterations: int, ctx: dict[str, Any]) -> None:
+    from gateway.driver import RawReadings
+
+    norm, decoded = ctx["runner"].normalizer, ctx["decoded"]
+    for k in range(iterations):
+        norm.normalize(RawReadings(decoded[k % len(decoded)]), 1_700_000_000_000 + k)
+
+
+async def _encode(iterations: int, ctx: dict[str, Any]) -> None:
+    batches = ctx["batches"]
+    for k in range(iterations):
+        batches[k % len(batches)].encode(k)
+
+
+async def _mqtt(iterations: int, ctx: dict[str, Any]) -> None:
+    paho, payloads = ctx["paho"], ctx["payloads"]
+    publish = paho.client.publish
+    for k in range(iterations):
+        publish("edgegw/bench/dev000/data", payloads[k % len(payloads)], 1)
+        if k % 32 == 31:
+            paho.broker_turn()
+    paho.broker_turn()
+
+
+async def _poll(iterations: int, ctx: dict[str, Any]) -> None:
+    poll = ctx["runner"]._poll_once
+    for _ in range(iterations):
+        await poll()
+    ctx["paho"].broker_turn()
+
+
+_STAGES = {"link": _link, "decode": _decode, "normalize": _normalize, "encode": _encode, "mqtt": _mqtt, "poll": _poll}
+
+
+async def _stage(name: str, iterations: int, ctx: dict[str, Any]) -> None:
+    _inputs(ctx)
+    await _STAGES[name](iterations, ctx)
 
 
 def run_inprocess(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,8 +288,14 @@ def run_inprocess(args: argparse.Namespace) -> dict[str, Any]:
         ctx = await _build(args.points, args.values, work)
         out: dict[str, Any] = {}
         stages = [args.stage] if args.stage else list(STAGES)
+        if args.child:
+            # Under callgrind: every stage warms up in every run, so that one run with no measured
+            # laps is the baseline of all stages.
+            for name in STAGES:
+                await _stage(name, 50, ctx)
         for name in stages:
-            await _stage(name, 50, ctx)  # warm-up (also in the no-iterations run of --callgrind)
+            if not args.child:
+                await _stage(name, 50, ctx)  # warm-up
             if args.iterations == 0:
                 continue
             t0 = time.perf_counter_ns()
@@ -297,7 +329,9 @@ def callgrind_count(extra: list[str]) -> int:
             __file__,
             *extra,
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}
+        )
         m = _COLLECTED.search(proc.stderr)
         if proc.returncode != 0 or m is None:
             raise SystemExit(f"callgrind failed: {proc.stderr[-2000:]}")
@@ -305,14 +339,17 @@ def callgrind_count(extra: list[str]) -> int:
 
 
 def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
-    base = ["--points", str(args.points), "--values", args.values]
-    out: dict[str, Any] = {}
-    for name in [args.stage] if args.stage else list(STAGES):
-        # Setup and the warm-up lap are the same in both runs; only the measured laps differ.
-        zero = callgrind_count([*base, "--stage", name, "--iterations", "0"])
-        full = callgrind_count([*base, "--stage", name, "--iterations", str(args.iterations)])
-        out[name] = round((full - zero) / args.iterations / args.points)
-    return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = ["--child", "--points", str(args.points), "--values", args.values]
+    stages = [args.stage] if args.stage else list(STAGES)
+    # Setup and the warm-up laps are the same in every run; only the measured laps differ.
+    runs = [[*base, "--iterations", "0"]] + [
+        [*base, "--stage", s, "--iterations", str(args.iterations)] for s in stages
+    ]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        zero, *counts = pool.map(callgrind_count, runs)
+    return {s: round((c - zero) / args.iterations / args.points) for s, c in zip(stages, counts, strict=True)}
 
 
 def main() -> None:
@@ -322,6 +359,8 @@ def main() -> None:
     ap.add_argument("--stage", choices=STAGES)
     ap.add_argument("--values", choices=("changing", "constant", "decimal"), default="changing")
     ap.add_argument("--callgrind", action="store_true", help="count instructions per point under valgrind")
+    ap.add_argument("--jobs", type=int, default=2, help="valgrind runs at once (with --callgrind)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.iterations is None:
         args.iterations = 300 if args.callgrind else 2000
