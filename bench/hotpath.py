@@ -92,7 +92,7 @@ class _Transport:
 class _Paho:
     """A paho client on one end of a socket pair, 'connected'; the other end plays the broker."""
 
-    def __init__(self) -> None:
+    def __init__(self, coalesce: bool) -> None:
         import paho.mqtt.client as mqtt
 
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench")
@@ -108,13 +108,30 @@ class _Paho:
         self.broker = b
         self.acked = 0
         self.client.on_publish = self._on_publish
+        # What aiomqtt does: paho asks for a writer callback instead of writing at once.
+        self.client.on_socket_register_write = lambda c, u, sock: None
+        self.client.on_socket_unregister_write = lambda c, u, sock: None
         self.buf = bytearray()
+        self.coalesce: Callable[[Any], None] | None = None
+        if coalesce:
+            try:
+                from gateway.publish import coalesce as join_packets
+            except ImportError:  # a commit before issue 13: one send per message
+                join_packets = None
+            self.coalesce = join_packets
 
     def _on_publish(self, c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         self.acked += 1
 
     def broker_turn(self) -> None:
-        """Read what the client wrote, PUBACK every PUBLISH in it, and let the client read them."""
+        """Write what the client queued, PUBACK every PUBLISH in it, and let the client read them.
+
+        As in the daemon, paho only queues packets (aiomqtt registers a writer instead of paho
+        writing at once); the queue goes out when the socket is writable, here now.
+        """
+        if self.coalesce is not None:
+            self.coalesce(self.client)
+        self.client.loop_write()
         while True:
             try:
                 chunk = self.broker.recv(1 << 20)
@@ -150,7 +167,7 @@ class _Paho:
                     break
 
 
-async def _build(points: int, values: str, work: Path) -> dict[str, Any]:
+async def _build(points: int, values: str, work: Path, coalesce: bool) -> dict[str, Any]:
     from drivers.modbus.client import ModbusLink, TcpEndpoint
     from gateway.app import build_driver, bus_for
     from gateway.config import load_config_text
@@ -171,7 +188,7 @@ async def _build(points: int, values: str, work: Path) -> dict[str, Any]:
     log = get_log(site="bench")
     state = StateStore(None)
     images = [reply_data(points, k, values) for k in range(REPLIES)]
-    paho = _Paho()
+    paho = _Paho(coalesce)
     sent = [0]
 
     def sink(batch: Any, on_done: Callable[[], None] | None) -> None:
@@ -285,7 +302,7 @@ def run_inprocess(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgegw-hotpath-"))
 
     async def main() -> dict[str, Any]:
-        ctx = await _build(args.points, args.values, work)
+        ctx = await _build(args.points, args.values, work, not args.no_coalesce)
         out: dict[str, Any] = {}
         stages = [args.stage] if args.stage else list(STAGES)
         if args.child:
@@ -342,6 +359,8 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     base = ["--child", "--points", str(args.points), "--values", args.values]
+    if args.no_coalesce:
+        base.append("--no-coalesce")
     stages = [args.stage] if args.stage else list(STAGES)
     # Setup and the warm-up laps are the same in every run; only the measured laps differ.
     runs = [[*base, "--iterations", "0"]] + [
@@ -361,6 +380,7 @@ def main() -> None:
     ap.add_argument("--callgrind", action="store_true", help="count instructions per point under valgrind")
     ap.add_argument("--jobs", type=int, default=2, help="valgrind runs at once (with --callgrind)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-coalesce", action="store_true", help="one socket write per MQTT packet (as before issue 13)")
     args = ap.parse_args()
     if args.iterations is None:
         args.iterations = 300 if args.callgrind else 2000
