@@ -33,6 +33,7 @@ Value = int | float | bool | str | None
 _INF = math.inf
 
 
+@functools.lru_cache(maxsize=4096)  # a few scales, thousands of points: built at start, per device
 def ratio(x: float) -> tuple[int, int]:
     """The exact decimal a profile wrote (0.1 means 1/10, not 0.1000000000000000055...)."""
     frac = Fraction(Decimal(repr(x)))
@@ -217,6 +218,18 @@ def set_instance(instance: str | None) -> None:
     _instance_fragment = "" if instance is None else ',"instance":' + json.dumps(instance)
 
 
+# A hundred devices of one profile repeat the same point ids and units: each fragment is made once
+# (start-up of 10 000 points) and shared (memory).
+@functools.lru_cache(maxsize=65536)
+def _point_fragment(point_id: str) -> str:
+    return '{"point":' + json.dumps(point_id) + ',"value":'
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_fragments(unit: str) -> tuple[str, str]:
+    return ',"unit":' + json.dumps(unit) + ',"quality":"', ',"unit":' + json.dumps(unit) + ',"quality":"good","ts":'
+
+
 class Encoder:
     """A device's points compiled for JSON: pre-encoded fragments per point, shared by its batches."""
 
@@ -241,9 +254,9 @@ class Encoder:
         self._device_json = json.dumps(device_id) + _instance_fragment
         self._ids = [p.id for p in points]
         self._units = [p.unit for p in points]
-        self._prefix = ['{"point":' + json.dumps(p.id) + ',"value":' for p in points]
-        self._unit_json = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"') for p in points]
-        self._good_tail = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"good","ts":') for p in points]
+        self._prefix = [_point_fragment(p.id) for p in points]
+        self._unit_json = [_unit_fragments(p.unit)[0] for p in points]
+        self._good_tail = [_unit_fragments(p.unit)[1] for p in points]
         # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094):
         # it is written as the shortest decimal that identifies the float32 (229.27). A scaled
         # float32 is the exact product of that decimal (Normalizer._one): every digit of it counts.
