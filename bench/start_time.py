@@ -43,6 +43,7 @@ async def one_run(rig: object, args: argparse.Namespace, run: int) -> dict[str, 
         "all_devices": None,
         "online_cpu": None,
         "first_data_cpu": None,
+        "all_devices_cpu": None,
     }
     seen: set[str] = set()
     done = asyncio.Event()
@@ -69,6 +70,7 @@ async def one_run(rig: object, args: argparse.Namespace, run: int) -> dict[str, 
                 seen.add(topic)
                 if len(seen) == args.devices and marks["all_devices"] is None:
                     marks["all_devices"] = now
+                    marks["all_devices_cpu"] = cpu_seconds(daemon.pid)
                     done.set()
 
     ready = asyncio.Event()
@@ -115,7 +117,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "runs": runs,
         "median_s": {
             k: med(k)
-            for k in ("online", "first_data", "online_to_first_data", "all_devices", "online_cpu", "first_data_cpu")
+            for k in (
+                "online",
+                "first_data",
+                "online_to_first_data",
+                "all_devices",
+                "online_cpu",
+                "first_data_cpu",
+                "all_devices_cpu",
+            )
         },
     }
 
@@ -126,7 +136,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--timeout", type=float, default=30.0, help="give up on a run after this many seconds")
+    ap.add_argument("--timeout", type=float, default=60.0, help="give up on a run after this many seconds")
     ap.add_argument("--inline", action="store_true", help="every device lists its points instead of naming the profile")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=2))

@@ -81,3 +81,23 @@ def test_a_poll_that_skips_a_point_encodes_as_the_general_path_does() -> None:
     ):
         raw = RawReadings(values)  # type: ignore[arg-type]
         assert norm.normalize(raw, 1000 + k).encode(k) == _general(norm, raw, 1000 + k, k)
+
+
+def test_the_columnar_fast_path_of_normalize_is_the_loop() -> None:
+    from gateway.driver import NO_VALUE
+
+    points = _points(6)
+    points[2] = points[2].model_copy(update={"publish": False})
+    rng = random.Random(3)
+    choices: list[object] = [1.5, -0.0, 0.0, float("nan"), float("inf"), 3, NO_VALUE, PointError("x"), 1e308]
+    for published_all in (True, False):
+        pts = _points(6) if published_all else points
+        for _ in range(300):
+            values = [rng.choice(choices) if rng.random() < 0.2 else f32(rng.uniform(-9, 9)) for _ in range(6)]
+            fast, loop = Normalizer("d", pts), Normalizer("d", pts)
+            loop._all_fast = False
+            a = fast.normalize(RawReadings(values), 7)  # type: ignore[arg-type]
+            b = loop.normalize(RawReadings(values), 7)  # type: ignore[arg-type]
+            assert (a.index, a.qualities, a.errors, a.stamps) == (b.index, b.qualities, b.errors, b.stamps)
+            assert [repr(v) for v in a.values] == [repr(v) for v in b.values]
+            assert a.encode(1) == b.encode(1)
