@@ -94,8 +94,9 @@ class _Paho:
 
     def __init__(self, coalesce: bool) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench")
         a, b = socket.socketpair()
         a.setblocking(False)
         b.setblocking(False)
@@ -104,7 +105,7 @@ class _Paho:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.client.max_inflight_messages_set(200)  # as the daemon's (aiomqtt passes max_inflight)
         self.client._sock = a
-        self.client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+        self.client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[attr-defined]
         self.broker = b
         self.acked = 0
         self.client.on_publish = self._on_publish
@@ -116,9 +117,10 @@ class _Paho:
         if coalesce:
             try:
                 from gateway.publish import coalesce as join_packets
+
+                self.coalesce = join_packets
             except ImportError:  # a commit before issue 13: one send per message
-                join_packets = None
-            self.coalesce = join_packets
+                pass
 
     def _on_publish(self, c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         self.acked += 1
@@ -194,6 +196,7 @@ async def _build(points: int, values: str, work: Path, coalesce: bool) -> dict[s
     def sink(batch: Any, on_done: Callable[[], None] | None) -> None:
         publisher.submit_batch(batch, on_done)
         msg = publisher._next_live()
+        assert msg is not None
         publisher._launch(client, msg)
         sent[0] += 1
         if sent[0] % 32 == 0:
@@ -204,7 +207,12 @@ async def _build(points: int, values: str, work: Path, coalesce: bool) -> dict[s
     publisher = Publisher(cfg.mqtt, cfg.site, cfg.buffer, None, log)
     publisher.connected = True
     client = type("AiomqttLike", (), {"_client": paho.client})()
-    paho.client.on_publish = lambda c, u, mid, r, p: (publisher._on_puback(mid), paho._on_publish(c, u, mid, r, p))
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        publisher._on_puback(mid)
+        paho._on_publish(c, userdata, mid, reason, properties)
+
+    paho.client.on_publish = on_publish
     runner = DeviceRunner(
         device, lambda pts: build_driver(device, bus, state, None, log, pts), sink, lambda d, s: None, log
     )

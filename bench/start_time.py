@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         shutil.rmtree(rig.work, ignore_errors=True)
 
     def med(key: str) -> float | None:
-        values = [r[key] for r in runs if r[key] is not None]
+        values = [v for r in runs if (v := r[key]) is not None]
         return round(statistics.median(values), 3) if values else None
 
     return {

@@ -17,7 +17,7 @@ from decimal import Decimal
 from fractions import Fraction
 from itertools import compress
 from operator import eq, not_
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from gateway.calc import Compiled, combine, compile_expr
 from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
@@ -298,20 +298,21 @@ class Encoder:
             self._reshape(index)
         n = len(index)
         if self._shape_f32 and {float}.issuperset(map(type, values)):
-            same = list(map(eq, values, self._shape_values))
+            floats = cast(list[float], values)
+            same = list(map(eq, floats, self._shape_values))
             hits = same.count(True)
             if hits == n:
                 texts = self._shape_texts
             elif hits == 0:
-                texts = float32_texts(tuple(values))
+                texts = float32_texts(tuple(floats))
             else:
                 texts = self._shape_texts.copy()
                 miss = list(compress(range(n), map(not_, same)))
-                for k, text in zip(miss, float32_texts(tuple(map(values.__getitem__, miss))), strict=True):
+                for k, text in zip(miss, float32_texts(tuple(map(floats.__getitem__, miss))), strict=True):
                     texts[k] = text
             self._shape_texts = texts
             # Zero is never taken from memory (0.0 == -0.0): it is stored as NaN, which matches nothing.
-            self._shape_values = [v or math.nan for v in values] if 0.0 in values else values.copy()
+            self._shape_values = [v or math.nan for v in floats] if 0.0 in floats else floats.copy()
         else:
             texts = self._texts(index, values)
         parts = self._shape_parts.copy()
@@ -577,7 +578,7 @@ class Normalizer:
             # Every published point a plain number and every value a finite float (the sum of
             # finite floats is inf only on overflow, which just takes the loop below): the
             # columns are filled in C.
-            picked = values[: self._n] if self._publish_all else list(map(values.__getitem__, todo))
+            picked = cast(list[float], values[: self._n] if self._publish_all else list(map(values.__getitem__, todo)))
             if {float}.issuperset(map(type, picked)) and -_INF < sum(picked) < _INF:
                 k = len(picked)
                 b_index += todo

@@ -6,18 +6,19 @@ import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.publish import coalesce
 
 
 def _client() -> tuple[mqtt.Client, socket.socket]:
     """A paho client on one end of a socket pair, set up as aiomqtt runs it (writes deferred)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t")
     ours, broker = socket.socketpair()
     ours.setblocking(False)
     broker.settimeout(5)
     client._sock = ours
-    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[attr-defined]
     client.on_socket_register_write = lambda c, u, s: None
     client.on_socket_unregister_write = lambda c, u, s: None
     return client, broker
