@@ -140,9 +140,21 @@ def float32_texts(values: tuple[float, ...]) -> list[str]:
         return list(map(float32_text, values))
     if min(map(abs, filter(None, values)), default=1.0) < _F32_MIN_NORMAL:
         return list(map(float32_text, values))
-    for i in compress(range(n), ok):
-        if texts[i].lstrip("-0.")[:1] > "7":  # the first significant digit ("" for zero)
-            texts[i] = float32_text(values[i])
+    # The first significant digit ("" for zero): with 8 or 9, a shorter text may read back too.
+    high = [i for i in compress(range(n), ok) if texts[i].lstrip("-0.")[:1] > "7"]
+    if high:
+        sub = tuple(map(values.__getitem__, high))
+        vec = _vector(len(sub))[2]
+        texts6 = ("%.6g," * len(sub))[:-1] % sub
+        try:
+            back6 = vec.unpack(vec.pack(*map(float, texts6.split(","))))
+        except (OverflowError, struct.error):
+            back6 = sub  # every one through float32_text
+        for i, text6, y, x in zip(high, texts6.split(","), back6, sub, strict=True):
+            # The same text with 6 digits has fewer than 7 significant ones; a 6-digit text that
+            # does not read back ends float32_text's search for a shorter one at once.
+            if text6 != texts[i] and y == x:
+                texts[i] = float32_text(x)
     if len(ok) != ok.count(True):
         miss = list(compress(range(n), map(not_, ok)))
         sub = tuple(map(values.__getitem__, miss))
