@@ -245,6 +245,10 @@ class Gateway:
         self._publish_meta(runner)
         publisher.submit_retained(publisher.topic(device.id, "status"), runner.stats.status())
         runner.start()
+        # Let the loop turn between devices: the broker connection (started before the devices)
+        # and the devices built so far make progress while the rest are built, instead of all of
+        # them waiting until the last of a hundred devices is ready (issue 13: start to first data).
+        await asyncio.sleep(0)
 
     # -- commands ----------------------------------------------------------------------------
 

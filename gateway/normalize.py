@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from itertools import compress
-from typing import TypeVar
+from operator import eq, not_
+from typing import TypeVar, cast
 
 from gateway.calc import Compiled, combine, compile_expr
 from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
@@ -32,6 +33,7 @@ Value = int | float | bool | str | None
 _INF = math.inf
 
 
+@functools.lru_cache(maxsize=4096)  # a few scales, thousands of points: built at start, per device
 def ratio(x: float) -> tuple[int, int]:
     """The exact decimal a profile wrote (0.1 means 1/10, not 0.1000000000000000055...)."""
     frac = Fraction(Decimal(repr(x)))
@@ -105,6 +107,65 @@ def float32_text(x: float) -> str:
         return repr(x)
 
 
+# Per message size n: the %.7g and %.8g formats of n values in one string, and a struct of n float32s.
+_VECTOR: dict[int, tuple[str, str, struct.Struct]] = {}
+
+
+def _vector(n: int) -> tuple[str, str, struct.Struct]:
+    found = _VECTOR.get(n)
+    if found is None:
+        found = _VECTOR[n] = (",".join(["%.7g"] * n), ",".join(["%.8g"] * n), struct.Struct(f"{n}f"))
+    return found
+
+
+def float32_texts(values: tuple[float, ...]) -> list[str]:
+    """`[float32_text(x) for x in values]`, with each step done for all values at once.
+
+    The formats and the float32 round trips run in C over the whole tuple (one `%` and one
+    struct pack for all values). What remains per value is a comparison: a 7-digit text that reads
+    back and starts with a digit from 1 to 7 is the shortest, because a float32's rounding interval
+    (at most 2**-23 of it) holds two 7-digit decimals only when the leading digits are 8.39 or more;
+    so the 6-digit text either is the same decimal or does not read back. Every other value (a
+    leading 8 or 9, subnormals, anything that does not pack as a float32) goes through
+    float32_text itself.
+    """
+    n = len(values)
+    if not n:
+        return []
+    f7, f8, vec = _vector(n)
+    try:
+        texts = (f7 % values).split(",")
+        ok = list(map(eq, vec.unpack(vec.pack(*map(float, texts))), values))
+    except (OverflowError, struct.error):
+        return list(map(float32_text, values))
+    if min(map(abs, filter(None, values)), default=1.0) < _F32_MIN_NORMAL:
+        return list(map(float32_text, values))
+    # The first significant digit ("" for zero): with 8 or 9, a shorter text may read back too.
+    high = [i for i in compress(range(n), ok) if texts[i].lstrip("-0.")[:1] > "7"]
+    if high:
+        sub = tuple(map(values.__getitem__, high))
+        vec = _vector(len(sub))[2]
+        texts6 = ("%.6g," * len(sub))[:-1] % sub
+        try:
+            back6 = vec.unpack(vec.pack(*map(float, texts6.split(","))))
+        except (OverflowError, struct.error):
+            back6 = sub  # every one through float32_text
+        for i, text6, y, x in zip(high, texts6.split(","), back6, sub, strict=True):
+            # The same text with 6 digits has fewer than 7 significant ones; a 6-digit text that
+            # does not read back ends float32_text's search for a shorter one at once.
+            if text6 != texts[i] and y == x:
+                texts[i] = float32_text(x)
+    if len(ok) != ok.count(True):
+        miss = list(compress(range(n), map(not_, ok)))
+        sub = tuple(map(values.__getitem__, miss))
+        _f7, f8, vec = _vector(len(sub))
+        texts8 = (f8 % sub).split(",")
+        back = vec.unpack(vec.pack(*map(float, texts8)))
+        for i, text, y, x in zip(miss, texts8, back, sub, strict=True):
+            texts[i] = text if y == x else _G9(x)
+    return texts
+
+
 def scale_float32(raw: float, num: int, den: int, exponent: int, offset: float) -> float:
     """A float32 reading scaled as the decimal it stands for: 101.2 kW x 1000 is 101200 W, not 101199.997."""
     exact = Fraction(float32_text(raw)) * num / den * Fraction(10) ** exponent
@@ -169,6 +230,18 @@ def set_instance(instance: str | None) -> None:
     _instance_fragment = "" if instance is None else ',"instance":' + json.dumps(instance)
 
 
+# A hundred devices of one profile repeat the same point ids and units: each fragment is made once
+# (start-up of 10 000 points) and shared (memory).
+@functools.lru_cache(maxsize=65536)
+def _point_fragment(point_id: str) -> str:
+    return '{"point":' + json.dumps(point_id) + ',"value":'
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_fragments(unit: str) -> tuple[str, str]:
+    return ',"unit":' + json.dumps(unit) + ',"quality":"', ',"unit":' + json.dumps(unit) + ',"quality":"good","ts":'
+
+
 class Encoder:
     """A device's points compiled for JSON: pre-encoded fragments per point, shared by its batches."""
 
@@ -180,6 +253,11 @@ class Encoder:
         "_last_text",
         "_last_value",
         "_prefix",
+        "_shape",
+        "_shape_f32",
+        "_shape_parts",
+        "_shape_texts",
+        "_shape_values",
         "_unit_json",
         "_units",
     )
@@ -188,9 +266,9 @@ class Encoder:
         self._device_json = json.dumps(device_id) + _instance_fragment
         self._ids = [p.id for p in points]
         self._units = [p.unit for p in points]
-        self._prefix = ['{"point":' + json.dumps(p.id) + ',"value":' for p in points]
-        self._unit_json = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"') for p in points]
-        self._good_tail = [_shared(',"unit":' + json.dumps(p.unit) + ',"quality":"good","ts":') for p in points]
+        self._prefix = [_point_fragment(p.id) for p in points]
+        self._unit_json = [_unit_fragments(p.unit)[0] for p in points]
+        self._good_tail = [_unit_fragments(p.unit)[1] for p in points]
         # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094):
         # it is written as the shortest decimal that identifies the float32 (229.27). A scaled
         # float32 is the exact product of that decimal (Normalizer._one): every digit of it counts.
@@ -200,8 +278,95 @@ class Encoder:
         # the shortest-decimal search (about 1 us) is then a comparison. NaN never matches.
         self._last_value = [math.nan] * len(points)
         self._last_text = [""] * len(points)
+        # The message of an all-good poll as fragments with holes for seq, the stamps and the
+        # values, for the last set of points a batch carried (see _encode_good); built on demand.
+        self._shape: list[int] | None = None
+        self._shape_parts: list[str] = []
+        self._shape_f32 = False
+        self._shape_values: list[float] = []
+        self._shape_texts: list[str] = []
 
     def encode(self, batch: Batch, seq: int) -> bytes:
+        n = len(batch.index)
+        ts = batch.ts
+        if (
+            batch.qualities.count(GOOD) == n
+            and batch.errors.count(None) == n
+            and batch.stamps.count(ts) == n
+            and None not in batch.values
+        ):
+            return self._encode_good(batch, seq)
+        return self._encode_any(batch, seq)
+
+    def _encode_good(self, batch: Batch, seq: int) -> bytes:
+        """An all-good poll (every reading good, no error, the batch's own stamp): the common case.
+
+        The message is the device's fragments with the values' texts slotted in and one join. A
+        float32 device's values are printed all at once (float32_texts), and a value that repeats
+        (the same register read again before the device refreshed it) reuses its text.
+        """
+        index, values = batch.index, batch.values
+        if index != self._shape:
+            self._reshape(index)
+        n = len(index)
+        if self._shape_f32 and {float}.issuperset(map(type, values)):
+            floats = cast(list[float], values)
+            same = list(map(eq, floats, self._shape_values))
+            hits = same.count(True)
+            if hits == n:
+                texts = self._shape_texts
+            elif hits == 0:
+                texts = float32_texts(tuple(floats))
+            else:
+                texts = self._shape_texts.copy()
+                miss = list(compress(range(n), map(not_, same)))
+                for k, text in zip(miss, float32_texts(tuple(map(floats.__getitem__, miss))), strict=True):
+                    texts[k] = text
+            self._shape_texts = texts
+            # Zero is never taken from memory (0.0 == -0.0): it is stored as NaN, which matches nothing.
+            self._shape_values = [v or math.nan for v in floats] if 0.0 in floats else floats.copy()
+        else:
+            texts = self._texts(index, values)
+        parts = self._shape_parts.copy()
+        parts[1] = str(seq)
+        parts[3::4] = [str(batch.ts)] * (n + 1)
+        parts[5::4] = texts
+        return "".join(parts).encode()
+
+    def _reshape(self, index: list[int]) -> None:
+        head = '{"device":' + self._device_json + ',"seq":'
+        parts = [head, "", ',"ts":', ""]
+        sep = ',"readings":['
+        for i in index:
+            parts += (sep + self._prefix[i], "", self._good_tail[i], "")
+            sep = "},"
+        parts.append("}]}" if index else ',"readings":[]}')
+        self._shape = index.copy()
+        self._shape_parts = parts
+        self._shape_f32 = all(self._float_fmt[i] is float32_text for i in index)
+        self._shape_values = [math.nan] * len(index)
+        self._shape_texts = [""] * len(index)
+
+    def _texts(self, index: list[int], values: list[Value]) -> list[str]:
+        """Each value's JSON text, as _encode_any writes it."""
+        float_fmt, last_value, last_text = self._float_fmt, self._last_value, self._last_text
+        out: list[str] = []
+        for i, value in zip(index, values, strict=True):
+            kind = type(value)
+            if kind is float:
+                if value == last_value[i] and value:
+                    out.append(last_text[i])
+                else:
+                    text = last_text[i] = float_fmt[i](value)  # type: ignore[arg-type]
+                    last_value[i] = value  # type: ignore[assignment]
+                    out.append(text)
+            elif kind is int:
+                out.append(str(value))
+            else:
+                out.append(_json_value(value, float_fmt[i]))
+        return out
+
+    def _encode_any(self, batch: Batch, seq: int) -> bytes:
         prefix, good_tail, unit, float_fmt = self._prefix, self._good_tail, self._unit_json, self._float_fmt
         last_value, last_text = self._last_value, self._last_text
         batch_ts = batch.ts
@@ -323,6 +488,8 @@ class Normalizer:
         self._calc = _Calculated(self._n, points, calculated) if calculated else None
         # Report by exception: None for a device none of whose points use it (the step costs nothing).
         self._rbe = ReportByException.of(self.points)
+        self._all_fast = all(self._fast[i] for i in self._publish)
+        self._publish_all = self._publish == list(range(self._n))
 
     def _one(
         self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None, ts: int
@@ -420,7 +587,21 @@ class Normalizer:
         one = self._one
         simple = exps is None and stamps is None and quals is None
         value: Value
-        for i in self._publish:
+        todo = self._publish
+        if simple and self._all_fast:
+            # Every published point a plain number and every value a finite float (the sum of
+            # finite floats is inf only on overflow, which just takes the loop below): the
+            # columns are filled in C.
+            picked = cast(list[float], values[: self._n] if self._publish_all else list(map(values.__getitem__, todo)))
+            if {float}.issuperset(map(type, picked)) and -_INF < sum(picked) < _INF:
+                k = len(picked)
+                b_index += todo
+                b_values += picked
+                b_quality += [GOOD] * k
+                b_errors += [None] * k
+                b_stamps += [now_ms] * k
+                todo = []
+        for i in todo:
             raw_value = values[i]
             if simple and fast[i] and type(raw_value) is float and -_INF < raw_value < _INF:
                 value, quality, error, ts = raw_value, GOOD, None, now_ms

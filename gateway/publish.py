@@ -817,6 +817,7 @@ class Publisher:
             while free > 0 and (msg := self._next_live()) is not None:
                 self._launch(client, msg)
                 free -= 1
+            coalesce(client._client)
             if (
                 not self._queue
                 and not self._retry
@@ -980,6 +981,45 @@ class Publisher:
             self._unsynced = True
             if self._buffer_cfg.sync_interval == 0:
                 self._sync()
+
+
+_PUBLISH = 0x30
+
+
+def coalesce(paho: Any) -> None:
+    """Join the QoS 1 PUBLISH packets waiting in paho's output queue into one socket write.
+
+    paho sends every queued packet with a `send` of its own when the socket is writable: a
+    hundred data messages launched in one pass of the send loop were a hundred system calls (and,
+    with TCP_NODELAY, as many segments for the broker to read). Packets not yet started are joined
+    in order; a packet paho has begun to write, and QoS 0 ones (paho reports those as published
+    when written), stay as they are. Nothing else reads a QoS 1 packet after it is written: its
+    PUBACK is matched by message id from paho's own table.
+    """
+    queue = paho._out_packet
+    if len(queue) < 2:
+        return
+    out: list[Any] = []
+    run: list[Any] = []
+    for packet in queue:
+        if packet["pos"] == 0 and packet["qos"] > 0 and packet["command"] & 0xF0 == _PUBLISH:
+            run.append(packet)
+            continue
+        _flush(run, out)
+        out.append(packet)
+    _flush(run, out)
+    if len(out) != len(queue):
+        queue.clear()
+        queue.extend(out)
+
+
+def _flush(run: list[Any], out: list[Any]) -> None:
+    if len(run) > 1:
+        data = b"".join([p["packet"] for p in run])
+        out.append({**run[0], "mid": 0, "info": None, "packet": data, "to_process": len(data)})
+    elif run:
+        out.append(run[0])
+    run.clear()
 
 
 def _size(msg: Outgoing) -> int:
