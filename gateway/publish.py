@@ -36,6 +36,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from gateway.buses import tcp_probe
 from gateway.config import BrokerEndpoint, BufferConfig, MqttConfig
 from gateway.normalize import Batch
 from gateway.state import atomic_write
@@ -659,15 +660,7 @@ class Publisher:
 
     async def _accepts(self, endpoint: BrokerEndpoint) -> bool:
         """Whether the broker accepts a TCP connection (a probe: no MQTT session, no client id taken)."""
-        try:
-            async with asyncio.timeout(self.cfg.connect_timeout):
-                _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        return True
+        return await tcp_probe(endpoint.host, endpoint.port, self.cfg.connect_timeout)
 
     def _client(self, endpoint: BrokerEndpoint) -> aiomqtt.Client:
         if self.will_message is not None:

@@ -21,8 +21,9 @@ import asyncio
 import struct
 import termios
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from drivers.modbus.codec import (
     FC_MEI,
@@ -37,6 +38,8 @@ from drivers.modbus.codec import (
 )
 from gateway.buses import Path, PathSet
 from gateway.crc import crc16_reflected
+
+T = TypeVar("T")
 
 _MBAP_HEADER = struct.Struct(">HHHB")
 _READ_PDU = struct.Struct(">BHH")
@@ -273,22 +276,7 @@ class ModbusLink:
         """
         if code not in _MAX_COUNT or not 1 <= count <= _MAX_COUNT[code] or not 0 <= address <= 65535:
             raise ValueError(f"bad read: function {code}, address {address}, count {count}")
-        async with self._lock:
-            for attempt in range(retries + 1):
-                await self._open(timeout)
-                try:
-                    data = await self._exchange(unit, code, address, count, timeout)
-                except LinkTimeout:
-                    if attempt == retries:
-                        self._note_silence(unit)
-                        raise
-                    continue
-                except ReplyError:
-                    self._note_answer(unit)
-                    raise
-                self._note_answer(unit)
-                return data
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._retrying(unit, timeout, retries, lambda: self._exchange(unit, code, address, count, timeout))
 
     async def write(self, unit: int, pdu: bytes, timeout: float, retries: int = 0) -> None:
         """Send a write request PDU (see coils_pdu, registers_pdu, mask_pdu) and check its echo.
@@ -298,22 +286,7 @@ class ModbusLink:
         if not pdu or pdu[0] not in (5, 6, 15, 16, 22):
             raise ValueError(f"not a write request: {pdu[:1].hex()}")
         echo = _echo_of(pdu)
-        async with self._lock:
-            for attempt in range(retries + 1):
-                await self._open(timeout)
-                try:
-                    await self._send(unit, pdu, echo, timeout)
-                except LinkTimeout:
-                    if attempt == retries:
-                        self._note_silence(unit)
-                        raise
-                    continue
-                except ReplyError:
-                    self._note_answer(unit)
-                    raise
-                self._note_answer(unit)
-                return
-        raise AssertionError("unreachable")  # pragma: no cover
+        await self._retrying(unit, timeout, retries, lambda: self._send(unit, pdu, echo, timeout))
 
     async def read_device_id(
         self, unit: int, code: int, object_id: int, timeout: float, retries: int = 0
@@ -323,11 +296,23 @@ class ModbusLink:
         Raises like read; a reply that is not a well-formed identification is a ReplyError.
         """
         pdu = device_id_request(code, object_id)
+        data = await self._retrying(unit, timeout, retries, lambda: self._transact(unit, pdu, 0, None, timeout))
+        try:
+            return parse_device_id(bytes((FC_MEI,)) + data)
+        except ValueError as exc:
+            raise ReplyError(str(exc)) from None
+
+    async def _retrying(self, unit: int, timeout: float, retries: int, exchange: Callable[[], Awaitable[T]]) -> T:
+        """One request under the link's lock, sent again after a timeout, at most `retries` times.
+
+        A timeout that ends the request counts against the unit's silence (the half-open rule); any
+        reply, an exception reply included, proves the unit answers.
+        """
         async with self._lock:
             for attempt in range(retries + 1):
                 await self._open(timeout)
                 try:
-                    data = await self._transact(unit, pdu, 0, None, timeout)
+                    result = await exchange()
                 except LinkTimeout:
                     if attempt == retries:
                         self._note_silence(unit)
@@ -337,10 +322,7 @@ class ModbusLink:
                     self._note_answer(unit)
                     raise
                 self._note_answer(unit)
-                try:
-                    return parse_device_id(bytes((FC_MEI,)) + data)
-                except ValueError as exc:
-                    raise ReplyError(str(exc)) from None
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
