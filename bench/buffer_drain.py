@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
-import subprocess
 import time
 
 import aiomqtt
-from common import metrics, start_rig
+from common import metrics, start_rig, stop_run
 from modbus_load import cpu_seconds, rss_kib
 
 
@@ -101,12 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         m_end = await metrics(health_port)
         rss_peak = rss_kib(daemon.pid, "VmHWM")
     finally:
-        daemon.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(20)
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        await stop_run(daemon, consumer)
         await rig.stop()
     live.sort()
     before.sort()

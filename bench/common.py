@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -14,7 +15,17 @@ from typing import Any
 
 from gateway.localbroker import LocalBroker, free_port
 
-__all__ = ["REPO", "LocalBroker", "Rig", "free_port", "metrics", "start_rig", "start_twins", "write_profile"]
+__all__ = [
+    "REPO",
+    "LocalBroker",
+    "Rig",
+    "free_port",
+    "metrics",
+    "start_rig",
+    "start_twins",
+    "stop_run",
+    "write_profile",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +54,17 @@ def write_profile(work: Path, points: int) -> Path:
         "      - {id: 'p{i}', address: '{2*i}', type: float32, quantity: current, unit: A, circuit: '{i}'}\n"
     )
     return path
+
+
+async def stop_run(daemon: subprocess.Popen[bytes], consumer: asyncio.Task[Any] | None, wait: float = 20.0) -> None:
+    """End a measured run: the daemon gets SIGTERM (and `wait` seconds to drain), the consumer is cancelled."""
+    daemon.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        daemon.wait(wait)
+    if consumer is not None:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await consumer
 
 
 async def metrics(port: int) -> dict[str, float]:

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import aiomqtt
-from common import metrics, start_rig
+from common import metrics, start_rig, stop_run
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -85,12 +83,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         m1 = await metrics(health_port)
         rss_now, rss_peak = rss_kib(daemon.pid, "VmRSS"), rss_kib(daemon.pid, "VmHWM")
     finally:
-        daemon.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(20)
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        await stop_run(daemon, consumer)
         await rig.stop()
     elapsed = t1 - t0
     cpu = (c1 - c0) / elapsed

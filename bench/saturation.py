@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
 import statistics
@@ -24,7 +23,7 @@ import time
 from typing import Any
 
 import aiomqtt
-from common import REPO, start_rig
+from common import REPO, start_rig, stop_run
 from modbus_load import cpu_seconds
 
 
@@ -116,13 +115,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu = (cpu_seconds(daemon.pid) - cpu0) / elapsed
         body = await scrape(rig.health_port)
     finally:
-        daemon.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(60)
+        await stop_run(daemon, consumer, wait=60)
         log.close()
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
         await rig.stop()
         shutil.rmtree(rig.work, ignore_errors=True)
     ticks = per_device(body, "edgegw_device_ticks_total")

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
-import subprocess
 import time
 
-from common import metrics, start_rig
+from common import metrics, start_rig, stop_run
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -62,9 +60,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 next_outage = time.monotonic() + args.outage_every
             await asyncio.sleep(args.sample)
     finally:
-        daemon.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(30)
+        await stop_run(daemon, None, wait=30)
         await rig.stop()
     # A broker outage makes the buffer, its index and the backlog grow once (a high-water mark
     # the allocator keeps); growth that matters is what happens after that: compare the samples

@@ -19,11 +19,10 @@ import contextlib
 import json
 import shutil
 import statistics
-import subprocess
 import time
 
 import aiomqtt
-from common import start_rig
+from common import start_rig, stop_run
 from modbus_load import cpu_seconds
 
 
@@ -83,12 +82,7 @@ async def one_run(rig: object, args: argparse.Namespace, run: int) -> dict[str, 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), args.timeout)
     finally:
-        daemon.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(20)
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        await stop_run(daemon, consumer)
     out = {k: (round(v, 3) if v is not None else None) for k, v in marks.items()}
     online, first = marks["online"], marks["first_data"]
     out["online_to_first_data"] = round(first - online, 3) if online is not None and first is not None else None

@@ -19,7 +19,7 @@ import aiomqtt
 
 from gateway.localbroker import LocalBroker, wait_port
 
-__all__ = ["Collector", "Daemon", "Mosquitto", "TcpProxy", "free_port", "serial_line", "wait_port"]
+__all__ = ["Collector", "Daemon", "Mosquitto", "TcpProxy", "free_port", "running", "serial_line", "wait_port"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -277,3 +277,15 @@ class TcpProxy:
             for w in pair:
                 w.close()
                 self._writers.discard(w)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Path, tmp: Path) -> AsyncIterator[Daemon]:
+    """The daemon on `cfg`, started, and stopped (SIGTERM) at the end unless the test already ended it."""
+    d = Daemon(cfg, tmp)
+    await d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.returncode is None:
+            await d.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from drivers.modbus.config import ModbusPoint
 from drivers.modbus.twin import ModbusTwin
-from tests.harness import Collector, Daemon, Mosquitto
+from tests.harness import Collector, Mosquitto, running
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +88,8 @@ async def twin() -> AsyncIterator[ModbusTwin]:
         yield t
 
 
-@contextlib.asynccontextmanager
-async def daemon(cfg: Path, tmp: Path) -> AsyncIterator[Daemon]:
-    d = Daemon(cfg, tmp)
-    await d.start()
-    try:
-        yield d
-    finally:
-        if d.proc is not None and d.proc.returncode is None:
-            await d.stop()
+# The daemon on a config, stopped at the end (tests/harness.py).
+daemon = running
 
 
 def reading(msg: dict[str, object], point: str) -> dict[str, object]:

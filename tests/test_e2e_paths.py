@@ -19,7 +19,7 @@ import pytest
 
 from drivers.modbus.config import ModbusPoint
 from drivers.modbus.twin import ModbusTwin
-from tests.harness import Collector, Daemon, Mosquitto, TcpProxy, free_port
+from tests.harness import Collector, Daemon, Mosquitto, TcpProxy, free_port, running
 
 pytestmark = pytest.mark.slow
 
@@ -80,15 +80,8 @@ def config(tmp: Path, broker: Mosquitto, a: int, b: int, health: int) -> Path:
     return path
 
 
-@contextlib.asynccontextmanager
-async def daemon(cfg: Path, tmp: Path) -> AsyncIterator[Daemon]:
-    d = Daemon(cfg, tmp)
-    await d.start()
-    try:
-        yield d
-    finally:
-        if d.proc is not None and d.proc.returncode is None:
-            await d.stop()
+# The daemon on a config, stopped at the end (tests/harness.py).
+daemon = running
 
 
 def statuses(collector: Collector) -> list[dict[str, Any]]:
