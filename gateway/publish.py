@@ -229,7 +229,7 @@ class Publisher:
         self._drain_tokens = 0.0
         self._drain_stamp = time.monotonic()
         self._drained = 0
-        self._drain_mark = (time.monotonic(), 0)
+        self._drain_marks: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
         self.drain_rate_measured = 0.0
         self._session_client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -468,12 +468,20 @@ class Publisher:
             self._wake.set()  # records that just became durable may be published (sync_interval 0)
 
     def _measure_drain(self) -> None:
-        """Backlog messages acknowledged per second, over the last ten seconds or so."""
+        """Backlog messages acknowledged per second, over the last ten seconds, updated every second.
+
+        A sliding window: a drain shorter than the window (a minute's outage drains in seconds)
+        shows its rate and time to empty while it runs, not only once it is over.
+        """
         now = time.monotonic()
-        t0, n0 = self._drain_mark
-        if now - t0 >= 10.0:
-            self.drain_rate_measured = (self._drained - n0) / (now - t0)
-            self._drain_mark = (now, self._drained)
+        marks = self._drain_marks
+        if marks and now - marks[-1][0] < 1.0:
+            return
+        marks.append((now, self._drained))
+        while len(marks) > 1 and now - marks[0][0] > 10.0:
+            marks.popleft()
+        t0, n0 = marks[0]
+        self.drain_rate_measured = (self._drained - n0) / (now - t0) if now > t0 else 0.0
 
     @property
     def drain_rate_limit(self) -> float:

@@ -118,3 +118,19 @@ def test_a_long_buffer_check_at_start_extends_systemds_start_timeout(
     assert note.startswith("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=checking the disk buffer: ")
     assert pub.buffer_stats().records == 100
     pub._disk.close()
+
+
+def test_the_measured_drain_rate_follows_a_short_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain of a few seconds shows in /metrics while it runs: a ten-second window, updated every second."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    pub = Publisher(MqttConfig.model_validate({}), "lab", BufferConfig(), None, structlog.get_logger("t"))
+    for second in range(1, 16):
+        clock[0] += 1.0
+        pub._drained += 900
+        pub._measure_drain()
+        assert pub.drain_rate_measured == pytest.approx(900.0), second
+    for _ in range(11):  # drained: the window empties of acknowledgements
+        clock[0] += 1.0
+        pub._measure_drain()
+    assert pub.drain_rate_measured == 0.0
