@@ -11,9 +11,8 @@ import yaml
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.twin import ModbusTwin
 from gateway.config import parse_device
-from gateway.normalize import Normalizer
 from gateway.profiles import load_profile, shipped_profiles
-from tests.modbus.util import bus_for, driver
+from tests.modbus.util import poll_records
 
 PROFILE = "legrand-breaker-interface"
 
@@ -34,18 +33,10 @@ def interface(port: int, **profile_vars: Any) -> ModbusDevice:
 
 async def poll(dev: ModbusDevice) -> dict[str, Any]:
     """One poll through the driver and the normaliser: point id -> engineering value."""
-    bus = bus_for(dev)
-    d = await driver(dev, dev.resolved_points, bus)  # type: ignore[arg-type]
-    try:
-        raw = await d.read()
-    finally:
-        await d.stop()
-        await bus.close()
-    batch = Normalizer(dev.id, dev.resolved_points, dev.calculated_points).normalize(raw, 1000)
     out: dict[str, Any] = {}
-    for r in batch.as_dicts():
+    for pid, r in (await poll_records(dev)).items():
         assert r["quality"] == "good", r
-        out[str(r["point"])] = r["value"]
+        out[pid] = r["value"]
     return out
 
 

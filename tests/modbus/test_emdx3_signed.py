@@ -11,9 +11,8 @@ import yaml
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.twin import ModbusTwin
 from gateway.config import parse_device
-from gateway.normalize import Normalizer
 from tests.harness import Collector, Daemon, Mosquitto
-from tests.modbus.util import bus_for, driver
+from tests.modbus.util import poll_records
 
 
 def emdx3(port: int) -> ModbusDevice:
@@ -25,15 +24,7 @@ def emdx3(port: int) -> ModbusDevice:
 
 async def poll(twin: ModbusTwin, dev: ModbusDevice) -> dict[str, dict[str, Any]]:
     """One poll through the driver and the normaliser, as the daemon does it: point id -> record."""
-    bus = bus_for(dev)
-    d = await driver(dev, dev.resolved_points, bus)  # type: ignore[arg-type]
-    try:
-        raw = await d.read()
-    finally:
-        await d.stop()
-        await bus.close()
-    norm = Normalizer(dev.id, dev.resolved_points, dev.calculated_points)
-    return {str(r["point"]): r for r in norm.normalize(raw, 1000).as_dicts()}
+    return await poll_records(dev)
 
 
 def test_the_profile_declares_signed_power() -> None:

@@ -117,3 +117,18 @@ def assert_reads_the_twin(dev: ModbusDevice, pts: Sequence[Any], values: Sequenc
         step = abs(p.scale) * 10.0**exp
         eng = got * step + p.offset
         assert math.isclose(eng, want, rel_tol=1e-6, abs_tol=step / 2 + 1e-9), (p.id, got, eng, want)
+
+
+async def poll_records(dev: ModbusDevice) -> dict[str, dict[str, Any]]:
+    """One poll of a parsed device through its driver and normaliser, as the daemon does it: id -> record."""
+    from gateway.normalize import Normalizer
+
+    bus = bus_for(dev)
+    d = await driver(dev, dev.resolved_points, bus)  # type: ignore[arg-type]
+    try:
+        raw = await d.read()
+    finally:
+        await d.stop()
+        await bus.close()
+    norm = Normalizer(dev.id, dev.resolved_points, dev.calculated_points)
+    return {str(r["point"]): r for r in norm.normalize(raw, 1000).as_dicts()}
