@@ -25,7 +25,7 @@ from gateway.models import DeviceConfig, PointConfig
 from gateway.normalize import Batch, set_instance
 from gateway.publish import Publisher
 from gateway.registry import DRIVERS, load_object
-from gateway.scheduler import DeviceRunner, DeviceStats
+from gateway.scheduler import DeviceRunner, DeviceStats, SkipLog
 from gateway.sparkplug import SparkplugNode
 from gateway.state import StateStore
 
@@ -109,6 +109,8 @@ class Gateway:
         self.runtimes: dict[str, DriverRuntime] = {}
         self.buses: dict[str, Bus] = {}
         self.runners: dict[str, DeviceRunner] = {}
+        # Skipped ticks are one overload of the process, logged once for every device together.
+        self.skip_log = SkipLog(self.log.bind(component="scheduler"))
         self.states: dict[str, StateStore] = {}
         self._meta_points: dict[str, int] = {}  # id() of the point list each device's meta describes
         self.health = Health(self, cfg.health.listen, cfg.health.watchdog_stall, self.log.bind(component="health"))
@@ -238,6 +240,7 @@ class Gateway:
             state=state,
             on_event=partial(publisher.submit_event, device.id),
             saturated=publisher.saturated,
+            skip_log=self.skip_log,
         )
         self.runners[device.id] = runner
         if self.sparkplug is not None:
@@ -400,6 +403,7 @@ class Gateway:
             await asyncio.wait(set(self._commands_running), timeout=2.0)
         runners = list(self.runners.values())
         await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
+        self.skip_log.close()
         # A clean stop says so per device: a consumer tells it from a crash (the gateway's will).
         now_ms = int(time.time() * 1000)
         for r in runners:

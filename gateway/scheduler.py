@@ -112,6 +112,60 @@ def backoff_delay(interval: float, failures: int, max_backoff: float, rng: rando
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 
 
+class SkipLog:
+    """Overload as a state change of the process: one line when ticks start being skipped, one when
+    none has been for `quiet_after` seconds, with what was skipped meanwhile.
+
+    One is shared by every device of a gateway: a thousand saturated devices are one overload,
+    not a thousand log lines; the per-device, per-reason counters are in /metrics.
+    """
+
+    def __init__(self, log: structlog.typing.FilteringBoundLogger, quiet_after: float = 60.0) -> None:
+        self.log = log
+        self.quiet_after = quiet_after
+        self._since: float | None = None
+        self._last = 0.0
+        self._counts = dict.fromkeys(SkipReason, 0)
+        self._devices: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def skipped(self, device_id: str, reason: SkipReason, n: int) -> None:
+        now = time.monotonic()
+        self._last = now
+        self._counts[reason] += n
+        self._devices.add(device_id)
+        if self._since is None:
+            self._since = now
+            self.log.warning(
+                "poll skipped: the gateway cannot keep up; further skips are only counted until polls are on time again",
+                device=device_id,
+                reason=reason.value,
+            )
+            self._timer = asyncio.get_running_loop().call_later(self.quiet_after, self._check)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        if self._since is None:
+            return
+        if now - self._last < self.quiet_after:
+            self._timer = asyncio.get_running_loop().call_later(self._last + self.quiet_after - now, self._check)
+            return
+        self.log.info(
+            "polls on time again",
+            skipped={r.value: n for r, n in self._counts.items() if n},
+            devices=len(self._devices),
+            lasted_s=round(self._last - self._since, 1),
+        )
+        self._since, self._timer = None, None
+        self._counts = dict.fromkeys(SkipReason, 0)
+        self._devices = set()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @dataclass(slots=True)
 class _Commit:
     state: dict[str, Any]
@@ -136,8 +190,10 @@ class DeviceRunner:
         state: StateStore | None = None,
         on_event: Callable[..., None] | None = None,
         saturated: Callable[[], bool] | None = None,
+        skip_log: SkipLog | None = None,
     ) -> None:
         self.device = device
+        self.skip_log = skip_log or SkipLog(log)
         # True while the publisher cannot take another message: the tick is skipped (backpressure).
         self.saturated = saturated
         self._build = build
@@ -162,7 +218,6 @@ class DeviceRunner:
         self._last_exponents: list[int | None] | None = None
         self._started = False
         self._bug_logged = False
-        self._skip_logged: set[SkipReason] = set()
 
     def _wired(self, driver: Driver[Any, Any]) -> Driver[Any, Any]:
         driver.ctx.emit = self.pushed
@@ -220,6 +275,13 @@ class DeviceRunner:
         offset = poll_offset(self.device.id, interval, self.device.phase)
         await self._start_driver()
         st = self.stats
+        # The first poll is at once, not at the first aligned deadline (up to an interval away):
+        # a started gateway publishes within its first second, and a takeover reads at once. It is
+        # a tick of its own, like `poll_once`; the aligned schedule follows.
+        st.ticks += 1
+        st.polls += 1
+        st.last_progress = time.monotonic()
+        self._poll = asyncio.create_task(self._poll_once(), name=f"poll:{self.device.id}")
         # Deadlines are numbered: deadline n is at n * interval + offset on the wall clock. `last`
         # is the newest one already accounted for, so every deadline is counted exactly once.
         last = math.floor((time.time() - offset) / interval)
@@ -276,10 +338,7 @@ class DeviceRunner:
 
     def _skipped(self, reason: SkipReason, n: int = 1) -> None:
         self.stats.skip(reason, n)
-        if reason not in self._skip_logged:
-            # Once per reason: from then on the counter tells (edgegw_device_skipped_ticks_total).
-            self._skip_logged.add(reason)
-            self.log.warning("poll skipped; further skips are only counted", reason=reason.value)
+        self.skip_log.skipped(self.device.id, reason, n)
 
     async def _start_driver(self) -> None:
         while True:

@@ -22,7 +22,7 @@ from gateway.driver import DeviceError, Driver, DriverContext, RawReadings
 from gateway.models import DeviceConfig, PointConfig
 from gateway.normalize import Normalizer
 from gateway.publish import Outgoing, Publisher
-from gateway.scheduler import DeviceRunner, DeviceStats, SkipReason
+from gateway.scheduler import DeviceRunner, DeviceStats, SkipLog, SkipReason
 from gateway.state import StateStore
 from tests.harness import Collector, Mosquitto
 
@@ -48,7 +48,13 @@ def balanced(st: DeviceStats) -> bool:
 
 
 def runner_for(
-    read: Callable[[], Any], interval: float, log: Any, *, saturated: Callable[[], bool] | None = None, **keys: Any
+    read: Callable[[], Any],
+    interval: float,
+    log: Any,
+    *,
+    saturated: Callable[[], bool] | None = None,
+    skip_log: SkipLog | None = None,
+    **keys: Any,
 ) -> DeviceRunner:
     device = DeviceConfig.model_validate({"id": f"d{id(read)}", "driver": "x", "interval": interval, **keys})
     ctx = DriverContext(device=device, points=[], log=log, bus=Bus("b"), state=StateStore(None))
@@ -58,7 +64,13 @@ def runner_for(
             return await read()  # type: ignore[no-any-return]
 
     return DeviceRunner(
-        device, lambda _p: Fake(ctx), lambda _b, _done: None, lambda _d, _s: None, log, saturated=saturated
+        device,
+        lambda _p: Fake(ctx),
+        lambda _b, _done: None,
+        lambda _d, _s: None,
+        log,
+        saturated=saturated,
+        skip_log=skip_log,
     )
 
 
@@ -127,7 +139,8 @@ async def test_many_devices_at_a_tiny_interval_account_for_every_tick() -> None:
         return read
 
     log = Lines()
-    runners = [runner_for(busy(), 0.01, log) for _ in range(150)]
+    skip_log = SkipLog(log)
+    runners = [runner_for(busy(), 0.01, log, skip_log=skip_log) for _ in range(150)]
     for r in runners:
         r.start()
     try:
@@ -141,8 +154,33 @@ async def test_many_devices_at_a_tiny_interval_account_for_every_tick() -> None:
             await r.stop()
     for r in runners:
         assert balanced(r.stats), r.stats
-    # Once per device and reason at most, never once per tick.
-    assert len([1 for _l, e, _k in log.lines if e.startswith("poll skipped")]) <= len(runners) * len(SkipReason)
+    skip_log.close()
+    # One overload of the process is one line, whatever the number of devices and ticks.
+    assert len([1 for _l, e, _k in log.lines if e.startswith("poll skipped")]) == 1
+
+
+async def test_the_end_of_an_overload_is_one_line_with_what_was_skipped() -> None:
+    slow = True
+
+    async def read() -> RawReadings:
+        if slow:
+            await asyncio.sleep(0.03)
+        return RawReadings([])
+
+    log = Lines()
+    skip_log = SkipLog(log, quiet_after=0.2)
+    runner = runner_for(read, 0.01, log, skip_log=skip_log)
+    runner.start()
+    try:
+        await until(lambda: runner.stats.skipped >= 5, "skips")
+        slow = False
+        await until(lambda: any(e == "polls on time again" for _l, e, _k in log.lines), "the end of the overload")
+        (ended,) = [kw for _l, e, kw in log.lines if e == "polls on time again"]
+        assert ended["devices"] == 1 and ended["skipped"]["busy"] >= 5, ended
+    finally:
+        await runner.stop()
+        skip_log.close()
+    assert len([1 for _l, e, _k in log.lines if e.startswith("poll skipped")]) == 1
 
 
 async def test_devices_share_a_saturated_process_fairly() -> None:
@@ -383,7 +421,7 @@ async def test_the_daemon_accounts_for_every_tick_under_overload(tmp_path: Path,
         finally:
             assert await daemon.stop() == 0
     lines = [line for line in daemon.output().splitlines() if "poll skipped" in line]
-    assert len(lines) <= 4 * len(SkipReason), lines[:20]
+    assert len(lines) == 1, lines[:20]
 
 
 @pytest.mark.slow
