@@ -64,7 +64,7 @@ def build_driver(
     cls = load_object(spec.driver)
     ctx = DriverContext(
         device=device,
-        points=list(device.resolved_points if points is None else points),
+        points=device.resolved_points if points is None else points,
         log=log,
         bus=bus,
         state=state,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -620,19 +620,27 @@ class _Shared:
     )
     points: dict[tuple[type[PointConfig], str], PointConfig] = field(default_factory=dict)
     by_object: dict[tuple[type[PointConfig], int], tuple[dict[str, Any], PointConfig]] = field(default_factory=dict)
+    # A device's resolved points, by the identity of each: devices of one model share one tuple.
+    lists: dict[tuple[int, ...], tuple[PointConfig, ...]] = field(default_factory=dict)
+
+    def points_of(self, points: Iterable[PointConfig]) -> tuple[PointConfig, ...]:
+        found = tuple(points)
+        # The entry holds the points, so their ids cannot be reused during the load.
+        return self.lists.setdefault(tuple(map(id, found)), found)
 
 
 def _resolve_device(
     raw: Mapping[str, Any], device: DeviceConfig, path: str, base_dir: Path | None, shared: _Shared | None = None
 ) -> tuple[DeviceConfig, list[ConfigIssue]]:
     """Merge the device's profile and inline points and validate each point; returns the device and issues."""
+    shared = shared or _Shared()
     issues: list[ConfigIssue] = []
     points: _Points = {}
     profile_meta: dict[str, Any] = {}
     profile_vars: dict[str, Any] = {}
     actions: dict[str, tuple[Any, str]] = {}  # name -> (definition, where it was written)
     if device.profile is not None:
-        applied = _apply_profile(raw, device, path, base_dir, points, issues, shared or _Shared())
+        applied = _apply_profile(raw, device, path, base_dir, points, issues, shared)
         if isinstance(applied, list):
             return device, applied
         device, profile = applied
@@ -641,12 +649,12 @@ def _resolve_device(
     _merge_inline(raw, device, path, profile_vars, points, issues)
     _report_defaults(device, points)
     actions.update({name: (spec, f"{path}.actions.{name}") for name, spec in device.actions.items()})
-    resolved = _validated_points(type(device).point_model, points, issues, shared or _Shared())
+    resolved = _validated_points(type(device).point_model, points, issues, shared)
     # The written points live on as the validated ones; the raw mappings (1 KB a point) go.
     object.__setattr__(device, "points", [])
     _check_max_age(device, resolved, points, issues)
-    device._resolved = tuple(p for p in resolved if p.calc is None)
-    device._calculated = _checked_calcs(resolved, points, issues)
+    device._resolved = shared.points_of(p for p in resolved if p.calc is None)
+    device._calculated = shared.points_of(_checked_calcs(resolved, points, issues))
     device._resolved_actions = _validated_actions(type(device).action_model, actions, getattr(raw, "file", ""), issues)
     device._profile_meta = profile_meta
     return device, issues

@@ -11,16 +11,18 @@ import json
 import math
 import struct
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from itertools import compress
 from operator import eq, not_
-from typing import TypeVar, cast
+from typing import cast
 
 from gateway.calc import Compiled, combine, compile_expr
 from gateway.driver import NO_VALUE, NoValue, PointError, Pushed, RawReadings, RawValue
+from gateway.interning import interned
 from gateway.models import PointConfig, deadband_parts
 from gateway.points import Quality
 
@@ -52,16 +54,6 @@ def scale_exact(raw: int | float, num: int, den: int, exponent: int) -> int | fl
         # int/int true division is correctly rounded: 1234567/10 -> 123456.7 exactly as written.
         return (raw * num) / den
     return raw * num / den if den != 1 or num != 1 else raw
-
-
-# Per-point tables repeat the same few units, sentinel sets and formatters across thousands of
-# points: one shared object each instead of one per point (~3 MB for 10k points).
-_SHARED: dict[object, object] = {}
-T = TypeVar("T")
-
-
-def _shared(value: T) -> T:
-    return _SHARED.setdefault(value, value)  # type: ignore[return-value]
 
 
 #: `PointConfig.float_digits()` of a float32 source: 9 significant digits always identify one.
@@ -242,49 +234,96 @@ def _unit_fragments(unit: str) -> tuple[str, str]:
     return ',"unit":' + json.dumps(unit) + ',"quality":"', ',"unit":' + json.dumps(unit) + ',"quality":"good","ts":'
 
 
+class _Fragments:
+    """The JSON fragments of a list of points, shared by every device with the same points."""
+
+    __slots__ = ("__weakref__", "float_fmt", "good_tail", "ids", "prefix", "shapes", "unit_json", "units")
+
+    def __init__(self, points: Sequence[PointConfig]) -> None:
+        self.ids = [p.id for p in points]
+        self.units = [p.unit for p in points]
+        self.prefix = [_point_fragment(p.id) for p in points]
+        self.unit_json = [_unit_fragments(p.unit)[0] for p in points]
+        self.good_tail = [_unit_fragments(p.unit)[1] for p in points]
+        # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094):
+        # it is written as the shortest decimal that identifies the float32 (229.27). A scaled
+        # float32 is the exact product of that decimal (Normalizer._one): every digit of it counts.
+        self.float_fmt = [_float_format(None if _scaled(p) else p.float_digits()) for p in points]
+        # The message templates of all-good polls (Encoder._reshape), by the points a batch carried:
+        # a few per point list (every point; what report by exception lets through varies, so only
+        # the first few shapes are kept here and the rest are each device's own).
+        self.shapes: dict[tuple[int, ...], _Shape] = {}
+
+    def shape(self, index: list[int]) -> _Shape:
+        key = tuple(index)
+        found = self.shapes.get(key)
+        if found is not None:
+            return found
+        parts = ["", "", ',"ts":', ""]
+        sep = ',"readings":['
+        for i in index:
+            parts += (sep + self.prefix[i], "", self.good_tail[i], "")
+            sep = "},"
+        parts.append("}]}" if index else ',"readings":[]}')
+        made = _Shape(index.copy(), parts, all(self.float_fmt[i] is float32_text for i in index))
+        if len(self.shapes) < _SHAPES_KEPT:
+            self.shapes[key] = made
+        return made
+
+
+_SHAPES_KEPT = 4
+
+
+@dataclass(slots=True, frozen=True)
+class _Shape:
+    index: list[int]
+    parts: list[str]  # [head, seq, ',"ts":', ts, then per point: prefix, value, good tail, ts; the end]
+    f32: bool
+
+
 class Encoder:
-    """A device's points compiled for JSON: pre-encoded fragments per point, shared by its batches."""
+    """A device's points compiled for JSON: the shared fragments per point, and the device's last texts."""
 
     __slots__ = (
         "_device_json",
         "_float_fmt",
+        "_frag",
         "_good_tail",
+        "_head",
         "_ids",
         "_last_text",
         "_last_value",
         "_prefix",
         "_shape",
-        "_shape_f32",
-        "_shape_parts",
         "_shape_texts",
         "_shape_values",
         "_unit_json",
         "_units",
     )
 
-    def __init__(self, device_id: str, points: Sequence[PointConfig]) -> None:
+    def __init__(self, device_id: str, points: Sequence[PointConfig], fragments: _Fragments | None = None) -> None:
         self._device_json = json.dumps(device_id) + _instance_fragment
-        self._ids = [p.id for p in points]
-        self._units = [p.unit for p in points]
-        self._prefix = [_point_fragment(p.id) for p in points]
-        self._unit_json = [_unit_fragments(p.unit)[0] for p in points]
-        self._good_tail = [_unit_fragments(p.unit)[1] for p in points]
-        # A float32 reading as a double prints 17 digits of which 8 are noise (229.27000427246094):
-        # it is written as the shortest decimal that identifies the float32 (229.27). A scaled
-        # float32 is the exact product of that decimal (Normalizer._one): every digit of it counts.
-        self._float_fmt = [_float_format(None if _scaled(p) else p.float_digits()) for p in points]
-        # The last float each point printed and its text. A device refreshes its registers at its
-        # own pace (often once a second), so a fast poll reads the same value again and again, and
-        # the shortest-decimal search (about 1 us) is then a comparison. NaN never matches.
-        self._last_value = [math.nan] * len(points)
-        self._last_text = [""] * len(points)
+        self._head = '{"device":' + self._device_json + ',"seq":'
+        frag = self._frag = fragments or _Fragments(points)
+        self._ids, self._units, self._prefix = frag.ids, frag.units, frag.prefix
+        self._unit_json, self._good_tail, self._float_fmt = frag.unit_json, frag.good_tail, frag.float_fmt
+        # The last float each point printed and its text, made on first use (most devices' polls
+        # are all good and take _encode_good). A device refreshes its registers at its own pace
+        # (often once a second), so a fast poll reads the same value again and again, and the
+        # shortest-decimal search (about 1 us) is then a comparison. NaN never matches.
+        self._last_value: list[float] | None = None
+        self._last_text: list[str] = []
         # The message of an all-good poll as fragments with holes for seq, the stamps and the
         # values, for the last set of points a batch carried (see _encode_good); built on demand.
-        self._shape: list[int] | None = None
-        self._shape_parts: list[str] = []
-        self._shape_f32 = False
+        self._shape: _Shape | None = None
         self._shape_values: list[float] = []
-        self._shape_texts: list[str] = []
+        self._shape_texts = ""
+
+    def _last(self) -> tuple[list[float], list[str]]:
+        if self._last_value is None:
+            n = len(self._ids)
+            self._last_value, self._last_text = [math.nan] * n, [""] * n
+        return self._last_value, self._last_text
 
     def encode(self, batch: Batch, seq: int) -> bytes:
         n = len(batch.index)
@@ -306,50 +345,47 @@ class Encoder:
         (the same register read again before the device refreshed it) reuses its text.
         """
         index, values = batch.index, batch.values
-        if index != self._shape:
-            self._reshape(index)
+        shape = self._shape
+        if shape is None or index != shape.index:
+            shape = self._reshape(index)
         n = len(index)
-        if self._shape_f32 and {float}.issuperset(map(type, values)):
+        if shape.f32 and {float}.issuperset(map(type, values)):
             floats = cast(list[float], values)
             same = list(map(eq, floats, self._shape_values))
             hits = same.count(True)
-            if hits == n:
-                texts = self._shape_texts
-            elif hits == 0:
+            if hits == 0:
                 texts = float32_texts(tuple(floats))
+            elif hits == n:
+                texts = self._shape_texts.split(",")
             else:
-                texts = self._shape_texts.copy()
+                texts = self._shape_texts.split(",")
                 miss = list(compress(range(n), map(not_, same)))
                 for k, text in zip(miss, float32_texts(tuple(map(floats.__getitem__, miss))), strict=True):
                     texts[k] = text
-            self._shape_texts = texts
+            # Kept as one string (a float's text has no comma): a hundred small strings per
+            # device cost 6 KB, a thousand devices 6 MB, for a cache that is only read on a repeat.
+            self._shape_texts = ",".join(texts)
             # Zero is never taken from memory (0.0 == -0.0): it is stored as NaN, which matches nothing.
             self._shape_values = [v or math.nan for v in floats] if 0.0 in floats else floats.copy()
         else:
             texts = self._texts(index, values)
-        parts = self._shape_parts.copy()
+        parts = shape.parts.copy()
+        parts[0] = self._head
         parts[1] = str(seq)
         parts[3::4] = [str(batch.ts)] * (n + 1)
         parts[5::4] = texts
         return "".join(parts).encode()
 
-    def _reshape(self, index: list[int]) -> None:
-        head = '{"device":' + self._device_json + ',"seq":'
-        parts = [head, "", ',"ts":', ""]
-        sep = ',"readings":['
-        for i in index:
-            parts += (sep + self._prefix[i], "", self._good_tail[i], "")
-            sep = "},"
-        parts.append("}]}" if index else ',"readings":[]}')
-        self._shape = index.copy()
-        self._shape_parts = parts
-        self._shape_f32 = all(self._float_fmt[i] is float32_text for i in index)
+    def _reshape(self, index: list[int]) -> _Shape:
+        shape = self._shape = self._frag.shape(index)
         self._shape_values = [math.nan] * len(index)
-        self._shape_texts = [""] * len(index)
+        self._shape_texts = ""
+        return shape
 
     def _texts(self, index: list[int], values: list[Value]) -> list[str]:
         """Each value's JSON text, as _encode_any writes it."""
-        float_fmt, last_value, last_text = self._float_fmt, self._last_value, self._last_text
+        float_fmt = self._float_fmt
+        last_value, last_text = self._last()
         out: list[str] = []
         for i, value in zip(index, values, strict=True):
             kind = type(value)
@@ -368,7 +404,7 @@ class Encoder:
 
     def _encode_any(self, batch: Batch, seq: int) -> bytes:
         prefix, good_tail, unit, float_fmt = self._prefix, self._good_tail, self._unit_json, self._float_fmt
-        last_value, last_text = self._last_value, self._last_text
+        last_value, last_text = self._last()
         batch_ts = batch.ts
         batch_tss = str(batch_ts)
         out: list[str] = ['{"device":', self._device_json, ',"seq":', str(seq), ',"ts":', batch_tss, ',"readings":[']
@@ -444,52 +480,99 @@ class _RateState:
     rate: float | None = None  # counts per ms between the last two samples
 
 
+class PointTable:
+    """A list of points compiled once for the normaliser and the encoder: plain lists indexed like the points.
+
+    Nothing in it changes after it is built, so every device with the same points (the same
+    validated point objects: a profile, or inline definitions written alike, gateway/config.py)
+    shares one table; a device holds only its own state (rates, report by exception, last texts).
+    """
+
+    __slots__ = ("__weakref__", "all_fast", "calc", "den", "exp_from", "f32", "fast", "fragments", "invalid",
+                 "n", "nan_invalid", "num", "offset", "plain", "points", "publish", "publish_all", "rate_bits",
+                 "rate_per", "rbe")  # fmt: skip
+
+    def __init__(self, points: Sequence[PointConfig], calculated: Sequence[PointConfig]) -> None:
+        # The driver's points (aligned with its readings), then the calculated ones (gateway/calc.py).
+        self.points = [*points, *calculated]
+        self.n = len(points)
+        self.fragments = _Fragments(self.points)
+        ids = {p.id: i for i, p in enumerate(points)}
+        self.num: list[int] = []
+        self.den: list[int] = []
+        self.offset: list[float] = []
+        self.plain: list[bool] = []
+        self.f32: list[bool] = []
+        self.exp_from: list[int] = []
+        self.invalid: list[frozenset[float]] = []
+        self.nan_invalid: list[bool] = []
+        self.publish: list[int] = []
+        self.fast: list[bool] = []
+        # Counters published as rates: ms per rate unit and wrap width, per point (0: not a rate).
+        self.rate_per: list[int] = []
+        self.rate_bits: list[int] = []
+        for i, p in enumerate(points):
+            num, den = ratio(p.scale)
+            self.num.append(num)
+            self.den.append(den)
+            self.offset.append(p.offset)
+            self.f32.append(p.float_digits() == FLOAT32_DIGITS)
+            self.exp_from.append(ids[p.exponent_point] if p.exponent_point in ids else -1)  # noqa: SIM401
+            self.rate_per.append(_RATE_PER[p.rate] if p.rate is not None else 0)
+            self.rate_bits.append(p.counter_width() or 0 if p.rate is not None else 0)
+            plain = num == 1 and den == 1 and p.offset == 0 and p.exponent_point is None and p.rate is None
+            self.plain.append(plain)
+            # Sentinel sets repeat across thousands of points: one shared object each.
+            self.invalid.append(interned(frozenset(x for x in p.invalid if not math.isnan(x))))
+            self.nan_invalid.append(any(math.isnan(x) for x in p.invalid))
+            if p.publish:
+                self.publish.append(i)
+            # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
+            self.fast.append(plain and not self.invalid[i])
+        self.calc = _Calculated(self.n, points, calculated) if calculated else None
+        # Report by exception: None for points none of which use it (the step costs nothing).
+        self.rbe = _RbeColumns(self.points) if any(p.reports_by_exception() for p in self.points) else None
+        self.all_fast = all(self.fast[i] for i in self.publish)
+        self.publish_all = self.publish == list(range(self.n))
+
+    @classmethod
+    def of(cls, points: Sequence[PointConfig], calculated: Sequence[PointConfig] = ()) -> PointTable:
+        """The table of these point objects: the one already built for them while any device uses it."""
+        key = (tuple(map(id, points)), tuple(map(id, calculated)))
+        table = _TABLES.get(key)
+        # The table holds its points, so their ids cannot be reused while the entry exists.
+        if table is None:
+            table = _TABLES[key] = cls(points, calculated)
+        return table
+
+
+_TABLES: weakref.WeakValueDictionary[tuple[tuple[int, ...], tuple[int, ...]], PointTable] = (
+    weakref.WeakValueDictionary()
+)
+
+
 class Normalizer:
-    """A device's points compiled for normalisation and encoding."""
+    """A device's normalisation: the shared table of its points, and its own state."""
+
+    __slots__ = ("_all_fast", "_calc", "_den", "_exp_from", "_f32", "_fast", "_invalid", "_n", "_nan_invalid",
+                 "_num", "_offset", "_plain", "_publish", "_publish_all", "_rate_bits", "_rate_per", "_rates",
+                 "_rbe", "device_id", "encoder", "points", "table")  # fmt: skip
 
     def __init__(self, device_id: str, points: Sequence[PointConfig], calculated: Sequence[PointConfig] = ()) -> None:
         self.device_id = device_id
-        # The driver's points (aligned with its readings), then the calculated ones (gateway/calc.py).
-        self.points = [*points, *calculated]
-        self._n = len(points)
-        self.encoder = Encoder(device_id, self.points)
-        ids = {p.id: i for i, p in enumerate(points)}
-        self._num: list[int] = []
-        self._den: list[int] = []
-        self._offset: list[float] = []
-        self._plain: list[bool] = []
-        self._f32: list[bool] = []
-        self._exp_from: list[int] = []
-        self._invalid: list[frozenset[float]] = []
-        self._nan_invalid: list[bool] = []
-        self._publish: list[int] = []
-        self._fast: list[bool] = []
-        # Counters published as rates: ms per rate unit and wrap width, per point (0: not a rate).
-        self._rate_per: list[int] = []
-        self._rate_bits: list[int] = []
+        t = self.table = PointTable.of(points, calculated)
+        self.points = t.points
+        self._n = t.n
+        self.encoder = Encoder(device_id, t.points, t.fragments)
+        # The table's columns as attributes: the hot path reads them without a second lookup.
+        self._num, self._den, self._offset, self._plain, self._f32 = t.num, t.den, t.offset, t.plain, t.f32
+        self._exp_from, self._invalid, self._nan_invalid = t.exp_from, t.invalid, t.nan_invalid
+        self._publish, self._fast, self._rate_per, self._rate_bits = t.publish, t.fast, t.rate_per, t.rate_bits
         self._rates: dict[int, _RateState] = {}
-        for i, p in enumerate(points):
-            num, den = ratio(p.scale)
-            self._num.append(num)
-            self._den.append(den)
-            self._offset.append(p.offset)
-            self._f32.append(p.float_digits() == FLOAT32_DIGITS)
-            self._exp_from.append(ids[p.exponent_point] if p.exponent_point in ids else -1)  # noqa: SIM401
-            self._rate_per.append(_RATE_PER[p.rate] if p.rate is not None else 0)
-            self._rate_bits.append(p.counter_width() or 0 if p.rate is not None else 0)
-            plain = num == 1 and den == 1 and p.offset == 0 and p.exponent_point is None and p.rate is None
-            self._plain.append(plain)
-            self._invalid.append(_shared(frozenset(x for x in p.invalid if not math.isnan(x))))
-            self._nan_invalid.append(any(math.isnan(x) for x in p.invalid))
-            if p.publish:
-                self._publish.append(i)
-            # The common case (a plain number, no scaling, no sentinel but NaN) skips _one().
-            self._fast.append(plain and not self._invalid[i])
-        self._calc = _Calculated(self._n, points, calculated) if calculated else None
-        # Report by exception: None for a device none of whose points use it (the step costs nothing).
-        self._rbe = ReportByException.of(self.points)
-        self._all_fast = all(self._fast[i] for i in self._publish)
-        self._publish_all = self._publish == list(range(self._n))
+        self._calc = t.calc
+        self._rbe = ReportByException(t.rbe) if t.rbe is not None else None
+        self._all_fast = t.all_fast
+        self._publish_all = t.publish_all
 
     def _one(
         self, i: int, raw: RawValue, exponent: int | None, ex_values: Sequence[RawValue] | None, ts: int
@@ -739,6 +822,20 @@ class _Calculated:
                 batch.add(i, value, quality, error, ts)
 
 
+class _RbeColumns:
+    """Report by exception's settings per point (shared in a PointTable; the state is per device)."""
+
+    __slots__ = ("absolute", "age", "deadband", "fraction", "rbe")
+
+    def __init__(self, points: Sequence[PointConfig]) -> None:
+        self.rbe = [p.reports_by_exception() for p in points]
+        self.deadband = [p.deadband is not None and p.numeric_gauge() for p in points]
+        parts = [deadband_parts(p.deadband) for p in points]
+        self.absolute = [a for a, _f in parts]
+        self.fraction = [f for _a, f in parts]
+        self.age = [_INF if p.max_age is None else p.max_age * 1000 for p in points]
+
+
 class ReportByException:
     """Report by exception (docs/mqtt.md): drops the readings of a batch that do not qualify.
 
@@ -754,14 +851,11 @@ class ReportByException:
     __slots__ = ("_absolute", "_age", "_band", "_deadband", "_due", "_error", "_fraction", "_now", "_quality",
                  "_rbe", "_value")  # fmt: skip
 
-    def __init__(self, points: Sequence[PointConfig]) -> None:
-        n = len(points)
-        self._rbe = [p.reports_by_exception() for p in points]
-        self._deadband = [p.deadband is not None and p.numeric_gauge() for p in points]
-        parts = [deadband_parts(p.deadband) for p in points]
-        self._absolute = [a for a, _f in parts]
-        self._fraction = [f for _a, f in parts]
-        self._age = [_INF if p.max_age is None else p.max_age * 1000 for p in points]
+    def __init__(self, points: Sequence[PointConfig] | _RbeColumns) -> None:
+        columns = points if isinstance(points, _RbeColumns) else _RbeColumns(points)
+        n = len(columns.rbe)
+        self._rbe, self._deadband, self._age = columns.rbe, columns.deadband, columns.age
+        self._absolute, self._fraction = columns.absolute, columns.fraction
         self._value: list[Value] = [None] * n
         self._quality: list[str | None] = [None] * n
         self._error: list[str | None] = [None] * n

@@ -109,6 +109,8 @@ def backoff_delay(interval: float, failures: int, max_backoff: float, rng: rando
     return max(interval, base * (0.8 + 0.4 * rng.random()))
 
 
+_JITTER = random.Random()
+
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 
 
@@ -210,9 +212,10 @@ class DeviceRunner:
         bus = getattr(self.driver.ctx, "bus", None)
         if bus is not None and hasattr(bus, "path"):
             self.stats.path_of = lambda: bus.path
-        self._rng = random.Random(hash(device.id))
+        # One generator for every device (its state is 2.5 KB): draws still differ from device to device.
+        self._rng = _JITTER
         self._task: asyncio.Task[None] | None = None
-        self._poll: asyncio.Task[Batch] | None = None
+        self._poll: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._last_values: list[Any] | None = None
         self._last_exponents: list[int | None] | None = None
@@ -278,10 +281,8 @@ class DeviceRunner:
         # The first poll is at once, not at the first aligned deadline (up to an interval away):
         # a started gateway publishes within its first second, and a takeover reads at once. It is
         # a tick of its own, like `poll_once`; the aligned schedule follows.
-        st.ticks += 1
-        st.polls += 1
         st.last_progress = time.monotonic()
-        self._poll = asyncio.create_task(self._poll_once(), name=f"poll:{self.device.id}")
+        self._tick(busy=False)
         # Deadlines are numbered: deadline n is at n * interval + offset on the wall clock. `last`
         # is the newest one already accounted for, so every deadline is counted exactly once.
         last = math.floor((time.time() - offset) / interval)
@@ -303,21 +304,32 @@ class DeviceRunner:
             # devices are all unreachable must not get the gateway restarted over and over.
             st.last_progress = time.monotonic()
             busy = self._poll is not None and not self._poll.done() and not await self._ends_before(last + 1, offset)
-            # The tick is counted where it is decided, with its outcome, so the counters balance
-            # at every moment (a /metrics scrape during the wait above sees neither).
-            st.ticks += 1
-            if busy:
-                # The previous poll runs into the next deadline: skip this tick rather than pile
-                # up requests.
-                self._skipped(SkipReason.BUSY)
-            elif time.monotonic() < self._retry_at:
-                st.backoff += 1
-            elif self.saturated is not None and self.saturated():
-                # Shed load at the source: a reading not taken costs nothing downstream.
-                self._skipped(SkipReason.BACKPRESSURE)
-            else:
-                st.polls += 1
-                self._poll = asyncio.create_task(self._poll_once(), name=f"poll:{self.device.id}")
+            self._tick(busy)
+
+    def _tick(self, busy: bool) -> None:
+        """Count a tick with its outcome, and poll if it is to be one.
+
+        The tick is counted where it is decided, so the counters balance at every moment (a
+        /metrics scrape during the wait for a running poll sees neither).
+        """
+        st = self.stats
+        st.ticks += 1
+        if busy:
+            # The previous poll runs into the next deadline: skip this tick rather than pile up requests.
+            self._skipped(SkipReason.BUSY)
+        elif time.monotonic() < self._retry_at:
+            st.backoff += 1
+        elif self.saturated is not None and self.saturated():
+            # Shed load at the source: a reading not taken costs nothing downstream.
+            self._skipped(SkipReason.BACKPRESSURE)
+        else:
+            st.polls += 1
+            self._poll = asyncio.create_task(self._scheduled_poll(), name=f"poll:{self.device.id}")
+
+    async def _scheduled_poll(self) -> None:
+        # The task is kept until the next tick: its result must not keep the batch (five lists of
+        # the device's points) alive that long.
+        await self._poll_once()
 
     async def _ends_before(self, deadline: int, offset: float) -> bool:
         """Wait for the running poll, but not past deadline number `deadline`; True if it ended first.

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -139,7 +139,7 @@ async def test_many_devices_at_a_tiny_interval_account_for_every_tick() -> None:
         return read
 
     log = Lines()
-    skip_log = SkipLog(log)
+    skip_log = SkipLog(cast(Any, log))
     runners = [runner_for(busy(), 0.01, log, skip_log=skip_log) for _ in range(150)]
     for r in runners:
         r.start()
@@ -168,7 +168,7 @@ async def test_the_end_of_an_overload_is_one_line_with_what_was_skipped() -> Non
         return RawReadings([])
 
     log = Lines()
-    skip_log = SkipLog(log, quiet_after=0.2)
+    skip_log = SkipLog(cast(Any, log), quiet_after=0.2)
     runner = runner_for(read, 0.01, log, skip_log=skip_log)
     runner.start()
     try:

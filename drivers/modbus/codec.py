@@ -19,6 +19,7 @@ register gets the nearest float32, which is what the read-back then shows.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from drivers.modbus.config import TYPE_WORDS
 from gateway.driver import PointError, RawValue
+from gateway.interning import interned
 
 if TYPE_CHECKING:
     from drivers.modbus.config import ModbusDevice, ModbusPoint, ModbusWrite
@@ -209,6 +211,16 @@ def decode_registers(spec: ValueSpec, words: Sequence[int], offset: int = 0) -> 
     except (struct.error, TypeError):
         return PointError("register values must be 0..65535")
     return decode(spec, data, offset)
+
+
+def block_decoder(items: tuple[tuple[int, ValueSpec, int], ...], bit_data: bool = False) -> BlockDecoder:
+    """The decoder of these items: one object for every device that reads the same block (it holds no state)."""
+    return _block_decoder(interned(items), bit_data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_decoder(items: tuple[tuple[int, ValueSpec, int], ...], bit_data: bool) -> BlockDecoder:
+    return BlockDecoder(items, bit_data=bit_data)
 
 
 class BlockDecoder:

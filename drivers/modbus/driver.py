@@ -53,6 +53,7 @@ from drivers.modbus.codec import (
     BIT_FUNCTIONS,
     BlockDecoder,
     ValueSpec,
+    block_decoder,
     decode,
     mask_write,
     spec_of,
@@ -72,6 +73,7 @@ from gateway.driver import (
     WriteRefused,
     WriteRequest,
 )
+from gateway.interning import interned
 from gateway.profiles import Profile, ProfileError, expand, matching_profiles, shipped_profiles
 
 if TYPE_CHECKING:
@@ -131,7 +133,7 @@ class _Read:
 class _Compiled:
     plan: Plan
     reads: tuple[_Read, ...]
-    template: list[RawValue]
+    template: tuple[RawValue, ...]
     units: frozenset[int]
 
 
@@ -224,11 +226,13 @@ def compile_plan(points: Sequence[ModbusPoint], device: ModbusDevice) -> _Compil
     reads = []
     for r in plan.reads:
         bits = r.function in BIT_FUNCTIONS
-        items = [(i, spec_of(points[i], device), off) for i, off in r.items]
+        items = tuple((i, spec_of(points[i], device), off) for i, off in r.items)
         label = f"unit {r.unit} {r.function} {r.start}+{r.count}"
-        slots = tuple(i for i, _ in r.items)
-        reads.append(_Read(r.unit, r.code, r.start, r.count, label, slots, BlockDecoder(items, bit_data=bits)))
-    return _Compiled(plan, tuple(reads), template, frozenset(r.unit for r in plan.reads))
+        slots = interned(tuple(i for i, _ in r.items))
+        reads.append(_Read(r.unit, r.code, r.start, r.count, label, slots, block_decoder(items, bits)))
+    # Without rejected points the template is n Nones: one tuple for every device of that size.
+    shared = interned(tuple(template)) if not plan.rejected else tuple(template)
+    return _Compiled(plan, tuple(reads), shared, frozenset(r.unit for r in plan.reads))
 
 
 class ModbusDriver(Driver[ModbusDevice, None]):
@@ -288,7 +292,7 @@ class ModbusDriver(Driver[ModbusDevice, None]):
         device = self.config
         timeout, retries, pause = device.timeout, device.retries, device.pause
         bus = self.ctx.bus
-        values = compiled.template.copy()
+        values = list(compiled.template)
         single = len(compiled.units) <= 1
         dead: dict[int, PointError] = {}
         try:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drivers.modbus.codec import BIT_FUNCTIONS, FUNCTION_CODES
+from gateway.interning import interned
 
 if TYPE_CHECKING:
     from drivers.modbus.config import ModbusDevice, ModbusPoint
@@ -159,6 +160,7 @@ def plan_reads(points: Sequence[ModbusPoint], device: ModbusDevice) -> Plan:
         rejected.extend(bad)
         starts = {s.key: s.start for s in spans}
         for g in groups:
-            items = tuple(sorted((k, starts[k] - g.start) for k in g.keys))
+            # Devices of one model plan the same items: one tuple for all of them (memory).
+            items = interned(tuple(sorted((k, starts[k] - g.start) for k in g.keys)))
             reads.append(PlannedRead(unit, fn, g.start, g.count, items))
     return Plan(tuple(reads), tuple(sorted(rejected)))
