@@ -34,6 +34,13 @@ def rss_mib() -> float:
     return 0.0
 
 
+def smaps_rollup() -> str:
+    rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    return "  ".join(
+        " ".join(line.split()[:2]) for line in rollup if line.startswith(("Rss", "Anon", "Shared", "Private"))
+    )
+
+
 def trim() -> bool:
     import ctypes
 
@@ -80,15 +87,15 @@ async def main(args: argparse.Namespace) -> None:
             running = rss_mib()
             gc.collect()
             collected = rss_mib()
-            trimmed = rss_mib() if not trim() else rss_mib()
+            trim()
+            trimmed = rss_mib()
             await asyncio.sleep(args.warmup)
             print(
                 f"RSS MiB: imports {rss_imports:.1f}, config loaded {rss_config:.1f}, running {running:.1f}, "
                 f"after gc.collect {collected:.1f}, after malloc_trim {trimmed:.1f}, "
                 f"{args.warmup:g} s later {rss_mib():.1f}"
             )
-            rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
-            print("  ".join(" ".join(line.split()[:2]) for line in rollup if line.startswith(("Rss", "Anon", "Shared", "Private"))))
+            print(smaps_rollup())
             return
         gc.collect()
         first = tracemalloc.take_snapshot()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import time
@@ -359,6 +360,11 @@ class Gateway:
         ]
         for dev_id in removed + changed:
             await self._remove_device(dev_id, forget=dev_id in removed)
+        if removed or changed:
+            # What the removed runners held (drivers, tables, connections) is freed now, before
+            # their successors are built, so the successors reuse that memory: left to the
+            # collector's own pace, each reload of a changed fleet added its size to the RSS.
+            gc.collect()
         for bus_id in changed_buses:
             bus = self.buses.pop(bus_id, None)
             if bus is not None:

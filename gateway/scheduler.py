@@ -111,6 +111,15 @@ def backoff_delay(interval: float, failures: int, max_backoff: float, rng: rando
 
 _JITTER = random.Random()
 
+
+def _ignore_pushed(_values: list[Pushed]) -> None:
+    return None
+
+
+def _ignore_event(_event: dict[str, Any]) -> None:
+    return None
+
+
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 
 
@@ -262,6 +271,10 @@ class DeviceRunner:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 self.log.warning("driver stop failed", error=_describe(exc))
+        # The driver's push callbacks point back at this runner (a cycle): unhook them, so that a
+        # removed device's runner, driver and tables go as soon as the gateway lets go of it.
+        ctx = self.driver.ctx
+        ctx.emit, ctx.emit_event = _ignore_pushed, _ignore_event
 
     def pushed(self, values: list[Pushed]) -> None:
         """Values the device pushed between polls (COV); published at once."""
