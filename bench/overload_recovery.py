@@ -28,6 +28,12 @@ Short check (about 4 minutes):
 The long run for the figures of issue 13 (about 11 minutes, on an otherwise idle machine):
 
     python bench/overload_recovery.py --steady 60 --overload 60 --recovery 60 --runs 5 --series
+
+Each reload itself adds memory: the replaced runners live until a full garbage collection
+(docs/performance.md, "Overload and recovery"). The control is the same run with the reloads
+but no overload:
+
+    python bench/overload_recovery.py --steady 60 --overload 60 --recovery 60 --runs 5 --series --overload-interval 0.9
 """
 
 from __future__ import annotations
