@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -202,3 +203,27 @@ async def test_sighup_reload_applies_changes_and_rejects_bad_config(
         assert '"config reloaded"' in daemon.output()
     finally:
         await daemon.stop()
+
+
+async def test_a_reload_frees_the_runners_it_replaces_before_building_their_successors(
+    tmp_path: Path, broker: Mosquitto, twin: ModbusTwin
+) -> None:
+    """Left to the collector's pace, each reload of a changed fleet added that fleet's memory to the RSS."""
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    cfg = write_config(tmp_path, broker, device_yaml("a", twin.port, 1) + device_yaml("b", twin.port, 2))
+    gw = Gateway(load_config(cfg), cfg)
+    await gw.start()
+    try:
+        old = [weakref.ref(r) for r in gw.runners.values()]
+        tables = [weakref.ref(r.normalizer.table) for r in gw.runners.values()]
+        write_config(
+            tmp_path, broker, device_yaml("a", twin.port, 1, "300ms") + device_yaml("b", twin.port, 2, "300ms")
+        )
+        assert await gw.reload()
+        assert [r() for r in old] == [None, None]
+        assert [t() for t in tables] == [None, None]
+        assert sorted(gw.runners) == ["a", "b"]
+    finally:
+        await gw.stop(drain_timeout=1.0)
