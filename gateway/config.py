@@ -44,7 +44,15 @@ from gateway.models import (
     port_number,
     read_secret,
 )
-from gateway.profiles import Profile, ProfileError, expand, load_profile, referenced_names, resolve_profile_path
+from gateway.profiles import (
+    Profile,
+    ProfileError,
+    expand,
+    forget_loaded,
+    load_profile,
+    referenced_names,
+    resolve_profile_path,
+)
 from gateway.registry import DRIVERS, DriverSpec
 from gateway.yamlload import MISSING, LineDict, YamlError, child_of, format_path, load_file, load_text, locate
 
@@ -971,9 +979,13 @@ def parse_config(data: Any, source: str, base_dir: Path | None, environment: Env
     """
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "(top)", "the configuration is a YAML mapping")])
-    with _config_dir(base_dir), collect_environment() as problems:
-        cfg, issues = _validate(data, source, base_dir)
-        found = _environment_issues(problems, data, source)
+    try:
+        with _config_dir(base_dir), collect_environment() as problems:
+            cfg, issues = _validate(data, source, base_dir)
+            found = _environment_issues(problems, data, source)
+    finally:
+        # Line information lives only until validation ends (issue 13.1).
+        forget_loaded()
     if environment == "require":
         issues, found = [*issues, *found], []
     if issues or cfg is None:

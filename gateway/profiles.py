@@ -174,6 +174,15 @@ def load_profile(path: Path) -> Profile:
     return _load_profile(path, st.st_mtime_ns, st.st_size)
 
 
+def forget_loaded() -> None:
+    """Drop the parsed profiles and expression trees: a load needs them, a running daemon does not.
+
+    They hold the profiles' YAML with its line numbers; the validated points are what lives on.
+    """
+    _load_profile.cache_clear()
+    _parsed.cache_clear()
+
+
 @functools.lru_cache(maxsize=64)
 def _load_profile(path: Path, _mtime_ns: int, _size: int) -> Profile:
     data = load_file(path)

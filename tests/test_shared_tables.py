@@ -91,3 +91,19 @@ def _tables() -> list[PointTable]:
     from gateway.normalize import _TABLES
 
     return list(_TABLES.values())
+
+
+def test_no_yaml_line_map_or_profile_expansion_outlives_the_load(tmp_path: Any) -> None:
+    from gateway.models import PointConfig
+    from gateway.yamlload import LineDict, LineList
+
+    def count(kind: type | tuple[type, ...]) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+    before_lines, before_points = count((LineDict, LineList)), count(PointConfig)
+    devs = devices(PROFILE_DEVICES, tmp_path) + devices(inline_devices(3), tmp_path)
+    assert count((LineDict, LineList)) == before_lines
+    # Three devices on the profile and three written inline, 20 points each: 20 + 20 point models.
+    assert count(PointConfig) - before_points == 40
+    assert all(len(d.resolved_points) == 20 for d in devs)
