@@ -627,7 +627,10 @@ class _Shared:
         default_factory=dict
     )
     points: dict[tuple[type[PointConfig], str], PointConfig] = field(default_factory=dict)
-    by_object: dict[tuple[type[PointConfig], int], tuple[dict[str, Any], PointConfig]] = field(default_factory=dict)
+    by_object: dict[tuple[type[PointConfig], int], PointConfig] = field(default_factory=dict)
+    # The ids of the point mappings in `expansions` (which keeps them alive, so an id stays theirs):
+    # the definitions seen again by identity. A mapping written inline is seen once.
+    expanded: set[int] = field(default_factory=set)
     # A device's resolved points, by the identity of each: devices of one model share one tuple.
     lists: dict[tuple[int, ...], tuple[PointConfig, ...]] = field(default_factory=dict)
 
@@ -789,6 +792,8 @@ def _expansion(
         out = exc
     if key is not None:
         shared.expansions[key] = out
+        if not isinstance(out, ProfileError):
+            shared.expanded.update(id(point) for point, _file, _line in out)
     return out
 
 
@@ -832,9 +837,9 @@ def _validated_points(
     for point, pfile, pline, where in points.values():
         # A calculated point has no protocol address: the base model, not the driver's.
         model = PointConfig if isinstance(point, Mapping) and point.get("calc") is not None else point_model
-        seen = shared.by_object.get((model, id(point)))
-        if seen is not None and seen[0] is point:
-            resolved.append(seen[1])
+        again = id(point) in shared.expanded
+        if again and (seen := shared.by_object.get((model, id(point)))) is not None:
+            resolved.append(seen)
             continue
         key = (model, json.dumps(point, sort_keys=True, default=repr))
         if (known := shared.points.get(key)) is None:
@@ -844,8 +849,8 @@ def _validated_points(
                 for issue in _issues_from(exc, point, f"{where}.", pfile):
                     issues.append(ConfigIssue(issue.file or pfile, issue.line or pline, issue.path, issue.message))
                 continue
-        # The entry holds the definition, so its id cannot be reused by another one during the load.
-        shared.by_object[(model, id(point))] = (point, known)
+        if again:
+            shared.by_object[(model, id(point))] = known
         resolved.append(known)
     ids = {p.id for p in resolved}
     for p in resolved:
@@ -1011,6 +1016,11 @@ def _validate(
         resolved, dev_issues = _resolve_device(raw, device, f"devices[{i}]", base_dir, shared)
         devices.append(resolved)
         issues.extend(dev_issues)
+        if isinstance(raw, dict) and raw.get("points"):
+            # The written points live on as the validated ones (their issues name their lines
+            # already): their mappings go now, not at the end of the load, and the next devices
+            # reuse that memory instead of adding to the load's high-water mark.
+            raw["points"] = []
     issues.extend(_cross_check(cfg, devices, data, source))
     object.__setattr__(cfg, "devices", devices)
     cfg._source = source

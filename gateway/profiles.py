@@ -435,14 +435,20 @@ def substitute(value: Any, env: Mapping[str, Any]) -> Any:
         if whole:
             return evaluate(whole.group(1), env)
         return _PLACEHOLDER.sub(lambda m: str(evaluate(m.group(1), env)), value)
-    if isinstance(value, LineDict):
-        out = LineDict({k: substitute(v, env) for k, v in value.items()})
-        out.file, out.line, out.lines = value.file, value.line, value.lines
-        return out
+    # A mapping or list without a placeholder is returned as it is, not copied: ten thousand
+    # inline points written out (no `{...}`) would otherwise be copied once more while loading.
     if isinstance(value, dict):
-        return {k: substitute(v, env) for k, v in value.items()}
+        items = [(k, v, substitute(v, env)) for k, v in value.items()]
+        if all(new is v for _k, v, new in items):
+            return value
+        if isinstance(value, LineDict):
+            out = LineDict({k: new for k, _v, new in items})
+            out.file, out.line, out.lines = value.file, value.line, value.lines
+            return out
+        return {k: new for k, _v, new in items}
     if isinstance(value, list):
-        return [substitute(v, env) for v in value]
+        subs = [substitute(v, env) for v in value]
+        return value if all(new is v for new, v in zip(subs, value, strict=True)) else subs
     return value
 
 

@@ -12,13 +12,41 @@ import yaml
 class LineDict(dict[str, Any]):
     """A mapping that knows its own line and the line of each of its keys (1-based)."""
 
-    __slots__ = ("file", "line", "lines")
+    __slots__ = ("_lines", "file", "line")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.file = ""
         self.line = 0
-        self.lines: dict[Any, int] = {}
+        # The key lines, or how to compute them: ONE_LINE (every key on the mapping's own line: a
+        # flow mapping) or LINE_EACH (key i on line + i: a block mapping). A loaded config is
+        # thousands of such mappings, and a dict of lines each was a third of their memory; the
+        # dict is made when something asks for it (an error message) or writes to it.
+        self._lines: dict[Any, int] | int = {}
+
+    @property
+    def lines(self) -> dict[Any, int]:
+        found = self._lines
+        if isinstance(found, int):
+            found = self._lines = {key: self.line + i * found for i, key in enumerate(self)}
+        return found
+
+    @lines.setter
+    def lines(self, value: dict[Any, int]) -> None:
+        self._lines = value
+
+    def set_key_lines(self, lines: list[int]) -> None:
+        """The line of each key, in key order (the builder's; compact when it follows a pattern)."""
+        first = self.line
+        if all(n == first for n in lines):
+            self._lines = ONE_LINE
+        elif all(n == first + i for i, n in enumerate(lines)):
+            self._lines = LINE_EACH
+        else:
+            self._lines = dict(zip(self, lines, strict=True))
+
+
+ONE_LINE, LINE_EACH = 0, 1
 
 
 class LineList(list[Any]):
@@ -149,6 +177,7 @@ class _Builder:
             self.anchors[event.anchor] = out
         loader = self.loader
         merged: list[Any] = []
+        key_lines: list[int] = []
         while not loader.check_event(yaml.MappingEndEvent):
             key_event = loader.peek_event()
             merge = (
@@ -165,8 +194,9 @@ class _Builder:
             if key in out:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_event.start_mark)
             out[key] = self.value()
-            out.lines[key] = key_event.start_mark.line + 1
+            key_lines.append(key_event.start_mark.line + 1)
         loader.get_event()
+        out.set_key_lines(key_lines)
         for key_event, source in merged:
             self._merge(out, source, key_event)
         return out

@@ -137,3 +137,17 @@ def test_devices_with_the_same_points_share_them() -> None:
     assert c.resolved_points[0] is not a.resolved_points[0] and c.resolved_points[0].id == "p1"
     # The written mappings are not kept once validated: the points live on as the models.
     assert a.points == [] and b.points == []
+
+
+def test_key_lines_of_flow_block_and_irregular_mappings() -> None:
+    data = load_text(
+        "flow: {a: 1, b: 2}\nblock:\n  a: 1\n  b: 2\n  c: 3\ngaps:\n  a: 1\n\n  b: 2\nmerged:\n  <<: {m: 1}\n  a: 2\n",
+        "t.yaml",
+    )
+    assert data["flow"].line == 1 and data["flow"].lines == {"a": 1, "b": 1}
+    assert data["block"].lines == {"a": 3, "b": 4, "c": 5}
+    assert data["gaps"].lines == {"a": 7, "b": 9}
+    assert data["merged"].lines == {"a": 12, "m": 11}
+    # What asks for the lines may write to them too (the profile merge does).
+    data["block"].lines["d"] = 9
+    assert data["block"].lines["d"] == 9 and data["block"].lines["a"] == 3
