@@ -393,10 +393,12 @@ class HaCoordinator:
             return  # a greater claim came in meanwhile: the next step stands down, nothing started
         self.takeovers += 1
         self.log.warning("active: polling starts", epoch=self.own.epoch)
+        # The pair's status first: the devices poll at once when they start, and a consumer sees
+        # who is active before it sees that instance's first data.
+        self._publish_status()
         await self._activate_cb()
         self._confirmed = True
         await self._publish_member()
-        self._publish_status()
         self.publisher.release()
 
     async def _step_down(self, winner: Claim) -> None:

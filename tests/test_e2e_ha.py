@@ -127,6 +127,9 @@ async def test_kill_minus_9_of_the_active_the_standby_takes_over(
             assert member["state"] == "offline"
             status = collector.on("/lab/gateway/status")[-1].json()
             assert status["role"] == "active" and status["instance"] == standby
+            # Who is active is said before that instance's first data (its devices poll at once).
+            order = [m.topic for m in collector.messages if _announces(m, standby)]
+            assert order[0].endswith("/gateway/status"), order[:3]
             mark = {d: len(collector.data(d)) for d in DEVICES}
             await collector.wait_for(lambda: all(len(collector.data(d)) >= mark[d] + 2 for d in DEVICES), what="polls")
             assert_no_seq_repeated(collector)
@@ -348,3 +351,10 @@ async def test_a_holder_whose_retained_online_is_a_leftover_is_asked_then_replac
             assert "the lease holder does not answer" in daemon.output()
         finally:
             await daemon.stop()
+
+
+def _announces(m: Any, instance: str) -> bool:
+    """A status message naming `instance` active, or a data message of `instance`."""
+    if m.topic.endswith("/gateway/status"):
+        return bool(m.json().get("instance") == instance and m.json().get("role") == "active")
+    return bool(m.topic.endswith("/data") and m.json().get("instance") == instance)
