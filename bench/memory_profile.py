@@ -21,6 +21,7 @@ import gc
 import linecache
 import os
 import shutil
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -82,7 +83,21 @@ async def main(args: argparse.Namespace) -> None:
         gw = Gateway(cfg)
         del cfg, text
         await gw.start()
+        pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        started: list[float] = [0.0]
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pauses[info["generation"]].append(time.perf_counter() - started[0])
+
+        gc.callbacks.append(timed)
         await asyncio.sleep(args.warmup)
+        gc.callbacks.remove(timed)
+        for gen, times in pauses.items():
+            if times:
+                print(f"gc generation {gen}: {len(times)} collections, longest {max(times) * 1000:.1f} ms")
         if args.rss_only:
             running = rss_mib()
             gc.collect()

@@ -52,6 +52,19 @@ def _point_meta(point: PointConfig) -> dict[str, Any]:
     return meta
 
 
+def settle_memory() -> None:
+    """After the devices are built: collect once, then keep what lives on out of the collector's scans.
+
+    The objects built at start (imports, config, devices' tables and runners) live as long as the
+    daemon, yet each full collection walked all of them: 260 ms with 1000 devices, a pause of
+    every device's delivery that showed as the p99 latency. Frozen, they are not walked; what
+    becomes garbage later is collected as before. A reload thaws them first (it frees runners).
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def build_driver(
     device: DeviceConfig,
     bus: Bus,
@@ -154,6 +167,7 @@ class Gateway:
         for device in self.cfg.devices:
             if device.enabled:
                 await self._add_device(device)
+        settle_memory()
         self.log.info(
             "gateway started",
             ha=None if self.ha is None else f"{self.ha.group}/{self.ha.instance}",
@@ -316,6 +330,7 @@ class Gateway:
             for device in self.cfg.devices:
                 if device.enabled and device.id not in self.runners:
                     await self._add_device(device)
+            settle_memory()
 
     async def _ha_deactivate(self) -> None:
         """Stop polling at once; what this instance published about the devices is the new active's now."""
@@ -325,6 +340,7 @@ class Gateway:
             self.publisher.forget_retained(self.publisher.topic(i, leaf) for i in ids for leaf in ("status", "meta"))
             # A standby has no edge node session: NDEATH now, the new active births its own.
             await self._sparkplug_stop(drain_timeout=1.0)
+            settle_memory()
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -364,6 +380,7 @@ class Gateway:
             # What the removed runners held (drivers, tables, connections) is freed now, before
             # their successors are built, so the successors reuse that memory: left to the
             # collector's own pace, each reload of a changed fleet added its size to the RSS.
+            gc.unfreeze()
             gc.collect()
         for bus_id in changed_buses:
             bus = self.buses.pop(bus_id, None)
@@ -372,6 +389,7 @@ class Gateway:
         self.cfg = new if not restart_needed else _keep_sections(self.cfg, new)
         for dev_id in added + changed:
             await self._add_device(fresh[dev_id])
+        settle_memory()
         self.log.info(
             "config reloaded",
             added=added,
