@@ -9,6 +9,7 @@ config exactly as the daemon builds it, goes through the real objects of each st
     normalize  Normalizer.normalize of the decoded values
     encode     Batch.encode (the JSON data message)
     mqtt       paho's publish of that message at QoS 1 into a socket pair, the PUBACK read back
+               (by the publisher's AckReader, as in the daemon)
     poll       DeviceRunner._poll_once: all of the above through the driver, the runner, the
                publisher's submit_batch and _launch (the scheduler's tick is not in it)
 
@@ -213,6 +214,19 @@ async def _build(points: int, values: str, work: Path, coalesce: bool) -> dict[s
         paho._on_publish(c, userdata, mid, reason, properties)
 
     paho.client.on_publish = on_publish
+    try:
+        from gateway.publish import AckReader
+    except ImportError:  # before it: every PUBACK through paho's parser and callback
+        pass
+    else:
+
+        def acked(mid: int) -> bool:
+            # The publisher's messages (stage poll) and the bench's own (stage mqtt) alike.
+            publisher._acked(mid)
+            paho.acked += 1
+            return True
+
+        AckReader(paho.client, acked, publisher._acks_done)
     runner = DeviceRunner(
         device, lambda pts: build_driver(device, bus, state, None, log, pts), sink, lambda d, s: None, log
     )
