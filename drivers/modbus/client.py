@@ -21,9 +21,8 @@ import asyncio
 import struct
 import termios
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from drivers.modbus.codec import (
     FC_MEI,
@@ -38,8 +37,6 @@ from drivers.modbus.codec import (
 )
 from gateway.buses import Path, PathSet
 from gateway.crc import crc16_reflected
-
-T = TypeVar("T")
 
 _MBAP_HEADER = struct.Struct(">HHHB")
 _READ_PDU = struct.Struct(">BHH")
@@ -276,7 +273,7 @@ class ModbusLink:
         """
         if code not in _MAX_COUNT or not 1 <= count <= _MAX_COUNT[code] or not 0 <= address <= 65535:
             raise ValueError(f"bad read: function {code}, address {address}, count {count}")
-        return await self._retrying(unit, timeout, retries, lambda: self._exchange(unit, code, address, count, timeout))
+        return await self._retrying(unit, _READ_PDU.pack(code, address, count), count, None, timeout, retries)
 
     async def write(self, unit: int, pdu: bytes, timeout: float, retries: int = 0) -> None:
         """Send a write request PDU (see coils_pdu, registers_pdu, mask_pdu) and check its echo.
@@ -285,8 +282,7 @@ class ModbusLink:
         """
         if not pdu or pdu[0] not in (5, 6, 15, 16, 22):
             raise ValueError(f"not a write request: {pdu[:1].hex()}")
-        echo = _echo_of(pdu)
-        await self._retrying(unit, timeout, retries, lambda: self._send(unit, pdu, echo, timeout))
+        await self._retrying(unit, pdu, 0, _echo_of(pdu), timeout, retries)
 
     async def read_device_id(
         self, unit: int, code: int, object_id: int, timeout: float, retries: int = 0
@@ -296,13 +292,15 @@ class ModbusLink:
         Raises like read; a reply that is not a well-formed identification is a ReplyError.
         """
         pdu = device_id_request(code, object_id)
-        data = await self._retrying(unit, timeout, retries, lambda: self._transact(unit, pdu, 0, None, timeout))
+        data = await self._retrying(unit, pdu, 0, None, timeout, retries)
         try:
             return parse_device_id(bytes((FC_MEI,)) + data)
         except ValueError as exc:
             raise ReplyError(str(exc)) from None
 
-    async def _retrying(self, unit: int, timeout: float, retries: int, exchange: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, unit: int, pdu: bytes, count: int, echo: bytes | None, timeout: float, retries: int
+    ) -> bytes:
         """One request under the link's lock, sent again after a timeout, at most `retries` times.
 
         A timeout that ends the request counts against the unit's silence (the half-open rule); any
@@ -310,9 +308,11 @@ class ModbusLink:
         """
         async with self._lock:
             for attempt in range(retries + 1):
-                await self._open(timeout)
+                # _open returns at once on an open connection without paths: no coroutine for it.
+                if self.paths is not None or not self.connected:
+                    await self._open(timeout)
                 try:
-                    result = await exchange()
+                    result = await self._transact(unit, pdu, count, echo, timeout)
                 except LinkTimeout:
                     if attempt == retries:
                         self._note_silence(unit)
@@ -408,20 +408,32 @@ class ModbusLink:
         )
         return transport  # type: ignore[no-any-return]
 
-    async def _exchange(self, unit: int, code: int, address: int, count: int, timeout: float) -> bytes:
-        return await self._transact(unit, _READ_PDU.pack(code, address, count), count, None, timeout)
-
-    async def _send(self, unit: int, pdu: bytes, echo: bytes, timeout: float) -> bytes:
-        return await self._transact(unit, pdu, 0, echo, timeout)
-
     async def _transact(self, unit: int, pdu: bytes, count: int, echo: bytes | None, timeout: float) -> bytes:
+        """Send one request and wait for its reply (what _on_data resolves) or the timeout.
+
+        One coroutine per request, its future and one timer: this runs for every read of every poll.
+        """
         transport = self._transport
         if transport is None:
             raise LinkError(f"{self.name}: not connected")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         frame, tid = self._frame(unit, pdu)
         self._char_timeout = min(self.ASCII_CHAR_TIMEOUT, timeout)
-        return await self._await_reply(transport, frame, _Pending(future, tid, unit, pdu[0], count, echo), timeout)
+        pending = _Pending(future, tid, unit, pdu[0], count, echo)
+        self._buf.clear()
+        self._pending = pending
+        handle = loop.call_later(timeout, _expire, future)
+        self.requests += 1
+        try:
+            transport.write(frame)
+            return await future
+        except LinkTimeout:
+            self.timeouts += 1
+            raise LinkTimeout(f"{self.name}: unit {unit} did not answer within {timeout:g}s") from None
+        finally:
+            handle.cancel()
+            self._pending = None
 
     def _frame(self, unit: int, pdu: bytes) -> tuple[bytes, int]:
         """The request on the wire and the transaction id its reply carries (0: none, a serial framing)."""
@@ -431,23 +443,6 @@ class ModbusLink:
             return ascii_frame(unit, pdu), 0
         self._tid = tid = self._tid % 65535 + 1
         return _MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu, tid
-
-    async def _await_reply(
-        self, transport: asyncio.Transport, frame: bytes, pending: _Pending, timeout: float
-    ) -> bytes:
-        self._buf.clear()
-        self._pending = pending
-        handle = asyncio.get_running_loop().call_later(timeout, _expire, pending.future)
-        self.requests += 1
-        try:
-            transport.write(frame)
-            return await pending.future
-        except LinkTimeout:
-            self.timeouts += 1
-            raise LinkTimeout(f"{self.name}: unit {pending.unit} did not answer within {timeout:g}s") from None
-        finally:
-            handle.cancel()
-            self._pending = None
 
     def _note_answer(self, unit: int) -> None:
         self._silent = 0
@@ -488,13 +483,28 @@ class ModbusLink:
         if protocol is not self._protocol:
             return
         buf = self._buf
+        pending = self._pending
+        if (
+            not buf
+            and pending is not None
+            and self.framing == "tcp"
+            and 8 <= len(data) <= 260  # an MBAP length of 2-254, as _parse_mbap wants it
+            and len(data) == 6 + ((data[4] << 8) | data[5])
+            and not data[2]
+            and not data[3]
+            and ((data[0] << 8) | data[1]) == pending.tid
+            and not pending.future.done()
+        ):
+            # The common case: the awaited reply, whole and alone. _parse_mbap would find it the
+            # same way, after a copy into the buffer and out again.
+            _resolve(pending, data[7:])
+            return
         if self.framing == "ascii":
             now = time.monotonic()
             if buf and now - self._last_data > self._char_timeout:
                 buf.clear()  # the frame in progress stalled: incomplete, whatever follows
             self._last_data = now
         buf += data
-        pending = self._pending
         if pending is None or pending.future.done():
             # A late answer to a request that already timed out: nobody wants it.
             if self.framing == "tcp":
