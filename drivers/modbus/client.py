@@ -21,6 +21,7 @@ import asyncio
 import struct
 import termios
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -266,14 +267,18 @@ class ModbusLink:
     def connected(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
-    async def read(self, unit: int, code: int, address: int, count: int, timeout: float, retries: int = 0) -> bytes:
-        """Read `count` registers or bits; returns the reply's data bytes.
+    def read(
+        self, unit: int, code: int, address: int, count: int, timeout: float, retries: int = 0
+    ) -> Coroutine[Any, Any, bytes]:
+        """Read `count` registers or bits; await it for the reply's data bytes.
 
-        Raises LinkTimeout, LinkError, ExceptionReply or ReplyError.
+        Raises LinkTimeout, LinkError, ExceptionReply or ReplyError (ValueError at once, for a
+        request that cannot be sent). Not a coroutine itself: it hands out the request's, one
+        coroutine fewer on every read of every poll.
         """
         if code not in _MAX_COUNT or not 1 <= count <= _MAX_COUNT[code] or not 0 <= address <= 65535:
             raise ValueError(f"bad read: function {code}, address {address}, count {count}")
-        return await self._retrying(unit, _READ_PDU.pack(code, address, count), count, None, timeout, retries)
+        return self._retrying(unit, _READ_PDU.pack(code, address, count), count, None, timeout, retries)
 
     async def write(self, unit: int, pdu: bytes, timeout: float, retries: int = 0) -> None:
         """Send a write request PDU (see coils_pdu, registers_pdu, mask_pdu) and check its echo.
