@@ -36,7 +36,7 @@ from drivers.modbus.codec import (
     object_text,
     parse_device_id,
 )
-from gateway.buses import Path, PathSet
+from gateway.buses import FifoLock, Path, PathSet
 from gateway.crc import crc16_reflected
 
 _MBAP_HEADER = struct.Struct(">HHHB")
@@ -250,7 +250,7 @@ class ModbusLink:
         self._last_data = 0.0
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
-        self._lock = asyncio.Lock()
+        self._lock = FifoLock()
         self._buf = bytearray()
         self._pending: _Pending | None = None
         # The timeout timer (see _transact): when it fires, and on which loop.
@@ -324,7 +324,11 @@ class ModbusLink:
         A timeout that ends the request counts against the unit's silence (the half-open rule); any
         reply, an exception reply included, proves the unit answers.
         """
-        async with self._lock:
+        lock = self._lock
+        # `async with lock` without its coroutines when the lock is free (the common case).
+        if not lock.try_acquire():
+            await lock.acquire()
+        try:
             for attempt in range(retries + 1):
                 # _open returns at once on an open connection without paths: no coroutine for it.
                 if self.paths is not None or not self.connected:
@@ -341,6 +345,8 @@ class ModbusLink:
                     raise
                 self._note_answer(unit)
                 return result
+        finally:
+            lock.release()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
