@@ -543,13 +543,15 @@ class _Deadline:
     __slots__ = ("_cancelling", "_fired", "_handle", "_task")
 
     def __init__(self, delay: float) -> None:
-        task = asyncio.current_task()
+        # One get_running_loop (a getpid system call in CPython 3.11), not one more in current_task.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("a poll's deadline needs a task")
         self._task = task
         self._cancelling = task.cancelling()
         self._fired = False
-        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
+        self._handle = loop.call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._fired = True

@@ -249,6 +249,7 @@ class ModbusLink:
         self._char_timeout = self.ASCII_CHAR_TIMEOUT
         self._last_data = 0.0
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the open connection's
         self._protocol: _Protocol | None = None
         self._lock = FifoLock()
         self._buf = bytearray()
@@ -410,6 +411,7 @@ class ModbusLink:
         self._on = path
         self._failures = 0
         self._transport = transport  # type: ignore[assignment]
+        self._loop = loop
         self._protocol = protocol
         self._buf.clear()
         self._silent = 0
@@ -444,7 +446,8 @@ class ModbusLink:
         transport = self._transport
         if transport is None:
             raise LinkError(f"{self.name}: not connected")
-        loop = asyncio.get_running_loop()
+        # The connection's loop: asyncio.get_running_loop() costs a getpid system call each time.
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         frame, tid = self._frame(unit, pdu)
         self._char_timeout = min(self.ASCII_CHAR_TIMEOUT, timeout)
