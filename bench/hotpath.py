@@ -8,7 +8,8 @@ config exactly as the daemon builds it, goes through the real objects of each st
     decode     BlockDecoder.decode_into of the 200-byte reply
     normalize  Normalizer.normalize of the decoded values
     encode     Batch.encode (the JSON data message)
-    mqtt       paho's publish of that message at QoS 1 into a socket pair, the PUBACK read back
+    mqtt       the publish of that message at QoS 1 into paho's queue and a socket pair, the
+               PUBACK read back (publish_qos1 and AckReader, as the publisher does)
     poll       DeviceRunner._poll_once: all of the above through the driver, the runner, the
                publisher's submit_batch and _launch (the scheduler's tick is not in it)
 
@@ -213,6 +214,19 @@ async def _build(points: int, values: str, work: Path, coalesce: bool) -> dict[s
         paho._on_publish(c, userdata, mid, reason, properties)
 
     paho.client.on_publish = on_publish
+    try:
+        from gateway.publish import AckReader
+    except ImportError:  # before it: every PUBACK through paho's parser and callback
+        pass
+    else:
+
+        def acked(mid: int) -> bool:
+            # The publisher's messages (stage poll) and the bench's own (stage mqtt) alike.
+            publisher._acked(mid)
+            paho.acked += 1
+            return True
+
+        AckReader(paho.client, acked, publisher._acks_done)
     runner = DeviceRunner(
         device, lambda pts: build_driver(device, bus, state, None, log, pts), sink, lambda d, s: None, log
     )
@@ -283,9 +297,17 @@ async def _encode(iterations: int, ctx: dict[str, Any]) -> None:
 
 async def _mqtt(iterations: int, ctx: dict[str, Any]) -> None:
     paho, payloads = ctx["paho"], ctx["payloads"]
-    publish = paho.client.publish
+    client = paho.client
+    try:
+        from gateway.publish import publish_qos1  # what the publisher calls for a QoS 1 message
+    except ImportError:  # before it: paho's publish
+
+        def publish_qos1(paho: Any, topic: str, payload: bytes, retain: bool) -> tuple[int, int]:
+            info = paho.publish(topic, payload, 1, retain)
+            return info.rc, info.mid
+
     for k in range(iterations):
-        publish("edgegw/bench/dev000/data", payloads[k % len(payloads)], 1)
+        publish_qos1(client, "edgegw/bench/dev000/data", payloads[k % len(payloads)], False)
         if k % 32 == 31:
             paho.broker_turn()
     paho.broker_turn()

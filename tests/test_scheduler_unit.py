@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
-from gateway.scheduler import backoff_delay, next_deadline, poll_offset
+import pytest
+
+from gateway.scheduler import DeviceRunner, backoff_delay, next_deadline, poll_offset
 
 
 def test_deadlines_are_aligned_to_the_wall_clock() -> None:
@@ -150,3 +153,48 @@ async def test_driver_state_is_committed_in_poll_order_once_each_message_is_safe
     pending[2]()
     assert json.loads(path.read_text())["cursor"] == 3
     await asyncio.sleep(0)
+
+
+def _hung_runner() -> tuple[DeviceRunner, asyncio.Event]:
+    """A runner whose driver's read waits until the returned event is set."""
+    import structlog
+
+    from gateway.buses import Bus
+    from gateway.driver import Driver, DriverContext, RawReadings
+    from gateway.models import DeviceConfig
+    from gateway.state import StateStore
+
+    started = asyncio.Event()
+
+    class Hung(Driver[DeviceConfig, None]):
+        async def read(self) -> RawReadings:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    # The safety net: max(2 x interval, 10 x timeout) + 1 s = 1.5 s.
+    device = DeviceConfig.model_validate({"id": "d", "driver": "x", "interval": 0.05, "timeout": 0.05})
+    ctx = DriverContext(device=device, points=[], log=structlog.get_logger("t"), bus=Bus("b"), state=StateStore(None))
+    runner = DeviceRunner(device, lambda _p: Hung(ctx), lambda _b, _done: None, lambda _d, _s: None,
+                          structlog.get_logger("t"))  # fmt: skip
+    return runner, started
+
+
+async def test_a_hung_driver_read_ends_at_the_poll_deadline_as_a_failed_poll() -> None:
+    runner, _started = _hung_runner()
+    async with asyncio.timeout(10):
+        batch = await runner.poll_once()
+    assert runner.stats.last_error == "poll took longer than 1.5s"
+    assert runner.stats.failures == 1 and len(batch) == 0
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_poll_cancelled_from_outside_stays_cancelled() -> None:
+    runner, started = _hung_runner()
+    task = asyncio.create_task(runner.poll_once())
+    async with asyncio.timeout(10):
+        await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert runner.stats.failures == 0

@@ -21,9 +21,9 @@ import asyncio
 import struct
 import termios
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from drivers.modbus.codec import (
     FC_MEI,
@@ -36,10 +36,8 @@ from drivers.modbus.codec import (
     object_text,
     parse_device_id,
 )
-from gateway.buses import Path, PathSet
+from gateway.buses import FifoLock, Path, PathSet
 from gateway.crc import crc16_reflected
-
-T = TypeVar("T")
 
 _MBAP_HEADER = struct.Struct(">HHHB")
 _READ_PDU = struct.Struct(">BHH")
@@ -47,6 +45,7 @@ _MAX_COUNT = {1: 2000, 2: 2000, 3: 125, 4: 125}
 MAX_WRITE_COILS = 1968  # what one request PDU holds
 MAX_WRITE_REGISTERS = 123
 _BUFFER_LIMIT = 1024
+_TIMER_SLACK = 0.001
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -194,10 +193,17 @@ Endpoint = TcpEndpoint | SerialEndpoint
 
 
 class _Pending:
-    __slots__ = ("code", "count", "echo", "future", "tid", "unit")
+    __slots__ = ("code", "count", "deadline", "echo", "future", "tid", "unit")
 
     def __init__(
-        self, future: asyncio.Future[bytes], tid: int, unit: int, code: int, count: int, echo: bytes | None = None
+        self,
+        future: asyncio.Future[bytes],
+        tid: int,
+        unit: int,
+        code: int,
+        count: int,
+        echo: bytes | None = None,
+        deadline: float = 0.0,
     ) -> None:
         self.future = future
         self.tid = tid
@@ -205,6 +211,7 @@ class _Pending:
         self.code = code
         self.count = count
         self.echo = echo  # a write: the reply PDU that acknowledges it
+        self.deadline = deadline  # loop time at which it has timed out
 
 
 class _Protocol(asyncio.Protocol):
@@ -242,10 +249,15 @@ class ModbusLink:
         self._char_timeout = self.ASCII_CHAR_TIMEOUT
         self._last_data = 0.0
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the open connection's
         self._protocol: _Protocol | None = None
-        self._lock = asyncio.Lock()
+        self._lock = FifoLock()
         self._buf = bytearray()
         self._pending: _Pending | None = None
+        # The timeout timer (see _transact): when it fires, and on which loop.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._tid = 0
         self._retry_at = 0.0
         self._failures = 0
@@ -269,14 +281,18 @@ class ModbusLink:
     def connected(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
-    async def read(self, unit: int, code: int, address: int, count: int, timeout: float, retries: int = 0) -> bytes:
-        """Read `count` registers or bits; returns the reply's data bytes.
+    def read(
+        self, unit: int, code: int, address: int, count: int, timeout: float, retries: int = 0
+    ) -> Coroutine[Any, Any, bytes]:
+        """Read `count` registers or bits; await it for the reply's data bytes.
 
-        Raises LinkTimeout, LinkError, ExceptionReply or ReplyError.
+        Raises LinkTimeout, LinkError, ExceptionReply or ReplyError (ValueError at once, for a
+        request that cannot be sent). Not a coroutine itself: it hands out the request's, one
+        coroutine fewer on every read of every poll.
         """
         if code not in _MAX_COUNT or not 1 <= count <= _MAX_COUNT[code] or not 0 <= address <= 65535:
             raise ValueError(f"bad read: function {code}, address {address}, count {count}")
-        return await self._retrying(unit, timeout, retries, lambda: self._exchange(unit, code, address, count, timeout))
+        return self._retrying(unit, _READ_PDU.pack(code, address, count), count, None, timeout, retries)
 
     async def write(self, unit: int, pdu: bytes, timeout: float, retries: int = 0) -> None:
         """Send a write request PDU (see coils_pdu, registers_pdu, mask_pdu) and check its echo.
@@ -285,8 +301,7 @@ class ModbusLink:
         """
         if not pdu or pdu[0] not in (5, 6, 15, 16, 22):
             raise ValueError(f"not a write request: {pdu[:1].hex()}")
-        echo = _echo_of(pdu)
-        await self._retrying(unit, timeout, retries, lambda: self._send(unit, pdu, echo, timeout))
+        await self._retrying(unit, pdu, 0, _echo_of(pdu), timeout, retries)
 
     async def read_device_id(
         self, unit: int, code: int, object_id: int, timeout: float, retries: int = 0
@@ -296,23 +311,31 @@ class ModbusLink:
         Raises like read; a reply that is not a well-formed identification is a ReplyError.
         """
         pdu = device_id_request(code, object_id)
-        data = await self._retrying(unit, timeout, retries, lambda: self._transact(unit, pdu, 0, None, timeout))
+        data = await self._retrying(unit, pdu, 0, None, timeout, retries)
         try:
             return parse_device_id(bytes((FC_MEI,)) + data)
         except ValueError as exc:
             raise ReplyError(str(exc)) from None
 
-    async def _retrying(self, unit: int, timeout: float, retries: int, exchange: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, unit: int, pdu: bytes, count: int, echo: bytes | None, timeout: float, retries: int
+    ) -> bytes:
         """One request under the link's lock, sent again after a timeout, at most `retries` times.
 
         A timeout that ends the request counts against the unit's silence (the half-open rule); any
         reply, an exception reply included, proves the unit answers.
         """
-        async with self._lock:
+        lock = self._lock
+        # `async with lock` without its coroutines when the lock is free (the common case).
+        if not lock.try_acquire():
+            await lock.acquire()
+        try:
             for attempt in range(retries + 1):
-                await self._open(timeout)
+                # _open returns at once on an open connection without paths: no coroutine for it.
+                if self.paths is not None or not self.connected:
+                    await self._open(timeout)
                 try:
-                    result = await exchange()
+                    result = await self._transact(unit, pdu, count, echo, timeout)
                 except LinkTimeout:
                     if attempt == retries:
                         self._note_silence(unit)
@@ -323,6 +346,8 @@ class ModbusLink:
                     raise
                 self._note_answer(unit)
                 return result
+        finally:
+            lock.release()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
@@ -386,6 +411,7 @@ class ModbusLink:
         self._on = path
         self._failures = 0
         self._transport = transport  # type: ignore[assignment]
+        self._loop = loop
         self._protocol = protocol
         self._buf.clear()
         self._silent = 0
@@ -408,20 +434,57 @@ class ModbusLink:
         )
         return transport  # type: ignore[no-any-return]
 
-    async def _exchange(self, unit: int, code: int, address: int, count: int, timeout: float) -> bytes:
-        return await self._transact(unit, _READ_PDU.pack(code, address, count), count, None, timeout)
-
-    async def _send(self, unit: int, pdu: bytes, echo: bytes, timeout: float) -> bytes:
-        return await self._transact(unit, pdu, 0, echo, timeout)
-
     async def _transact(self, unit: int, pdu: bytes, count: int, echo: bytes | None, timeout: float) -> bytes:
+        """Send one request and wait for its reply (what _on_data resolves) or the timeout.
+
+        One coroutine per request and its future: this runs for every read of every poll. The
+        timeout is one timer per link, left running when a reply comes: it is moved only to an
+        earlier deadline, and when it fires it expires the request in flight if that one's time is
+        up, or waits for it. Requests one after another then cost one timer per timeout period
+        instead of one created and cancelled per request (5k instructions each).
+        """
         transport = self._transport
         if transport is None:
             raise LinkError(f"{self.name}: not connected")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        # The connection's loop: asyncio.get_running_loop() costs a getpid system call each time.
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         frame, tid = self._frame(unit, pdu)
         self._char_timeout = min(self.ASCII_CHAR_TIMEOUT, timeout)
-        return await self._await_reply(transport, frame, _Pending(future, tid, unit, pdu[0], count, echo), timeout)
+        deadline = loop.time() + timeout
+        pending = _Pending(future, tid, unit, pdu[0], count, echo, deadline)
+        self._buf.clear()
+        self._pending = pending
+        if self._timer is None or self._timer_at > deadline or self._timer_loop is not loop:
+            if self._timer is not None and self._timer_loop is loop:
+                self._timer.cancel()
+            self._arm(loop, deadline)
+        self.requests += 1
+        try:
+            transport.write(frame)
+            return await future
+        except LinkTimeout:
+            self.timeouts += 1
+            raise LinkTimeout(f"{self.name}: unit {unit} did not answer within {timeout:g}s") from None
+        finally:
+            self._pending = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._on_timer)
+        self._timer_at = when
+        self._timer_loop = loop
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        pending = self._pending
+        loop = self._timer_loop
+        if pending is None or pending.future.done() or loop is None:
+            return  # the next request arms it again
+        # A timer may fire a little before its time (the loop's clock has millisecond steps).
+        if loop.time() + _TIMER_SLACK >= pending.deadline:
+            _expire(pending.future)
+        else:
+            self._arm(loop, pending.deadline)
 
     def _frame(self, unit: int, pdu: bytes) -> tuple[bytes, int]:
         """The request on the wire and the transaction id its reply carries (0: none, a serial framing)."""
@@ -431,23 +494,6 @@ class ModbusLink:
             return ascii_frame(unit, pdu), 0
         self._tid = tid = self._tid % 65535 + 1
         return _MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu, tid
-
-    async def _await_reply(
-        self, transport: asyncio.Transport, frame: bytes, pending: _Pending, timeout: float
-    ) -> bytes:
-        self._buf.clear()
-        self._pending = pending
-        handle = asyncio.get_running_loop().call_later(timeout, _expire, pending.future)
-        self.requests += 1
-        try:
-            transport.write(frame)
-            return await pending.future
-        except LinkTimeout:
-            self.timeouts += 1
-            raise LinkTimeout(f"{self.name}: unit {pending.unit} did not answer within {timeout:g}s") from None
-        finally:
-            handle.cancel()
-            self._pending = None
 
     def _note_answer(self, unit: int) -> None:
         self._silent = 0
@@ -488,13 +534,28 @@ class ModbusLink:
         if protocol is not self._protocol:
             return
         buf = self._buf
+        pending = self._pending
+        if (
+            not buf
+            and pending is not None
+            and self.framing == "tcp"
+            and 8 <= len(data) <= 260  # an MBAP length of 2-254, as _parse_mbap wants it
+            and len(data) == 6 + ((data[4] << 8) | data[5])
+            and not data[2]
+            and not data[3]
+            and ((data[0] << 8) | data[1]) == pending.tid
+            and not pending.future.done()
+        ):
+            # The common case: the awaited reply, whole and alone. _parse_mbap would find it the
+            # same way, after a copy into the buffer and out again.
+            _resolve(pending, data[7:])
+            return
         if self.framing == "ascii":
             now = time.monotonic()
             if buf and now - self._last_data > self._char_timeout:
                 buf.clear()  # the frame in progress stalled: incomplete, whatever follows
             self._last_data = now
         buf += data
-        pending = self._pending
         if pending is None or pending.future.done():
             # A late answer to a request that already timed out: nobody wants it.
             if self.framing == "tcp":
