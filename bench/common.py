@@ -38,11 +38,39 @@ def start_twins(
     Returns the process and the device config that reaches each twin; every `dead_every`-th twin
     is stopped once started, so its address is a device nobody serves.
     """
+    if os.environ.get("EDGEGW_BENCH_TWINS") == "c" and not dead_every:
+        return start_c_twins(devices, profile, profile_vars)
     cmd = [sys.executable, str(REPO / "bench" / "twins.py"), "--devices", str(devices), "--profile", str(profile)]
     cmd += [f"--var={k}={v}" for k, v in profile_vars.items()] + ["--dead-every", str(dead_every)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=REPO)
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())
+
+
+def start_c_twins(
+    devices: int, profile: Path, profile_vars: dict[str, Any]
+) -> tuple[subprocess.Popen[bytes], list[dict[str, Any]]]:
+    """`EDGEGW_BENCH_TWINS=c`: the bench profile's twins from bench/ctwins.c (compiled here), one thread.
+
+    They answer from prepared float32 values, so at saturation the daemon, not the twins, sets
+    the pace. Only the float32 bench profile: its points are what they serve.
+    """
+    binary = profile.parent / "ctwins"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(REPO / "bench" / "ctwins.c"), "-lm"], check=True)
+    proc = subprocess.Popen([str(binary), str(devices)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    ports = json.loads(proc.stdout.readline())
+    configs = [
+        {
+            "driver": "modbus",
+            "profile": str(profile),
+            "profile_vars": profile_vars,
+            "tcp": {"host": "127.0.0.1", "port": port},
+            "unit": 1,
+        }
+        for port in ports
+    ]
+    return proc, configs
 
 
 def write_profile(work: Path, points: int) -> Path:
