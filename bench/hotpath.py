@@ -258,7 +258,7 @@ def _inputs(ctx: dict[str, Any]) -> None:
     norm = ctx["runner"].normalizer
     decoded = ctx["decoded"] = []
     for poll in ctx["replies"]:
-        values = ctx["template"].copy()
+        values = list(ctx["template"])
         for rd, data in zip(ctx["reads"], poll, strict=True):
             rd.decoder.decode_into(data, values)
         decoded.append(values)
@@ -276,7 +276,7 @@ async def _link(iterations: int, ctx: dict[str, Any]) -> None:
 async def _decode(iterations: int, ctx: dict[str, Any]) -> None:
     template, reads, replies = ctx["template"], ctx["reads"], ctx["replies"]
     for k in range(iterations):
-        values = template.copy()
+        values = list(template)
         for rd, data in zip(reads, replies[k % len(replies)], strict=True):
             rd.decoder.decode_into(data, values)
 
