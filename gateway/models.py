@@ -602,7 +602,7 @@ class DeviceConfig(Strict):
     max_backoff: Duration = 300.0
     phase: Literal["auto"] | Duration = Field(
         default="auto",
-        description="offset of the polls within the interval; auto spreads devices over 10% of it (at most 1s)",
+        description="offset of the polls within the interval; auto spreads devices over 10% of it (at most 1s) in 5 ms steps",
     )
     enabled: bool = True
     bus: Identifier | None = None

@@ -92,15 +92,25 @@ def next_deadline(now: float, interval: float) -> float:
     return (math.floor(now / interval) + 1) * interval
 
 
+# `phase: auto` places devices on steps of this length (shorter for short intervals, see poll_offset).
+_SPREAD_STEP = 0.005
+
+
 def poll_offset(device_id: str, interval: float, phase: float | str) -> float:
     """Where in each interval a device polls: its `phase`, or a stable spread of up to 10% (max 1 s).
 
     Aligned polls make readings of different devices comparable in time; the small spread keeps a
-    hundred devices from hitting the network, the CPU and the broker in the same millisecond.
+    hundred devices from hitting the network, the CPU and the broker in the same millisecond. The
+    spread is in steps of 5 ms (at least 20 steps over the spread): the devices of one step are
+    served by one wake-up of the process, their requests and replies share system calls and their
+    messages share socket writes. Spread one by one, each poll woke the process three times (its
+    tick, each reply, the PUBACK), and at 10k points/s those wake-ups cost a third of the CPU.
     """
     if not isinstance(phase, str):
         return phase % interval
-    return (zlib.crc32(device_id.encode()) / 2**32) * min(interval * 0.1, 1.0)
+    spread = min(interval * 0.1, 1.0)
+    step = min(_SPREAD_STEP, spread / 20)
+    return (zlib.crc32(device_id.encode()) * round(spread / step) >> 32) * step
 
 
 def backoff_delay(interval: float, failures: int, max_backoff: float, rng: random.Random) -> float:

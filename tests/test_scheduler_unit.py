@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,12 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 def test_poll_offsets_are_stable_and_small() -> None:
     offsets = [poll_offset(f"dev{i}", 1.0, "auto") for i in range(100)]
     assert all(0 <= o < 0.1 for o in offsets)
-    assert len({round(o, 3) for o in offsets}) > 50  # spread, not bunched
+    # Spread in 5 ms steps, every step used and none holding many: one wake-up serves a few devices.
+    steps = Counter(round(o / 0.005, 6) for o in offsets)
+    assert all(k.is_integer() for k in steps) and len(steps) == 20 and max(steps.values()) <= 12
+    # Short intervals keep 20 steps over their spread: 10 ms polls are not bunched into one instant.
+    short = {poll_offset(f"dev{i}", 0.01, "auto") for i in range(100)}
+    assert len(short) == 20 and max(short) < 0.001
     assert poll_offset("dev1", 1.0, "auto") == offsets[1]
     assert poll_offset("x", 60.0, "auto") < 1.0
     assert poll_offset("x", 5.0, 7.0) == 2.0
