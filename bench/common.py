@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,10 @@ def start_twins(
     Returns the process and the device config that reaches each twin; every `dead_every`-th twin
     is stopped once started, so its address is a device nobody serves.
     """
-    if os.environ.get("EDGEGW_BENCH_TWINS") == "c" and not dead_every:
+    if os.environ.get("EDGEGW_BENCH_TWINS") == "c":
+        if dead_every:
+            # Measuring the Python twins instead, unasked, would be worse than stopping.
+            raise SystemExit("EDGEGW_BENCH_TWINS=c: the C twins have no dead devices (--dead-every)")
         return start_c_twins(devices, profile, profile_vars)
     cmd = [sys.executable, str(REPO / "bench" / "twins.py"), "--devices", str(devices), "--profile", str(profile)]
     cmd += [f"--var={k}={v}" for k, v in profile_vars.items()] + ["--dead-every", str(dead_every)]
@@ -55,6 +59,8 @@ def start_c_twins(
     They answer from prepared float32 values, so at saturation the daemon, not the twins, sets
     the pace. Only the float32 bench profile: its points are what they serve.
     """
+    if shutil.which("cc") is None:
+        raise SystemExit("EDGEGW_BENCH_TWINS=c needs a C compiler as `cc` (Debian: apt-get install gcc)")
     binary = profile.parent / "ctwins"
     subprocess.run(["cc", "-O2", "-o", str(binary), str(REPO / "bench" / "ctwins.c"), "-lm"], check=True)
     proc = subprocess.Popen([str(binary), str(devices)], stdout=subprocess.PIPE)

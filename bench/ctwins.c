@@ -41,6 +41,20 @@ static void put_f32(unsigned char *out, float v) {
     memcpy(out, &u, 4);
 }
 
+/* Write all of buf; -1 when the client is gone (a bench client that does not read its replies). */
+static int send_all(int fd, const unsigned char *buf, size_t len) {
+    size_t sent = 0;
+    while (sent < len) {
+        ssize_t n = send(fd, buf + sent, len - sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        sent += (size_t)n;
+    }
+    return 0;
+}
+
 /* Answer every whole request in c->in; returns -1 when the connection is to be closed. */
 static int serve(struct conn *c) {
     size_t pos = 0;
@@ -52,8 +66,13 @@ static int serve(struct conn *c) {
         if (plen < 2 || plen > 253) return -1;
         if (c->len - pos < 6 + plen) break;
         unsigned char fc = h[7];
-        unsigned addr = (h[8] << 8) | h[9], count = (h[10] << 8) | h[11];
-        if (olen + 9 + 250 > sizeof out) break;
+        /* Address and count only where the frame holds them (plen 6): a shorter one ends before. */
+        unsigned addr = plen == 6 ? (unsigned)(h[8] << 8) | h[9] : 0;
+        unsigned count = plen == 6 ? (unsigned)(h[10] << 8) | h[11] : 0;
+        if (olen + 9 + 250 > sizeof out) { /* flush, so that no whole request waits for more input */
+            if (send_all(c->fd, out, olen) < 0) return -1;
+            olen = 0;
+        }
         unsigned char *o = out + olen;
         memcpy(o, h, 4); /* transaction and protocol id */
         o[6] = h[6];
@@ -89,16 +108,7 @@ static int serve(struct conn *c) {
         memmove(c->in, c->in + pos, c->len - pos);
         c->len -= pos;
     }
-    size_t sent = 0;
-    while (sent < olen) {
-        ssize_t n = send(c->fd, out + sent, olen - sent, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -1; /* a bench client that does not read its replies is gone */
-        }
-        sent += (size_t)n;
-    }
-    return 0;
+    return send_all(c->fd, out, olen);
 }
 
 int main(int argc, char **argv) {
